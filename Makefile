@@ -1,0 +1,41 @@
+# Set-up on a fresh machine: `make demo` (the main job) and `make test`.
+# Both create .venv in the repo root, install the pinned dependencies of
+# requirements.lock and build the compiled ops (CUDA kernels too when a CUDA
+# toolkit is found; see setup.py for DGE_EXPLAIN_CUDA and CUDA_HOME).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Shared data and weights: the folder beside the checkout unless set.
+export DGE_EXPLAIN_HOME ?= $(abspath ../shared)
+EXT_SOURCES := $(wildcard ext/*.cpp ext/*.h ext/cpu/*.cpp ext/cuda/*.cu ext/cuda/*.cuh)
+
+.PHONY: venv build test test-fast demo bench-ops clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.lock setup.cfg pyproject.toml setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+# Incremental (ninja) rebuild of dge_explain/_C after editing ext/.
+build: $(STAMP) $(EXT_SOURCES)
+	$(PY) setup.py --quiet build_ext --inplace
+
+test: build
+	DGE_EXPLAIN_REQUIRE_EXT=1 $(PY) -m pytest
+
+test-fast: build
+	DGE_EXPLAIN_REQUIRE_EXT=1 $(PY) -m pytest -m "not slow"
+
+demo: build
+	$(VENV)/bin/dge-explain info
+
+bench-ops: build
+	$(PY) -m dge_explain.bench.ops
+
+clean:
+	rm -rf build dge_explain/_C*.so *.egg-info

@@ -1,0 +1,5 @@
+import sys
+
+from dge_explain.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Benchmarks (scripts, never timed tests): ``python -m dge_explain.bench.ops``."""

@@ -1,0 +1,19 @@
+"""DGE sparse ops: routing table, compress, decompress/restore, varlen attention,
+and the dense multi-granularity training path.
+
+The compiled extension (C++ CPU kernels, CUDA kernels when built) is the fast
+path; ``dge_explain.ops.reference`` holds the pure-PyTorch oracle of each op.
+"""
+from ._backend import build_info, use_backend
+from ._backend import active as active_backend
+from .attention import varlen_attention
+from .checks import region_grid
+from .multigrain import multigrain_compress, multigrain_queries, multigrain_restore
+from .pooling import compress, decompress, restore
+from .table import PatchTable, route_to_patches
+
+__all__ = [
+    "PatchTable", "active_backend", "build_info", "compress", "decompress", "multigrain_compress",
+    "multigrain_queries", "multigrain_restore", "region_grid", "restore", "route_to_patches",
+    "use_backend", "varlen_attention",
+]

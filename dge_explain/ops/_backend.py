@@ -1,0 +1,85 @@
+"""Which implementation of the DGE ops runs: the compiled extension
+(``dge_explain._C``), or the pure-PyTorch reference when the extension is missing.
+
+The reference fallback is slow and exists so that a checkout without a compiler
+still works; it is announced with a warning.  ``DGE_EXPLAIN_REQUIRE_EXT=1`` turns a
+missing or broken extension into an ImportError instead (CI sets it).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from typing import Iterator
+
+import torch
+
+REQUIRE_ENV = "DGE_EXPLAIN_REQUIRE_EXT"
+BACKENDS = ("compiled", "reference")
+
+
+def _load_extension():
+    try:
+        from dge_explain import _C  # noqa: F401  (registers torch.ops.dge_explain)
+    except ImportError as error:
+        if os.environ.get(REQUIRE_ENV) == "1":
+            raise ImportError(
+                f"{REQUIRE_ENV}=1 but the compiled extension dge_explain._C failed to load: "
+                f"{error}. Build it with `make build` (or `python setup.py build_ext --inplace`)."
+            ) from error
+        return None, f"{type(error).__name__}: {error}"
+    return _C, None
+
+
+_EXTENSION, LOAD_ERROR = _load_extension()
+_active = "compiled" if _EXTENSION is not None else "reference"
+_warned = False
+
+
+def active() -> str:
+    """Name of the backend the public ops use now."""
+    global _warned
+    if _active == "reference" and _EXTENSION is None and not _warned:
+        warnings.warn(
+            f"dge_explain: compiled ops unavailable ({LOAD_ERROR}); using the slow "
+            "pure-PyTorch reference ops.", RuntimeWarning, stacklevel=3)
+        _warned = True
+    return _active
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Run the enclosed code on the named backend ('compiled' or 'reference')."""
+    global _active
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    if name == "compiled" and _EXTENSION is None:
+        raise RuntimeError(f"the compiled extension is not available: {LOAD_ERROR}")
+    previous, _active = _active, name
+    try:
+        yield
+    finally:
+        _active = previous
+
+
+def build_info() -> dict:
+    """What was compiled and what can run here."""
+    return {
+        "active_backend": _active,
+        "extension_loaded": _EXTENSION is not None,
+        "extension_error": LOAD_ERROR,
+        "compiled_cpu": _EXTENSION is not None,
+        "compiled_cuda": bool(_EXTENSION is not None and _EXTENSION.with_cuda),
+        "extension_cuda_version": getattr(_EXTENSION, "cuda_version", None),
+        "extension_torch_version": getattr(_EXTENSION, "torch_version", None),
+        "torch_version": torch.__version__,
+        "cuda_device_available": torch.cuda.is_available(),
+        "cpu_threads": torch.get_num_threads(),
+    }
+
+
+def compiled_supports(device: torch.device) -> bool:
+    """Whether the compiled extension has kernels for this device type."""
+    if _EXTENSION is None:
+        return False
+    return device.type == "cpu" or (device.type == "cuda" and bool(_EXTENSION.with_cuda))

@@ -1,0 +1,69 @@
+"""Varlen cross-attention from packed sparse queries to each sample's dense keys."""
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from . import _backend, reference
+from .checks import check_float, check_same, check_tensor, require
+from .table import PatchTable
+
+
+class _VarlenAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, offsets, scale):
+        need_grad = any(ctx.needs_input_grad[:3])
+        out, lse = torch.ops.dge_explain.varlen_attention_forward(q, k, v, offsets, scale, need_grad)
+        if need_grad:
+            ctx.save_for_backward(q, k, v, out, lse, offsets)
+            ctx.scale = scale
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        q, k, v, out, lse, offsets = ctx.saved_tensors
+        grad_q, grad_k, grad_v = torch.ops.dge_explain.varlen_attention_backward(
+            grad, q, k, v, out, lse, offsets, ctx.scale)
+        return grad_q, grad_k, grad_v, None, None
+
+
+def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     offsets: torch.Tensor | PatchTable, scale: float | None = None) -> torch.Tensor:
+    """Per-sample softmax(scale * Q_b K_b^T) V_b.
+
+    q: packed queries [L, h, d]; k, v: [B, h, Nk, d] (any strides with a unit last
+    stride, e.g. permuted views of a fused kv projection); offsets: [B+1] row
+    offsets of the samples in q, or the PatchTable that packed them.
+    Returns [L, h, d]; scale defaults to d^-0.5.
+    """
+    check_tensor("q", q, 3, "[L, h, d]")
+    check_tensor("k", k, 4, "[B, h, Nk, d]")
+    check_tensor("v", v, 4, "[B, h, Nk, d]")
+    check_float("q", q)
+    check_same("k", k, "q", q)
+    check_same("v", v, "q", q)
+    require(k.shape == v.shape, f"k {tuple(k.shape)} and v {tuple(v.shape)} differ in shape")
+    require(k.shape[1] == q.shape[1] and k.shape[3] == q.shape[2],
+            f"q {tuple(q.shape)} and k {tuple(k.shape)} disagree on heads or head dim")
+    require(k.shape[2] > 0, f"k {tuple(k.shape)} has no keys")
+    if isinstance(offsets, PatchTable):
+        require(offsets.batch == k.shape[0] and offsets.total == q.shape[0],
+                f"patch table (B={offsets.batch}, L={offsets.total}) does not match q "
+                f"{tuple(q.shape)} and k {tuple(k.shape)}")
+        offsets = offsets.offsets
+    else:
+        check_tensor("offsets", offsets, 1, "[B+1]")
+        require(offsets.shape[0] == k.shape[0] + 1,
+                f"offsets has shape {tuple(offsets.shape)} but k has batch {k.shape[0]}: "
+                f"expected [{k.shape[0] + 1}]")
+        bounds = offsets.tolist()
+        require(bounds[0] == 0 and bounds[-1] == q.shape[0]
+                and all(a <= b for a, b in zip(bounds, bounds[1:])),
+                f"offsets must rise from 0 to L={q.shape[0]}, got {bounds}")
+        offsets = offsets.to(device=q.device, dtype=torch.long)
+    scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
+    if _backend.active() == "compiled" and _backend.compiled_supports(q.device):
+        q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+        return _VarlenAttention.apply(q, k, v, offsets, scale)
+    return reference.varlen_attention(q, k, v, offsets, scale)

@@ -1,0 +1,130 @@
+"""compress / decompress / restore: move tokens between the dense [B, N, C]
+layout and the packed [L, C] queries of a PatchTable.
+
+The compiled path wraps the extension in autograd Functions with exact,
+hand-derived backwards (compress^T = decompress / area, decompress^T = block sum);
+the reference path differentiates the oracle with autograd.
+"""
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from . import _backend, reference
+from .checks import check_float, check_same, check_tensor, require
+from .table import PatchTable
+
+
+def _compiled(table: PatchTable) -> bool:
+    return _backend.active() == "compiled" and _backend.compiled_supports(table.device)
+
+
+def _block_pool(x: torch.Tensor, table: PatchTable, average: bool) -> torch.Tensor:
+    height, width = table.grid
+    return torch.ops.dge_explain.compress(x, table.rows, table.region_start, table.region_k,
+                                          table.offsets, height, width, table.num_extra, average)
+
+
+def _scatter(src, subtract, reference_, table: PatchTable, divide_by_area: bool) -> torch.Tensor:
+    height, width = table.grid
+    return torch.ops.dge_explain.decompress(
+        src, subtract, reference_, table.region_start, table.region_k, table.offsets, height,
+        width, table.num_extra, divide_by_area)
+
+
+class _Compress(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, table):
+        ctx.table = table
+        return _block_pool(x, table, average=True)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        return _scatter(grad, None, None, ctx.table, divide_by_area=True), None
+
+
+class _Decompress(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, delta, reference_, table):
+        ctx.table = table
+        ctx.with_reference = reference_ is not None
+        return _scatter(delta, None, reference_, table, divide_by_area=False)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        grad_delta = _block_pool(grad, ctx.table, average=False)
+        return grad_delta, (grad if ctx.with_reference else None), None
+
+
+class _Restore(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, q2, comp, table):
+        ctx.table = table
+        return _scatter(q2, comp, x, table, divide_by_area=False)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        block_sum = _block_pool(grad, ctx.table, average=False)
+        return grad, block_sum, -block_sum, None
+
+
+def _check_dense(name: str, x: torch.Tensor, table: PatchTable) -> None:
+    check_tensor(name, x, 3, "[B, N, C]")
+    check_float(name, x)
+    require(x.device == table.device, f"{name} is on {x.device} but the patch table is on "
+                                      f"{table.device}")
+    require(x.shape[0] == table.batch and x.shape[1] == table.tokens,
+            f"{name} has shape {tuple(x.shape)} but the patch table expects [B={table.batch}, "
+            f"N={table.tokens} (= {table.num_extra} extra + {table.grid[0]}x{table.grid[1]} grid), C]")
+
+
+def _check_packed(name: str, q: torch.Tensor, table: PatchTable) -> None:
+    check_tensor(name, q, 2, "[L, C]")
+    check_float(name, q)
+    require(q.device == table.device, f"{name} is on {q.device} but the patch table is on "
+                                      f"{table.device}")
+    require(q.shape[0] == table.total,
+            f"{name} has shape {tuple(q.shape)} but the patch table has L={table.total} rows")
+
+
+def compress(x: torch.Tensor, table: PatchTable) -> torch.Tensor:
+    """Packed queries [L, C]: the mean of each patch's tokens; extra tokens copied."""
+    _check_dense("x", x, table)
+    if _compiled(table):
+        return _Compress.apply(x, table)
+    return reference.compress(x, table)
+
+
+def decompress(delta: torch.Tensor, table: PatchTable, reference_: torch.Tensor | None = None,
+               add_reference: bool = True) -> torch.Tensor:
+    """[B, N, C]: each token takes the packed row covering it (+ reference_ when given
+    and add_reference).  Every output element is written."""
+    _check_packed("delta", delta, table)
+    if reference_ is not None:
+        _check_dense("reference", reference_, table)
+        check_same("reference", reference_, "delta", delta)
+        require(reference_.shape[2] == delta.shape[1],
+                f"reference has {reference_.shape[2]} channels but delta has {delta.shape[1]}")
+        if not add_reference:
+            reference_ = None
+    if _compiled(table):
+        return _Decompress.apply(delta, reference_, table)
+    return reference.decompress(delta, table, reference_)
+
+
+def restore(x: torch.Tensor, q2: torch.Tensor, comp: torch.Tensor, table: PatchTable) -> torch.Tensor:
+    """The fused DGE restore x + up(q2 - comp): details of x are kept, only the
+    encoder's update is shared across a patch."""
+    _check_dense("x", x, table)
+    _check_packed("q2", q2, table)
+    _check_packed("comp", comp, table)
+    check_same("q2", q2, "x", x)
+    check_same("comp", comp, "x", x)
+    require(q2.shape[1] == x.shape[2] and comp.shape[1] == x.shape[2],
+            f"channel mismatch: x {tuple(x.shape)}, q2 {tuple(q2.shape)}, comp {tuple(comp.shape)}")
+    if _compiled(table):
+        return _Restore.apply(x, q2, comp, table)
+    return reference.restore(x, q2, comp, table)

@@ -1,0 +1,163 @@
+"""Pure-PyTorch reference of every DGE op: the test oracle, and the (slow)
+fallback when the extension is missing.  Written for clarity, from the
+definitions, independently of the kernels; gradients come from autograd.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from .table import PatchTable
+
+
+def _exclusive_cumsum(values: torch.Tensor) -> torch.Tensor:
+    return torch.cumsum(values, 0) - values
+
+
+def route_fields(indices: torch.Tensor, split_sizes: tuple[int, ...], region_size: int,
+                 num_extra: int):
+    """(rows, region_start, region_k, offsets, lengths) as the compiled op returns them."""
+    batch, region_h, region_w = indices.shape
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= len(split_sizes)):
+        bad = ((indices < 0) | (indices >= len(split_sizes))).nonzero()[0].tolist()
+        raise ValueError(
+            f"indices{list(indices.shape)} holds gate index {int(indices[tuple(bad)])} at sample "
+            f"{bad[0]}, region ({bad[1]}, {bad[2]}); valid indices are 0..{len(split_sizes) - 1}")
+    device = indices.device
+    k = torch.tensor(split_sizes, device=device)[indices]                 # [B, Hr, Wr]
+    counts = (k * k).flatten()                                            # per region, batch-major
+    lengths = num_extra + (k * k).flatten(1).sum(1)                       # [B]
+    offsets = torch.cat([lengths.new_zeros(1), torch.cumsum(lengths, 0)])
+    sample_of_region = torch.arange(batch, device=device).repeat_interleave(region_h * region_w)
+    # Regions of one sample follow its extra rows, packed in raster order.
+    start_in_sample = _exclusive_cumsum(counts) - _exclusive_cumsum(lengths - num_extra)[
+        sample_of_region]
+    region_start = offsets[:-1][sample_of_region] + num_extra + start_in_sample
+
+    total = int(offsets[-1])
+    rows = torch.full((total, 4), -(2 ** 30), dtype=torch.int32, device=device)
+    extra = torch.arange(num_extra, device=device)
+    for b in range(batch):
+        rows[offsets[b] + extra] = torch.stack(
+            [torch.full_like(extra, b), -(extra + 1), torch.zeros_like(extra),
+             torch.ones_like(extra)], 1).int()
+    region = torch.arange(batch * region_h * region_w, device=device).repeat_interleave(counts)
+    sub = torch.arange(len(region), device=device) - _exclusive_cumsum(counts).repeat_interleave(counts)
+    k_row = k.flatten()[region]
+    step = region_size // k_row
+    ry = (region // region_w) % region_h
+    rx = region % region_w
+    rows[region_start[region] + sub] = torch.stack(
+        [sample_of_region[region], ry * region_size + (sub // k_row) * step,
+         rx * region_size + (sub % k_row) * step, step], 1).int()
+    shape = (batch, region_h, region_w)
+    return (rows, region_start.view(shape).int(), k.view(shape).int(), offsets,
+            lengths.cpu())
+
+
+def token_rows(table: "PatchTable") -> tuple[torch.Tensor, torch.Tensor]:
+    """For every token, the packed row covering it ([B, N] long), and each row's area."""
+    rows = table.rows.long()
+    sample, y0, x0, step = rows.unbind(1)
+    area = step * step
+    row = torch.arange(len(rows), device=rows.device).repeat_interleave(area)
+    within = torch.arange(len(row), device=rows.device) - _exclusive_cumsum(area).repeat_interleave(area)
+    step_r = step[row]
+    height, width = table.grid
+    spatial = table.num_extra + (y0[row] + within // step_r) * width + x0[row] + within % step_r
+    token = torch.where(y0[row] < 0, -y0[row] - 1, spatial)
+    covering = torch.full((table.batch, table.tokens), -1, dtype=torch.long, device=rows.device)
+    covering[sample[row], token] = row
+    if len(row) != covering.numel() or bool((covering < 0).any()):
+        raise AssertionError("patch table does not partition the tokens")
+    return covering, area
+
+
+def compress(x: torch.Tensor, table: "PatchTable") -> torch.Tensor:
+    """[L, C]: mean of the tokens of each patch; extra tokens copied."""
+    covering, area = token_rows(table)
+    summed = x.new_zeros(table.total, x.shape[-1]).index_add(0, covering.flatten(), x.flatten(0, 1))
+    return summed / area.unsqueeze(1).to(x.dtype)
+
+
+def decompress(delta: torch.Tensor, table: "PatchTable", reference: torch.Tensor | None = None,
+               add_reference: bool = True) -> torch.Tensor:
+    """[B, N, C]: every token takes the row covering it, plus its reference value."""
+    covering, _ = token_rows(table)
+    out = delta[covering]
+    return out + reference if (reference is not None and add_reference) else out
+
+
+def restore(x: torch.Tensor, q2: torch.Tensor, comp: torch.Tensor, table: "PatchTable") -> torch.Tensor:
+    """x + up(q2 - comp): the DGE residual restore."""
+    return decompress(q2 - comp, table, x, True)
+
+
+def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offsets: torch.Tensor,
+                     scale: float) -> torch.Tensor:
+    """[L, h, d]: per sample b, softmax(scale q_b k_b^T) v_b."""
+    bounds = offsets.tolist()
+    outs = []
+    for b in range(k.shape[0]):
+        q_b = q[bounds[b]:bounds[b + 1]].transpose(0, 1)                 # [h, m, d]
+        probs = torch.softmax(scale * q_b @ k[b].transpose(-1, -2), dim=-1)
+        outs.append((probs @ v[b]).transpose(0, 1))
+    return torch.cat(outs, 0)
+
+
+def multigrain_compress(x: torch.Tensor, split_sizes, region_size: int, num_extra: int,
+                        grid: tuple[int, int]) -> torch.Tensor:
+    """[B, Lq, C]: extra tokens, then each granularity's full grid in global raster order."""
+    batch = x.shape[0]
+    region_h, region_w = grid[0] // region_size, grid[1] // region_size
+    parts = [x[:, :num_extra]]
+    for option, k in enumerate(split_sizes):
+        uniform = torch.full((batch, region_h, region_w), option, dtype=torch.long, device=x.device)
+        table = reference_table(uniform, split_sizes, region_size, num_extra)
+        packed = compress(x, table).view(batch, -1, x.shape[-1])[:, num_extra:]
+        parts.append(packed[:, _region_major_to_raster(table)])
+    return torch.cat(parts, 1)
+
+
+def multigrain_restore(x: torch.Tensor, delta: torch.Tensor, gates: torch.Tensor, split_sizes,
+                       region_size: int, num_extra: int, grid: tuple[int, int]) -> torch.Tensor:
+    """x + sum_i gate_i * up(delta_i) on spatial tokens; x + delta on extra tokens."""
+    batch, channels = x.shape[0], x.shape[-1]
+    region_h, region_w = grid[0] // region_size, grid[1] // region_size
+    out = x.clone()
+    out[:, :num_extra] = x[:, :num_extra] + delta[:, :num_extra]
+    start = num_extra
+    for option, k in enumerate(split_sizes):
+        uniform = torch.full((batch, region_h, region_w), option, dtype=torch.long, device=x.device)
+        table = reference_table(uniform, split_sizes, region_size, num_extra)
+        count = region_h * region_w * k * k
+        raster = delta[:, start:start + count]
+        start += count
+        packed = torch.empty_like(raster)
+        packed[:, _region_major_to_raster(table)] = raster
+        packed = torch.cat([torch.zeros_like(delta[:, :num_extra]), packed], 1)
+        up = decompress(packed.reshape(-1, channels), table)[:, num_extra:]
+        gate = gates[..., option].repeat_interleave(region_size, 1).repeat_interleave(region_size, 2)
+        out[:, num_extra:] = out[:, num_extra:] + gate.flatten(1).unsqueeze(-1) * up
+    return out
+
+
+def reference_table(indices: torch.Tensor, split_sizes, region_size: int,
+                    num_extra: int) -> "PatchTable":
+    """A PatchTable routed by the reference, whatever backend is active."""
+    from .table import PatchTable
+
+    splits = tuple(int(k) for k in split_sizes)
+    fields = route_fields(indices.long(), splits, region_size, num_extra)
+    return PatchTable(*fields, split_sizes=splits, region_size=region_size, num_extra=num_extra)
+
+
+def _region_major_to_raster(table: "PatchTable") -> torch.Tensor:
+    """Permutation taking sample 0's region-major spatial rows to global raster order."""
+    rows = table.rows[: int(table.lengths[0])][table.num_extra:].long()
+    step = rows[:, 3]
+    width = table.grid[1] // step[0]
+    raster = (rows[:, 1] // step) * width + rows[:, 2] // step
+    return torch.argsort(raster)

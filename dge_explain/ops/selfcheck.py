@@ -1,0 +1,136 @@
+"""Compare every op of the active backend with its reference on fresh random
+inputs: forward outputs and input gradients.  Used by ``dge-explain info`` and by
+the tests (which sweep many more shapes)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import reference
+from .attention import varlen_attention
+from .multigrain import multigrain_compress, multigrain_restore
+from .pooling import compress, decompress, restore
+from .table import PatchTable, route_to_patches
+
+# Max error allowed against a float64 reference, relative to max(1, max |reference|).
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-2, torch.bfloat16: 1e-1}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One random problem: gates, a table and dense tokens."""
+    indices: torch.Tensor
+    table: PatchTable
+    x: torch.Tensor
+    split_sizes: tuple[int, ...]
+    region_size: int
+    num_extra: int
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    op: str
+    device: str
+    dtype: str
+    max_error: float
+    tolerance: float
+
+    @property
+    def passed(self) -> bool:
+        return self.max_error <= self.tolerance
+
+
+def random_case(batch: int, region_grid: tuple[int, int], split_sizes, num_extra: int,
+                channels: int, dtype: torch.dtype, device, generator: torch.Generator) -> Case:
+    """Random gate indices over the region grid and N(0, 1) tokens."""
+    splits = tuple(split_sizes)
+    size = max(splits)
+    indices = torch.randint(0, len(splits), (batch, *region_grid), generator=generator)
+    tokens = num_extra + region_grid[0] * size * region_grid[1] * size
+    x = torch.randn(batch, tokens, channels, generator=generator, dtype=torch.float64)
+    indices, x = indices.to(device), x.to(device=device, dtype=dtype)
+    table = route_to_patches(indices, splits, size, num_extra)
+    return Case(indices, table, x, splits, size, num_extra)
+
+
+def max_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """Max abs difference, relative to the reference's scale when that exceeds 1."""
+    if actual.shape != expected.shape:
+        return float("inf")
+    if actual.numel() == 0:
+        return 0.0
+    expected = expected.double()
+    scale = max(1.0, float(expected.abs().max()))
+    return float((actual.double() - expected).abs().max()) / scale
+
+
+def _grads(fn, inputs):
+    inputs = [t.detach().clone().requires_grad_(True) for t in inputs]
+    out = fn(*inputs)
+    weight = torch.linspace(-1, 1, out.numel(), dtype=out.dtype, device=out.device).view_as(out)
+    (out * weight).sum().backward()
+    return out.detach(), [t.grad for t in inputs]
+
+
+def _compare(name, device, dtype, fn, ref_fn, inputs, tolerance) -> list[CheckResult]:
+    """Forward and input-gradient errors of fn against ref_fn (run in float64)."""
+    out, grads = _grads(fn, inputs)
+    ref_out, ref_grads = _grads(ref_fn, [t.double() for t in inputs])
+    results = [CheckResult(name, device, dtype, max_error(out, ref_out), tolerance)]
+    grad_error = max(max_error(g, r) for g, r in zip(grads, ref_grads))
+    results.append(CheckResult(f"{name} (backward)", device, dtype, grad_error, tolerance))
+    return results
+
+
+def check_all(device="cpu", dtype=torch.float32, seed: int | None = None) -> list[CheckResult]:
+    """Every op once, on a random mixed-gate problem with extra tokens, S = 4,
+    split sizes {4, 2, 1}, a non-square grid and C not a multiple of 8."""
+    generator = torch.Generator().manual_seed(
+        int(torch.randint(0, 2**31 - 1, (1,))) if seed is None else seed)
+    device, name = torch.device(device), str(dtype).replace("torch.", "")
+    tol = TOLERANCE[dtype]
+    case = random_case(3, (3, 2), (4, 2, 1), 1, 21, dtype, device, generator)
+    table, ref_table = case.table, reference.reference_table(
+        case.indices.cpu(), case.split_sizes, case.region_size, case.num_extra)
+    route_error = float(not all(
+        torch.equal(a.cpu(), b.cpu()) for a, b in zip(
+            (table.rows, table.region_start, table.region_k, table.offsets, table.lengths),
+            (ref_table.rows, ref_table.region_start, ref_table.region_k, ref_table.offsets,
+             ref_table.lengths))))
+    results = [CheckResult("route_to_patches", device.type, "int64", route_error, 0.0)]
+
+    ref_table = reference.reference_table(case.indices, case.split_sizes, case.region_size,
+                                          case.num_extra)
+    x = case.x
+    comp = compress(x, table).detach()
+    q2 = torch.randn(comp.shape, generator=generator, dtype=torch.float64).to(device, dtype)
+    results += _compare("compress", device.type, name, lambda x: compress(x, table),
+                        lambda x: reference.compress(x, ref_table), [x], tol)
+    results += _compare("decompress", device.type, name, lambda d, r: decompress(d, table, r),
+                        lambda d, r: reference.decompress(d, ref_table, r), [q2, x], tol)
+    results += _compare("restore", device.type, name, lambda x, q, c: restore(x, q, c, table),
+                        lambda x, q, c: reference.restore(x, q, c, ref_table), [x, q2, comp], tol)
+
+    heads, head_dim, keys = 3, 24, 37
+    shape_q, shape_kv = (table.total, heads, head_dim), (table.batch, heads, keys, head_dim)
+    q, k, v = (torch.randn(s, generator=generator, dtype=torch.float64).to(device, dtype)
+               for s in (shape_q, shape_kv, shape_kv))
+    scale = head_dim ** -0.5
+    results += _compare("varlen_attention", device.type, name,
+                        lambda q, k, v: varlen_attention(q, k, v, table, scale),
+                        lambda q, k, v: reference.varlen_attention(q, k, v, ref_table.offsets, scale),
+                        [q, k, v], tol)
+
+    grid = table.grid
+    args = (case.split_sizes, case.region_size, case.num_extra, grid)
+    results += _compare("multigrain_compress", device.type, name,
+                        lambda x: multigrain_compress(x, *args),
+                        lambda x: reference.multigrain_compress(x, *args), [x], tol)
+    delta = torch.randn_like(multigrain_compress(x, *args))
+    gates = torch.nn.functional.one_hot(case.indices, len(case.split_sizes)).to(dtype)
+    results += _compare("multigrain_restore", device.type, name,
+                        lambda x, d, g: multigrain_restore(x, d, g, *args),
+                        lambda x, d, g: reference.multigrain_restore(x, d, g, *args),
+                        [x, delta, gates], tol)
+    return results

@@ -1,0 +1,75 @@
+// Registers the DGE ops with the PyTorch dispatcher (torch.ops.dge_explain.*),
+// one kernel per backend, and exposes how the extension was built.
+#include <Python.h>
+#include <torch/library.h>
+
+#include "dge_ops.h"
+
+TORCH_LIBRARY(dge_explain, m) {
+  m.def(
+      "route_to_patches(Tensor indices, int[] split_sizes, int region_size, int num_extra)"
+      " -> (Tensor rows, Tensor region_start, Tensor region_k, Tensor offsets, Tensor lengths)");
+  m.def(
+      "compress(Tensor x, Tensor rows, Tensor region_start, Tensor region_k, Tensor offsets,"
+      " int grid_h, int grid_w, int num_extra, bool average) -> Tensor");
+  m.def(
+      "decompress(Tensor src, Tensor? subtract, Tensor? reference, Tensor region_start,"
+      " Tensor region_k, Tensor offsets, int grid_h, int grid_w, int num_extra,"
+      " bool divide_by_area) -> Tensor");
+  m.def(
+      "varlen_attention_forward(Tensor q, Tensor k, Tensor v, Tensor offsets, float scale,"
+      " bool return_lse) -> (Tensor out, Tensor lse)");
+  m.def(
+      "varlen_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out,"
+      " Tensor lse, Tensor offsets, float scale) -> (Tensor grad_q, Tensor grad_k,"
+      " Tensor grad_v)");
+}
+
+TORCH_LIBRARY_IMPL(dge_explain, CPU, m) {
+  m.impl("route_to_patches", &dge::route_to_patches_cpu);
+  m.impl("compress", &dge::compress_cpu);
+  m.impl("decompress", &dge::decompress_cpu);
+  m.impl("varlen_attention_forward", &dge::varlen_attention_forward_cpu);
+  m.impl("varlen_attention_backward", &dge::varlen_attention_backward_cpu);
+}
+
+#ifdef DGE_WITH_CUDA
+TORCH_LIBRARY_IMPL(dge_explain, CUDA, m) {
+  m.impl("route_to_patches", &dge::route_to_patches_cuda);
+  m.impl("compress", &dge::compress_cuda);
+  m.impl("decompress", &dge::decompress_cuda);
+  m.impl("varlen_attention_forward", &dge::varlen_attention_forward_cuda);
+  m.impl("varlen_attention_backward", &dge::varlen_attention_backward_cuda);
+}
+#endif
+
+namespace {
+
+#ifdef DGE_WITH_CUDA
+constexpr bool kWithCuda = true;
+#else
+constexpr bool kWithCuda = false;
+#endif
+
+#define DGE_STRINGIFY_INNER(x) #x
+#define DGE_STRINGIFY(x) DGE_STRINGIFY_INNER(x)
+
+PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C",
+                          "Compiled DGE ops; the ops live in torch.ops.dge_explain.", -1,
+                          nullptr};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__C(void) {
+  PyObject* module = PyModule_Create(&module_def);
+  if (module == nullptr) return nullptr;
+  PyModule_AddObject(module, "with_cuda", PyBool_FromLong(kWithCuda));
+#ifdef DGE_CUDA_VERSION
+  PyModule_AddStringConstant(module, "cuda_version", DGE_STRINGIFY(DGE_CUDA_VERSION));
+#else
+  PyModule_AddObject(module, "cuda_version", Py_None);
+  Py_INCREF(Py_None);
+#endif
+  PyModule_AddStringConstant(module, "torch_version", DGE_STRINGIFY(DGE_TORCH_VERSION));
+  return module;
+}

@@ -1,0 +1,111 @@
+// Contract checks of the kernels.  They raise ValueError (TORCH_CHECK_VALUE)
+// naming the argument and its shape, so a misuse from C++ reads like a misuse
+// from the Python wrappers.
+#include "dge_ops.h"
+
+namespace dge {
+namespace {
+
+void check_table(const at::Tensor& region_start, const at::Tensor& region_k,
+                 const at::Tensor& offsets, int64_t grid_h, int64_t grid_w,
+                 const at::Device& device) {
+  TORCH_CHECK_VALUE(region_start.dim() == 3 && region_k.sizes() == region_start.sizes() &&
+                        region_start.scalar_type() == at::kInt &&
+                        region_k.scalar_type() == at::kInt,
+                    "region_start/region_k must be int32 [B, Hr, Wr], got ",
+                    region_start.sizes(), " and ", region_k.sizes());
+  TORCH_CHECK_VALUE(region_k.size(1) > 0 && region_k.size(2) > 0 &&
+                        grid_h % region_k.size(1) == 0 && grid_w % region_k.size(2) == 0 &&
+                        grid_h / region_k.size(1) == grid_w / region_k.size(2),
+                    "grid ", grid_h, "x", grid_w, " does not tile into region grid ",
+                    region_k.size(1), "x", region_k.size(2));
+  TORCH_CHECK_VALUE(offsets.dim() == 1 && offsets.size(0) == region_k.size(0) + 1 &&
+                        offsets.scalar_type() == at::kLong,
+                    "offsets must be int64 [B+1] = [", region_k.size(0) + 1, "], got ",
+                    offsets.sizes());
+  TORCH_CHECK_VALUE(region_k.device() == device && region_start.device() == device &&
+                        offsets.device() == device,
+                    "table on ", region_k.device(), " but the data on ", device);
+}
+
+}  // namespace
+
+void check_route_args(const at::Tensor& indices, at::IntArrayRef split_sizes,
+                      int64_t region_size, int64_t num_extra) {
+  TORCH_CHECK_VALUE(indices.dim() == 3, "indices must be [B, Hr, Wr], got shape ",
+                    indices.sizes());
+  TORCH_CHECK_VALUE(indices.scalar_type() == at::kLong, "indices must be int64, got ",
+                    indices.scalar_type());
+  TORCH_CHECK_VALUE(!split_sizes.empty(), "split_sizes must not be empty");
+  TORCH_CHECK_VALUE(region_size >= 1 && region_size <= kMaxRegionSize,
+                    "region_size must be in [1, ", kMaxRegionSize, "], got ", region_size);
+  for (int64_t k : split_sizes) {
+    TORCH_CHECK_VALUE(k >= 1 && region_size % k == 0, "split_sizes ", split_sizes,
+                      " must divide region_size ", region_size);
+  }
+  TORCH_CHECK_VALUE(num_extra >= 0, "num_extra must be >= 0, got ", num_extra);
+}
+
+void check_compress_args(const at::Tensor& x, const at::Tensor& rows,
+                         const at::Tensor& region_start, const at::Tensor& region_k,
+                         const at::Tensor& offsets, int64_t grid_h, int64_t grid_w,
+                         int64_t num_extra) {
+  TORCH_CHECK_VALUE(x.dim() == 3, "x must be [B, N, C], got shape ", x.sizes());
+  TORCH_CHECK_VALUE(rows.dim() == 2 && rows.size(1) == kRowColumns &&
+                        rows.scalar_type() == at::kInt,
+                    "rows must be an int32 [L, 4] table, got ", rows.scalar_type(), " ",
+                    rows.sizes());
+  check_table(region_start, region_k, offsets, grid_h, grid_w, x.device());
+  TORCH_CHECK_VALUE(rows.device() == x.device(), "rows on ", rows.device(), " but x on ",
+                    x.device());
+  TORCH_CHECK_VALUE(x.size(0) == region_k.size(0) && x.size(1) == num_extra + grid_h * grid_w,
+                    "x ", x.sizes(), " does not match the table: [", region_k.size(0), ", ",
+                    num_extra + grid_h * grid_w, ", C]");
+}
+
+void check_decompress_args(const at::Tensor& src, const c10::optional<at::Tensor>& subtract,
+                           const c10::optional<at::Tensor>& reference,
+                           const at::Tensor& region_start, const at::Tensor& region_k,
+                           const at::Tensor& offsets, int64_t grid_h, int64_t grid_w,
+                           int64_t num_extra) {
+  TORCH_CHECK_VALUE(src.dim() == 2, "src must be [L, C], got shape ", src.sizes());
+  if (subtract.has_value()) {
+    TORCH_CHECK_VALUE(subtract->sizes() == src.sizes() &&
+                          subtract->scalar_type() == src.scalar_type() &&
+                          subtract->device() == src.device(),
+                      "subtract ", subtract->sizes(), " must match src ", src.sizes());
+  }
+  check_table(region_start, region_k, offsets, grid_h, grid_w, src.device());
+  const int64_t batch = region_k.size(0);
+  if (reference.has_value()) {
+    TORCH_CHECK_VALUE(reference->dim() == 3 && reference->size(0) == batch &&
+                          reference->size(1) == num_extra + grid_h * grid_w &&
+                          reference->size(2) == src.size(1) &&
+                          reference->scalar_type() == src.scalar_type() &&
+                          reference->device() == src.device(),
+                      "reference ", reference->sizes(), " must be [", batch, ", ",
+                      num_extra + grid_h * grid_w, ", ", src.size(1), "] like src");
+  }
+}
+
+void check_attention_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                          const at::Tensor& offsets) {
+  TORCH_CHECK_VALUE(q.dim() == 3, "q must be [L, h, d], got shape ", q.sizes());
+  TORCH_CHECK_VALUE(k.dim() == 4 && v.sizes() == k.sizes(), "k and v must be [B, h, Nk, d], got ",
+                    k.sizes(), " and ", v.sizes());
+  TORCH_CHECK_VALUE(k.size(1) == q.size(1) && k.size(3) == q.size(2), "q ", q.sizes(),
+                    " and k ", k.sizes(), " disagree on heads or head dim");
+  TORCH_CHECK_VALUE(offsets.dim() == 1 && offsets.size(0) == k.size(0) + 1 &&
+                        offsets.scalar_type() == at::kLong,
+                    "offsets must be int64 [B+1] = [", k.size(0) + 1, "], got ", offsets.sizes());
+  TORCH_CHECK_VALUE(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
+                    "q, k, v dtypes differ: ", q.scalar_type(), ", ", k.scalar_type(), ", ",
+                    v.scalar_type());
+  TORCH_CHECK_VALUE(k.device() == q.device() && v.device() == q.device() &&
+                        offsets.device() == q.device(),
+                    "q, k, v and offsets must share a device");
+  TORCH_CHECK_VALUE(q.stride(2) == 1 && k.stride(3) == 1 && v.stride(3) == 1,
+                    "q, k, v need a unit stride on the head dim");
+}
+
+}  // namespace dge

@@ -1,0 +1,287 @@
+// CPU kernels of the routing table, compress and decompress.
+//
+// All three parallelise with at::parallel_for over samples, rows or tokens;
+// the innermost loop always runs over a contiguous channel vector.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include "../dge_ops.h"
+#include "simd.h"
+
+#include <cstring>
+
+namespace dge {
+namespace {
+
+// Rows per parallel task: enough channel work to amortise task start-up.
+int64_t grain_for(int64_t work_per_item) {
+  constexpr int64_t kTargetWork = 1 << 14;
+  return std::max<int64_t>(1, kTargetWork / std::max<int64_t>(1, work_per_item));
+}
+
+// Per-line kernels.  They walk the token grid in memory order (one grid line
+// after another), so the dense side streams sequentially; the packed side is
+// the contiguous block of rows of one region row.  Plain loops, instantiated
+// per ISA below so that the compiler vectorises them for the running CPU.
+template <typename T>
+inline void compress_region_row_impl(const T* __restrict__ x, T* __restrict__ out,
+                                     const int32_t* __restrict__ start,
+                                     const int32_t* __restrict__ k_of, int64_t region_w,
+                                     int64_t region_size, int64_t grid_w, int64_t channels,
+                                     bool average) {
+  for (int64_t y_in = 0; y_in < region_size; ++y_in) {
+    const T* token = x + y_in * grid_w * channels;
+    for (int64_t rx = 0; rx < region_w; ++rx) {
+      const int64_t k = k_of[rx], step = region_size / k;
+      const bool first_line = y_in % step == 0;
+      T* dst = out + (start[rx] + (y_in / step) * k) * channels;
+      for (int64_t sx = 0; sx < k; ++sx, dst += channels) {
+        for (int64_t dx = 0; dx < step; ++dx, token += channels) {
+          if (first_line && dx == 0) {
+            for (int64_t c = 0; c < channels; ++c) dst[c] = token[c];
+          } else {
+            for (int64_t c = 0; c < channels; ++c) dst[c] += token[c];
+          }
+        }
+      }
+    }
+  }
+  if (!average) return;
+  for (int64_t rx = 0; rx < region_w; ++rx) {
+    const int64_t k = k_of[rx], step = region_size / k;
+    if (step == 1) continue;
+    const T inv_area = T(1) / static_cast<T>(step * step);
+    T* dst = out + start[rx] * channels;
+    for (int64_t c = 0; c < k * k * channels; ++c) dst[c] *= inv_area;
+  }
+}
+
+template <typename T>
+inline void decompress_line_impl(T* __restrict__ out, const T* __restrict__ src,
+                                 const T* __restrict__ subtract, const T* __restrict__ reference,
+                                 const int32_t* __restrict__ start, const int32_t* __restrict__ k_of,
+                                 int64_t region_w, int64_t region_size, int64_t y_in,
+                                 int64_t channels, bool divide_by_area) {
+  for (int64_t rx = 0; rx < region_w; ++rx) {
+    const int64_t k = k_of[rx], step = region_size / k;
+    const T a = divide_by_area ? T(1) / static_cast<T>(step * step) : T(1);
+    const int64_t first = start[rx] + (y_in / step) * k;
+    for (int64_t sx = 0; sx < k; ++sx) {
+      const T* s = src + (first + sx) * channels;
+      const T* m = subtract != nullptr ? subtract + (first + sx) * channels : nullptr;
+      for (int64_t dx = 0; dx < step; ++dx, out += channels) {
+        if (reference != nullptr) {
+          if (m != nullptr) {
+            for (int64_t c = 0; c < channels; ++c) out[c] = a * (s[c] - m[c]) + reference[c];
+          } else {
+            for (int64_t c = 0; c < channels; ++c) out[c] = a * s[c] + reference[c];
+          }
+          reference += channels;
+        } else if (m != nullptr) {
+          for (int64_t c = 0; c < channels; ++c) out[c] = a * (s[c] - m[c]);
+        } else {
+          for (int64_t c = 0; c < channels; ++c) out[c] = a * s[c];
+        }
+      }
+    }
+  }
+}
+
+#define DGE_LINE_KERNELS(T, ATTRIBUTES)                                                        \
+  ATTRIBUTES void compress_region_row(const T* x, T* out, const int32_t* start,               \
+                                      const int32_t* k_of, int64_t region_w,                  \
+                                      int64_t region_size, int64_t grid_w, int64_t channels,  \
+                                      bool average) {                                         \
+    compress_region_row_impl(x, out, start, k_of, region_w, region_size, grid_w, channels,    \
+                             average);                                                        \
+  }                                                                                           \
+  ATTRIBUTES void decompress_line(T* out, const T* src, const T* subtract, const T* reference, \
+                                  const int32_t* start, const int32_t* k_of, int64_t region_w, \
+                                  int64_t region_size, int64_t y_in, int64_t channels,         \
+                                  bool divide_by_area) {                                       \
+    decompress_line_impl(out, src, subtract, reference, start, k_of, region_w, region_size,    \
+                         y_in, channels, divide_by_area);                                      \
+  }
+
+DGE_LINE_KERNELS(float, DGE_SIMD_CLONES)
+DGE_LINE_KERNELS(double, )
+#undef DGE_LINE_KERNELS
+
+}  // namespace
+
+Table route_to_patches_cpu(const at::Tensor& indices, at::IntArrayRef split_sizes,
+                           int64_t region_size, int64_t num_extra) {
+  check_route_args(indices, split_sizes, region_size, num_extra);
+  const auto idx = indices.contiguous();
+  const int64_t batch = idx.size(0), rh = idx.size(1), rw = idx.size(2);
+  const int64_t regions = rh * rw;
+  const int64_t options = static_cast<int64_t>(split_sizes.size());
+  const std::vector<int64_t> splits(split_sizes.begin(), split_sizes.end());
+
+  auto int_opts = idx.options().dtype(at::kInt);
+  auto region_k = at::empty({batch, rh, rw}, int_opts);
+  auto region_start = at::empty({batch, rh, rw}, int_opts);
+  auto lengths = at::empty({batch}, idx.options());
+  auto offsets = at::empty({batch + 1}, idx.options());
+  const int64_t* idx_p = idx.data_ptr<int64_t>();
+  int32_t* k_p = region_k.data_ptr<int32_t>();
+  int32_t* start_p = region_start.data_ptr<int32_t>();
+  int64_t* len_p = lengths.data_ptr<int64_t>();
+  int64_t* off_p = offsets.data_ptr<int64_t>();
+
+  // Pass 1: sub-patch count per region and the per-sample row offsets.
+  at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      int64_t rows_so_far = num_extra;
+      for (int64_t r = 0; r < regions; ++r) {
+        const int64_t choice = idx_p[b * regions + r];
+        TORCH_CHECK_VALUE(choice >= 0 && choice < options, "indices", idx.sizes(),
+                          " holds gate index ", choice, " at sample ", b, ", region (",
+                          r / rw, ", ", r % rw, "); valid indices are 0..", options - 1);
+        const int64_t k = splits[choice];
+        k_p[b * regions + r] = static_cast<int32_t>(k);
+        start_p[b * regions + r] = static_cast<int32_t>(rows_so_far);
+        rows_so_far += k * k;
+      }
+      len_p[b] = rows_so_far;
+    }
+  });
+  off_p[0] = 0;
+  for (int64_t b = 0; b < batch; ++b) off_p[b + 1] = off_p[b] + len_p[b];
+  const int64_t total = off_p[batch];
+  TORCH_CHECK_VALUE(total < std::numeric_limits<int32_t>::max(), "table of ", total,
+                    " rows exceeds the int32 row index");
+
+  // Pass 2: absolute region starts and the rows themselves.
+  auto rows = at::empty({total, kRowColumns}, int_opts);
+  int32_t* rows_p = rows.data_ptr<int32_t>();
+  at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t base = off_p[b];
+      for (int64_t e = 0; e < num_extra; ++e) {
+        int32_t* row = rows_p + (base + e) * kRowColumns;
+        row[0] = static_cast<int32_t>(b);
+        row[1] = static_cast<int32_t>(-(e + 1));
+        row[2] = 0;
+        row[3] = 1;
+      }
+      for (int64_t r = 0; r < regions; ++r) {
+        const int64_t start = base + start_p[b * regions + r];
+        start_p[b * regions + r] = static_cast<int32_t>(start);
+        const int64_t k = k_p[b * regions + r];
+        const int64_t step = region_size / k;
+        const int64_t y_base = (r / rw) * region_size, x_base = (r % rw) * region_size;
+        for (int64_t j = 0; j < k * k; ++j) {
+          int32_t* row = rows_p + (start + j) * kRowColumns;
+          row[0] = static_cast<int32_t>(b);
+          row[1] = static_cast<int32_t>(y_base + (j / k) * step);
+          row[2] = static_cast<int32_t>(x_base + (j % k) * step);
+          row[3] = static_cast<int32_t>(step);
+        }
+      }
+    }
+  });
+  return {rows, region_start, region_k, offsets, lengths};
+}
+
+at::Tensor compress_cpu(const at::Tensor& x_in, const at::Tensor& rows,
+                        const at::Tensor& region_start_in, const at::Tensor& region_k_in,
+                        const at::Tensor& offsets_in, int64_t grid_h, int64_t grid_w,
+                        int64_t num_extra, bool average) {
+  check_compress_args(x_in, rows, region_start_in, region_k_in, offsets_in, grid_h, grid_w,
+                      num_extra);
+  const auto x = x_in.contiguous();
+  const auto region_start = region_start_in.contiguous();
+  const auto region_k = region_k_in.contiguous();
+  const auto offsets = offsets_in.contiguous();
+  const int64_t batch = region_k.size(0), rh = region_k.size(1), rw = region_k.size(2);
+  const int64_t region_size = grid_h / rh;
+  const int64_t tokens = x.size(1), channels = x.size(2);
+  auto out = at::empty({rows.size(0), channels}, x.options());
+  const int32_t* start_p = region_start.data_ptr<int32_t>();
+  const int32_t* k_p = region_k.data_ptr<int32_t>();
+  const int64_t* off_p = offsets.data_ptr<int64_t>();
+
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dge_compress_cpu", [&] {
+    const scalar_t* x_p = x.data_ptr<scalar_t>();
+    scalar_t* out_p = out.data_ptr<scalar_t>();
+    // Items: the region rows of every sample, plus one per sample for its
+    // extra tokens; each item owns a disjoint block of output rows.
+    const int64_t items = rh + 1;
+    at::parallel_for(0, batch * items, grain_for(region_size * grid_w * channels),
+                     [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t b = i / items, ry = i % items;
+        const scalar_t* sample = x_p + b * tokens * channels;
+        if (ry == rh) {
+          std::memcpy(out_p + off_p[b] * channels, sample, num_extra * channels * sizeof(scalar_t));
+          continue;
+        }
+        const int64_t region = (b * rh + ry) * rw;
+        compress_region_row(sample + (num_extra + ry * region_size * grid_w) * channels, out_p,
+                            start_p + region, k_p + region, rw, region_size, grid_w, channels,
+                            average);
+      }
+    });
+  });
+  return out;
+}
+
+at::Tensor decompress_cpu(const at::Tensor& src_in, const c10::optional<at::Tensor>& subtract_in,
+                          const c10::optional<at::Tensor>& reference_in,
+                          const at::Tensor& region_start_in, const at::Tensor& region_k_in,
+                          const at::Tensor& offsets_in, int64_t grid_h, int64_t grid_w,
+                          int64_t num_extra, bool divide_by_area) {
+  check_decompress_args(src_in, subtract_in, reference_in, region_start_in, region_k_in,
+                        offsets_in, grid_h, grid_w, num_extra);
+  const auto src = src_in.contiguous();
+  const auto region_start = region_start_in.contiguous();
+  const auto region_k = region_k_in.contiguous();
+  const auto offsets = offsets_in.contiguous();
+  at::Tensor subtract, reference;
+  if (subtract_in.has_value()) subtract = subtract_in->contiguous();
+  if (reference_in.has_value()) reference = reference_in->contiguous();
+
+  const int64_t batch = region_k.size(0), rh = region_k.size(1), rw = region_k.size(2);
+  const int64_t region_size = grid_h / rh;
+  const int64_t tokens = num_extra + grid_h * grid_w, channels = src.size(1);
+  auto out = at::empty({batch, tokens, channels}, src.options());
+  const int32_t* start_p = region_start.data_ptr<int32_t>();
+  const int32_t* k_p = region_k.data_ptr<int32_t>();
+  const int64_t* off_p = offsets.data_ptr<int64_t>();
+
+  AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "dge_decompress_cpu", [&] {
+    const scalar_t* src_p = src.data_ptr<scalar_t>();
+    const scalar_t* sub_p = subtract.defined() ? subtract.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* ref_p = reference.defined() ? reference.data_ptr<scalar_t>() : nullptr;
+    scalar_t* out_p = out.data_ptr<scalar_t>();
+    // Items: every grid line of every sample, plus one per sample for its extra
+    // tokens (an extra token is a region of one token: same line kernel).
+    const int64_t items = grid_h + 1;
+    at::parallel_for(0, batch * items, grain_for(grid_w * channels), [&](int64_t i0, int64_t i1) {
+      const int32_t one = 1;
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t b = i / items, line = i % items;
+        const int64_t first_token = line == grid_h ? 0 : num_extra + line * grid_w;
+        const int64_t at = (b * tokens + first_token) * channels;
+        const scalar_t* ref_line = ref_p != nullptr ? ref_p + at : nullptr;
+        if (line == grid_h) {
+          for (int64_t e = 0; e < num_extra; ++e) {
+            const int32_t row = static_cast<int32_t>(off_p[b] + e);
+            decompress_line(out_p + at + e * channels, src_p, sub_p,
+                            ref_line != nullptr ? ref_line + e * channels : nullptr, &row, &one,
+                            1, 1, 0, channels, divide_by_area);
+          }
+          continue;
+        }
+        const int64_t region = (b * rh + line / region_size) * rw;
+        decompress_line(out_p + at, src_p, sub_p, ref_line, start_p + region, k_p + region, rw,
+                        region_size, line % region_size, channels, divide_by_area);
+      }
+    });
+  });
+  return out;
+}
+
+}  // namespace dge

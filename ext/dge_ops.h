@@ -1,0 +1,96 @@
+// Declarations shared by the CPU and CUDA kernels of the DGE sparse ops.
+//
+// Packed ("varlen") layout: the queries of all samples are concatenated along
+// dim 0, sample b owning rows [offsets[b], offsets[b+1]).  Within a sample the
+// rows are the num_extra extra tokens, then the regions in raster order, then
+// the k*k sub-patches of each region in raster order.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <tuple>
+
+namespace dge {
+
+// Patch-table columns of `rows` ([L, 4], int32): sample, y0, x0, step.
+// Extra token e is stored as (sample, -(e + 1), 0, 1).
+constexpr int64_t kRowColumns = 4;
+
+// Largest split size the kernels accept: a region then holds at most 64 tokens
+// per side, which keeps int32 row arithmetic far from overflow.
+constexpr int64_t kMaxRegionSize = 64;
+
+// Largest head dimension of the CUDA attention kernels (4 values per lane).
+constexpr int64_t kMaxHeadDim = 128;
+
+using Table = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// rows [L,4] int32, region_start [B,Hr,Wr] int32 (absolute packed row of the
+// region's first sub-patch), region_k [B,Hr,Wr] int32 (sub-patches per side),
+// offsets [B+1] int64 on the indices' device, lengths [B] int64 on the host.
+Table route_to_patches_cpu(const at::Tensor& indices, at::IntArrayRef split_sizes,
+                           int64_t region_size, int64_t num_extra);
+
+// out[l] = mean (average) or sum of the tokens covered by row l of `rows`.
+// Both table forms are passed; each backend reads the one its loops need.
+at::Tensor compress_cpu(const at::Tensor& x, const at::Tensor& rows,
+                        const at::Tensor& region_start, const at::Tensor& region_k,
+                        const at::Tensor& offsets, int64_t grid_h, int64_t grid_w,
+                        int64_t num_extra, bool average);
+
+// out[b,n] = reference[b,n] + a * (src[p] - subtract[p]) with p the row
+// covering token n and a = 1 / area(p) when divide_by_area, else 1.
+// `subtract` and `reference` are optional.
+at::Tensor decompress_cpu(const at::Tensor& src, const c10::optional<at::Tensor>& subtract,
+                          const c10::optional<at::Tensor>& reference,
+                          const at::Tensor& region_start, const at::Tensor& region_k,
+                          const at::Tensor& offsets, int64_t grid_h, int64_t grid_w,
+                          int64_t num_extra, bool divide_by_area);
+
+// out [L,h,d] = per-sample softmax(scale q k^T) v; lse [L,h] (float32 for
+// reduced precision, else the input dtype) when return_lse, else empty.
+std::tuple<at::Tensor, at::Tensor> varlen_attention_forward_cpu(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& offsets,
+    double scale, bool return_lse);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> varlen_attention_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& out, const at::Tensor& lse, const at::Tensor& offsets, double scale);
+
+#ifdef DGE_WITH_CUDA
+Table route_to_patches_cuda(const at::Tensor& indices, at::IntArrayRef split_sizes,
+                            int64_t region_size, int64_t num_extra);
+at::Tensor compress_cuda(const at::Tensor& x, const at::Tensor& rows,
+                         const at::Tensor& region_start, const at::Tensor& region_k,
+                         const at::Tensor& offsets, int64_t grid_h, int64_t grid_w,
+                         int64_t num_extra, bool average);
+at::Tensor decompress_cuda(const at::Tensor& src, const c10::optional<at::Tensor>& subtract,
+                           const c10::optional<at::Tensor>& reference,
+                           const at::Tensor& region_start, const at::Tensor& region_k,
+                           const at::Tensor& offsets, int64_t grid_h, int64_t grid_w,
+                           int64_t num_extra, bool divide_by_area);
+std::tuple<at::Tensor, at::Tensor> varlen_attention_forward_cuda(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& offsets,
+    double scale, bool return_lse);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> varlen_attention_backward_cuda(
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& out, const at::Tensor& lse, const at::Tensor& offsets, double scale);
+#endif
+
+// Contract checks shared by both backends (the Python wrappers validate user
+// input first; these guard the kernels against misuse from C++).
+void check_route_args(const at::Tensor& indices, at::IntArrayRef split_sizes,
+                      int64_t region_size, int64_t num_extra);
+void check_compress_args(const at::Tensor& x, const at::Tensor& rows,
+                         const at::Tensor& region_start, const at::Tensor& region_k,
+                         const at::Tensor& offsets, int64_t grid_h, int64_t grid_w,
+                         int64_t num_extra);
+void check_decompress_args(const at::Tensor& src, const c10::optional<at::Tensor>& subtract,
+                           const c10::optional<at::Tensor>& reference,
+                           const at::Tensor& region_start, const at::Tensor& region_k,
+                           const at::Tensor& offsets, int64_t grid_h, int64_t grid_w,
+                           int64_t num_extra);
+void check_attention_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                          const at::Tensor& offsets);
+
+}  // namespace dge

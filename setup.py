@@ -1,0 +1,72 @@
+"""Builds dge_explain._C: the C++ CPU kernels always, the CUDA kernels too when a
+CUDA toolkit is found (or demanded).
+
+Switches (environment):
+  DGE_EXPLAIN_CUDA=auto|0|1  auto (default): build CUDA kernels when a toolkit is
+                             found and torch is a CUDA build; 0: never; 1: always,
+                             failing if no toolkit is found (no GPU is needed).
+  CUDA_HOME                  the toolkit; default /usr/local/cuda when it holds nvcc.
+  TORCH_CUDA_ARCH_LIST       GPU architectures; default "8.0;9.0+PTX" when no GPU
+                             is visible (A100, H100, and PTX for newer cards).
+"""
+import glob
+import os
+import shutil
+
+from setuptools import setup
+
+
+def _find_cuda_home():
+    if os.environ.get("CUDA_HOME"):
+        return os.environ["CUDA_HOME"]
+    # A wrapper script on PATH (e.g. /usr/local/bin/nvcc) would make torch guess
+    # /usr/local as the toolkit root; the canonical location is more reliable.
+    if os.path.exists("/usr/local/cuda/bin/nvcc"):
+        return "/usr/local/cuda"
+    nvcc = shutil.which("nvcc")
+    return os.path.dirname(os.path.dirname(os.path.realpath(nvcc))) if nvcc else None
+
+
+def _want_cuda(torch_module, cuda_home):
+    mode = os.environ.get("DGE_EXPLAIN_CUDA", "auto").lower()
+    if mode not in {"auto", "0", "1"}:
+        raise SystemExit(f"DGE_EXPLAIN_CUDA must be auto, 0 or 1, got {mode!r}")
+    available = cuda_home is not None and torch_module.version.cuda is not None
+    if mode == "1" and not available:
+        raise SystemExit(
+            "DGE_EXPLAIN_CUDA=1 but no CUDA toolkit was found (set CUDA_HOME) "
+            f"or torch {torch_module.__version__} is not a CUDA build")
+    return mode == "1" or (mode == "auto" and available)
+
+
+def _extensions():
+    cuda_home = _find_cuda_home()
+    if cuda_home:
+        os.environ["CUDA_HOME"] = cuda_home
+    import torch
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+    with_cuda = _want_cuda(torch, cuda_home)
+    sources = sorted(glob.glob("ext/*.cpp") + glob.glob("ext/cpu/*.cpp"))
+    macros = [("DGE_TORCH_VERSION", torch.__version__)]
+    # No errno or FP-trap semantics: lets the compiler vectorise exp and reductions.
+    # -fopenmp: at::parallel_for is a header template; without it the kernels
+    # would run on one thread (the OpenMP runtime is the libgomp torch loads).
+    cxx_flags = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
+    link_flags = ["-fopenmp"]
+    if with_cuda:
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
+        sources += sorted(glob.glob("ext/cuda/*.cu"))
+        macros += [("DGE_WITH_CUDA", None), ("DGE_CUDA_VERSION", torch.version.cuda)]
+        extension = CUDAExtension(
+            "dge_explain._C", sources, define_macros=macros,
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]}, extra_link_args=link_flags)
+    else:
+        extension = CppExtension("dge_explain._C", sources, define_macros=macros,
+                                 extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags)
+    return [extension], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = _extensions()
+setup(ext_modules=ext_modules, cmdclass=cmdclass)

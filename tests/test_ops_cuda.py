@@ -1,0 +1,87 @@
+"""CUDA kernels against the reference (float32, float16, bfloat16 with float32
+accumulation, and float64), on the default and on a side stream.  Skipped with a
+message where no CUDA device is visible; CI compiles these kernels regardless."""
+import pytest
+import torch
+
+from dge_explain import ops
+from dge_explain.ops import reference
+from dge_explain.ops.selfcheck import TOLERANCE, check_all, random_case
+
+from conftest import poisoned_outputs, requires_cuda
+
+pytestmark = [pytest.mark.cuda, requires_cuda]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+
+
+def test_extension_has_cuda_kernels():
+    assert ops.build_info()["compiled_cuda"], "extension built without CUDA kernels"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_selfcheck(dtype):
+    failed = [r for r in check_all("cuda", dtype) if not r.passed]
+    assert not failed, failed
+
+
+@pytest.mark.parametrize("splits", [(2, 1), (4, 2, 1), (4, 1)])
+@pytest.mark.parametrize("batch,grid,num_extra,channels", [(1, (1, 1), 0, 5), (3, (2, 3), 1, 13),
+                                                           (4, (4, 4), 2, 192)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pooling_matches_reference(splits, batch, grid, num_extra, channels, dtype, generator):
+    case = random_case(batch, grid, splits, num_extra, channels, dtype, "cuda", generator)
+    ref = reference.reference_table(case.indices.cpu(), splits, case.region_size, num_extra)
+    for got, want in zip((case.table.rows, case.table.region_start, case.table.region_k,
+                          case.table.offsets, case.table.lengths),
+                         (ref.rows, ref.region_start, ref.region_k, ref.offsets, ref.lengths)):
+        assert torch.equal(got.cpu(), want)
+    assert case.table.lengths.device.type == "cpu"
+    x64 = case.x.double().cpu()
+    with poisoned_outputs():
+        comp = ops.compress(case.x, case.table)
+        q2 = torch.randn_like(comp)
+        restored = ops.restore(case.x, q2, comp, case.table)
+    tol = TOLERANCE[dtype]
+    assert (comp.double().cpu() - reference.compress(x64, ref)).abs().max() <= tol
+    want = reference.restore(x64, q2.double().cpu(), comp.double().cpu(), ref)
+    assert not torch.isnan(restored).any()
+    assert (restored.double().cpu() - want).abs().max() <= tol * max(1.0, float(want.abs().max()))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lengths,heads,head_dim,keys", [
+    ([5], 1, 8, 7), ([17, 3], 3, 64, 257), ([1, 40, 9, 12], 2, 13, 50), ([300, 0, 70], 6, 128, 65)])
+def test_attention_matches_reference(dtype, lengths, heads, head_dim, keys, generator):
+    offsets = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    randn = lambda *s: torch.randn(*s, generator=generator, dtype=torch.float64)
+    q64, k64, v64 = randn(int(offsets[-1]), heads, head_dim), randn(len(lengths), heads, keys, head_dim), \
+        randn(len(lengths), heads, keys, head_dim)
+    q, k, v = (t.to("cuda", dtype).requires_grad_() for t in (q64, k64, v64))
+    with poisoned_outputs():
+        out = ops.varlen_attention(q, k, v, offsets.cuda())
+        grad = torch.randn_like(out)
+        out.backward(grad)
+    refs = [t.clone().requires_grad_() for t in (q64, k64, v64)]
+    want = reference.varlen_attention(*refs, offsets, head_dim ** -0.5)
+    want.backward(grad.double().cpu())
+    tol = TOLERANCE[dtype] * 5
+    assert (out.double().cpu() - want).abs().max() <= tol
+    for got, expected in zip((q, k, v), refs):
+        assert not torch.isnan(got.grad).any()
+        scale = max(1.0, float(expected.grad.abs().max()))
+        assert (got.grad.double().cpu() - expected.grad).abs().max() <= tol * scale
+
+
+def test_ops_follow_the_current_stream(generator):
+    case = random_case(4, (8, 8), (4, 2, 1), 1, 384, torch.float32, "cuda", generator)
+    expected = ops.compress(case.x, case.table)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        x = case.x * 1.0  # produced on the side stream
+        comp = ops.compress(x, case.table)
+        table = ops.route_to_patches(case.indices, (4, 2, 1), 4, 1)
+        restored = ops.restore(x, comp * 2, comp, table)
+    torch.cuda.current_stream().wait_stream(side)
+    torch.testing.assert_close(comp, expected)
+    torch.testing.assert_close(restored, case.x + ops.decompress(expected, case.table))

@@ -1,0 +1,94 @@
+"""route_to_patches: the compiled table equals the reference, and the layout is
+the documented one (extra rows first, regions in raster order, sub-patches in
+raster order)."""
+import pytest
+import torch
+
+from dge_explain import ops
+from dge_explain.ops import reference
+from dge_explain.ops.selfcheck import random_case
+
+from conftest import poisoned_outputs
+
+# (split_sizes, region_size): Phi = {1,2}, {1,2,4}, {1,4} and {2,4} as split sizes S/phi.
+SPLITS = [((2, 1), 2), ((4, 2, 1), 4), ((4, 1), 4), ((2, 1), 4)]
+GRIDS = [(1, 1), (2, 3), (3, 1), (4, 4)]
+
+
+def _fields(table):
+    return (table.rows, table.region_start, table.region_k, table.offsets, table.lengths)
+
+
+@pytest.mark.parametrize("splits,size", SPLITS)
+@pytest.mark.parametrize("batch", [1, 2, 4])
+@pytest.mark.parametrize("num_extra", [0, 1, 2])
+@pytest.mark.parametrize("grid", GRIDS)
+def test_route_matches_reference(splits, size, batch, num_extra, grid, generator):
+    indices = torch.randint(0, len(splits), (batch, *grid), generator=generator)
+    with poisoned_outputs():
+        table = ops.route_to_patches(indices, splits, size, num_extra)
+    expected = reference.reference_table(indices, splits, size, num_extra)
+    for got, want in zip(_fields(table), _fields(expected)):
+        assert got.dtype == want.dtype
+        assert torch.equal(got, want)
+    assert table.lengths.device.type == "cpu"
+    k = torch.tensor(splits)[indices]
+    assert table.lengths.tolist() == (num_extra + (k * k).flatten(1).sum(1)).tolist()
+
+
+def test_layout_of_a_known_case():
+    # One sample, 1 extra token, S = 2, regions: (0,0) finest (k=2), (0,1) coarse (k=1).
+    table = ops.route_to_patches(torch.tensor([[[0, 1]]]), (2, 1), 2, 1)
+    assert table.rows.tolist() == [
+        [0, -1, 0, 1],                                          # cls
+        [0, 0, 0, 1], [0, 0, 1, 1], [0, 1, 0, 1], [0, 1, 1, 1],  # region (0,0), raster
+        [0, 0, 2, 2],                                           # region (0,1): one 2x2 patch
+    ]
+    assert table.region_start.tolist() == [[[1, 5]]]
+    assert table.region_k.tolist() == [[[2, 1]]]
+    assert table.offsets.tolist() == [0, 6]
+    assert table.grid == (2, 4) and table.tokens == 9 and table.total == 6
+
+
+def test_rows_partition_the_tokens(generator):
+    case = random_case(3, (3, 2), (4, 2, 1), 2, 4, torch.float64, "cpu", generator)
+    covering, area = reference.token_rows(case.table)   # raises if not a partition
+    counts = torch.bincount(covering.flatten(), minlength=case.table.total)
+    assert torch.equal(counts, area)
+
+
+def test_int32_indices_are_accepted():
+    indices = torch.tensor([[[1, 0]]], dtype=torch.int32)
+    table = ops.route_to_patches(indices, (2, 1))
+    assert table.total == 5
+
+
+@pytest.mark.parametrize("bad,match", [
+    (torch.tensor([[[0, 2]]]), r"gate index 2 at sample 0, region \(0, 1\); valid indices are 0..1"),
+    (torch.tensor([[[-1, 0]]]), r"gate index -1 at sample 0, region \(0, 0\)"),
+])
+def test_out_of_range_gate_index(bad, match):
+    with pytest.raises(ValueError, match=match):
+        ops.route_to_patches(bad, (2, 1))
+    with ops.use_backend("reference"), pytest.raises(ValueError, match=match):
+        ops.route_to_patches(bad, (2, 1))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(indices=torch.zeros(2, 3, dtype=torch.long)), r"indices must be \[B, Hr, Wr\].*\(2, 3\)"),
+    (dict(indices=torch.zeros(1, 2, 2)), r"indices must hold integer gate indices.*float32"),
+    (dict(split_sizes=(3, 2)), r"every split size must divide region_size 3"),
+    (dict(split_sizes=()), r"split_sizes must not be empty"),
+    (dict(num_extra=-1), r"num_extra must be >= 0"),
+])
+def test_bad_route_arguments(kwargs, match):
+    args = dict(indices=torch.zeros(1, 2, 2, dtype=torch.long), split_sizes=(2, 1), num_extra=0)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        ops.route_to_patches(args["indices"], args["split_sizes"], None, args["num_extra"])
+
+
+def test_region_grid_refuses_ragged_grids():
+    assert ops.region_grid((16, 8), 4) == (4, 2)
+    with pytest.raises(ValueError, match=r"token grid 14x14 is not divisible by region size 4.*16x16"):
+        ops.region_grid((14, 14), 4)
