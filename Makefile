@@ -18,7 +18,8 @@ venv: $(STAMP)
 $(STAMP): requirements.lock setup.cfg pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	DGE_EXPLAIN_BUILD_EXT=0 $(PY) -m pip install --quiet --disable-pip-version-check --no-deps \
+		--no-build-isolation -e .
 	touch $@
 
 # Incremental (ninja) rebuild of dge_explain/_C after editing ext/.

@@ -6,6 +6,8 @@ Switches (environment):
                              found and torch is a CUDA build; 0: never; 1: always,
                              failing if no toolkit is found (no GPU is needed).
   CUDA_HOME                  the toolkit; default /usr/local/cuda when it holds nvcc.
+  DGE_EXPLAIN_BUILD_EXT=0    install the package without (re)building the extension
+                             (the Makefile builds it in place with build_ext).
   TORCH_CUDA_ARCH_LIST       GPU architectures; default "8.0;9.0+PTX" when no GPU
                              is visible (A100, H100, and PTX for newer cards).
 """
@@ -68,5 +70,5 @@ def _extensions():
     return [extension], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 
-ext_modules, cmdclass = _extensions()
+ext_modules, cmdclass = ([], {}) if os.environ.get("DGE_EXPLAIN_BUILD_EXT") == "0" else _extensions()
 setup(ext_modules=ext_modules, cmdclass=cmdclass)
