@@ -3,6 +3,7 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cpu/blas.h"
 #include "dge_ops.h"
 
 TORCH_LIBRARY(dge_explain, m) {
@@ -71,5 +72,6 @@ PyMODINIT_FUNC PyInit__C(void) {
   Py_INCREF(Py_None);
 #endif
   PyModule_AddStringConstant(module, "torch_version", DGE_STRINGIFY(DGE_TORCH_VERSION));
+  PyModule_AddStringConstant(module, "cpu_gemm", dge::blas::backend_name());
   return module;
 }

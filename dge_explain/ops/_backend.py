@@ -72,6 +72,7 @@ def build_info() -> dict:
         "compiled_cuda": bool(_EXTENSION is not None and _EXTENSION.with_cuda),
         "extension_cuda_version": getattr(_EXTENSION, "cuda_version", None),
         "extension_torch_version": getattr(_EXTENSION, "torch_version", None),
+        "cpu_gemm": getattr(_EXTENSION, "cpu_gemm", None),
         "torch_version": torch.__version__,
         "cuda_device_available": torch.cuda.is_available(),
         "cpu_threads": torch.get_num_threads(),
