@@ -1,0 +1,193 @@
+"""Multiply-accumulate counts of DGE and dense models (appendix B.3 of the paper):
+a static part (everything, with every query present) and a dynamic part that
+counts only the queries the gates actually kept.
+
+Two accountings:
+
+* ``"original"`` reproduces the authors' code to the MAC (for "MAC_avg" parity):
+  its patch-embedding constant uses 3*W instead of H*W input pixels
+  (DeiT-Ti/S static at 256: 1.680 / 6.089 G), PVT attention counts one of its
+  two matmuls, and LayerNorm 2 is counted on all inputs.
+* ``"corrected"`` (default) fixes those three: H*W pixels, both attention
+  matmuls, LayerNorms counted on the tokens they run on (DGE blocks run
+  LayerNorm 1 on the inputs and again on the pooled queries).
+
+Per block, with Nin inputs and Nq queries (extra tokens included), C channels,
+h heads, MLP hidden width Ch, spatial-reduction ratio r (PVT):
+  q, proj: 2 Nq C^2;  kv: 2 Nin/r^2 C^2 (+ Nin C^2 + Nin/r^2 C for the r x r conv
+  and its norm);  QK^T and AV: 2 Nq Nin/r^2 C;  softmax: 3 Nq Nin/r^2 h;
+  MLP: Nq (2 C Ch + Ch);  router: Nin/S^2 C (pool) + Nin/S^2 C K (gate).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dge_explain.models.attention import SpatialReductionAttention
+from dge_explain.models.blocks import DGEBlock, DenseBlock
+from dge_explain.models.pvt import STRIDES, PyramidVisionTransformer
+
+ACCOUNTINGS = ("corrected", "original")
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    dim: int
+    heads: int
+    hidden: int
+    sr_ratio: int      # 1: keys are all inputs
+    pvt: bool          # PVT-style attention accounting
+    dge: bool
+
+
+def block_spec(block: nn.Module) -> BlockSpec:
+    attn = block.attn
+    sr = getattr(attn, "sr_ratio", 1)
+    return BlockSpec(dim=block.norm1.normalized_shape[0], heads=attn.num_heads,
+                     hidden=block.mlp.fc1.out_features, sr_ratio=sr,
+                     pvt=isinstance(attn, SpatialReductionAttention), dge=isinstance(block, DGEBlock))
+
+
+def block_macs(spec: BlockSpec, n_in, n_q, accounting: str = "corrected", terms: str = "all"):
+    """MACs of one block for n_in inputs and n_q queries (numbers or tensors).
+    terms='matmul' keeps only matrix products (what FLOP counters count)."""
+    _check_accounting(accounting)
+    original = accounting == "original"
+    c, h, hidden, r2 = spec.dim, spec.heads, spec.hidden, spec.sr_ratio ** 2
+    keys = n_in / r2
+    matmul = 2 * n_q * c * c + 2 * keys * c * c + n_q * (2 * c * hidden)
+    matmul = matmul + (1 if spec.pvt and original else 2) * n_q * keys * c
+    if spec.sr_ratio > 1:
+        matmul = matmul + n_in * c * c
+    if terms == "matmul":
+        return matmul
+    if original:
+        norms = 2 * n_in * c
+    else:
+        norms = n_in * c + n_q * c * (2 if spec.dge else 1)
+    other = norms + 3 * n_q * keys * h + n_q * hidden
+    if spec.sr_ratio > 1:
+        other = other + keys * c
+    return matmul + other
+
+
+def router_macs(dim: int, options: int, region_size: int, n_in) -> float:
+    regions = n_in / region_size ** 2
+    return regions * dim + regions * dim * options
+
+
+def _check_accounting(accounting: str) -> None:
+    if accounting not in ACCOUNTINGS:
+        raise ValueError(f"accounting must be one of {ACCOUNTINGS}, got {accounting!r}")
+
+
+def _stem_and_head_macs(model: nn.Module, image_hw: tuple[int, int], accounting: str,
+                        terms: str = "all") -> float:
+    """Patch embedding(s) and classifier: the same for static and dynamic.  PVT's
+    patch embeddings add Nin/p^2 Cout for their LayerNorm (not a matmul)."""
+    pixels = image_hw[0] * image_hw[1]
+    if accounting == "original":
+        pixels = 3 * image_hw[1]  # the original's x.shape[1] * x.shape[2] of an NCHW image
+    if isinstance(model, PyramidVisionTransformer):
+        total = 0.0
+        for stage in range(4):
+            proj = getattr(model, f"patch_embed{stage + 1}").proj
+            patch = proj.stride[0]
+            n_in = pixels / (STRIDES[stage] // patch) ** 2   # pixels of the stage's input map
+            total += n_in * proj.in_channels * proj.out_channels
+            if terms == "all":
+                total += n_in / patch ** 2 * proj.out_channels
+    else:
+        proj = model.patch_embed.proj
+        total = pixels * proj.in_channels * proj.out_channels
+    head = model.head
+    if isinstance(head, nn.Linear):
+        total += head.in_features * head.out_features
+    head_dist = getattr(model, "head_dist", None)
+    if isinstance(head_dist, nn.Linear):
+        total += head_dist.in_features * head_dist.out_features
+    return total
+
+
+def _model_blocks(model: nn.Module) -> list[nn.Module]:
+    if isinstance(model, PyramidVisionTransformer):
+        return list(model.blocks())
+    return list(model.blocks)
+
+
+@dataclass
+class Complexity:
+    """Per-image MACs [B] of one forward pass (float64; dynamic is differentiable
+    through the gates in training), and per block."""
+    static: torch.Tensor
+    dynamic: torch.Tensor
+    block_static: list[torch.Tensor]
+    block_dynamic: list[torch.Tensor]
+    fine_fraction: list[torch.Tensor]   # per DGE block: share of regions at the finest option [B]
+
+    @property
+    def ratio(self) -> torch.Tensor:
+        """Batch mean dynamic over batch mean static (the ratio of means, as the original)."""
+        return self.dynamic.mean() / self.static.mean().clamp(min=1.0)
+
+
+def dge_complexity(model: nn.Module, accounting: str = "corrected") -> Complexity:
+    """MACs of the model's last forward pass, from the gates its DGEs used."""
+    _check_accounting(accounting)
+    blocks = _model_blocks(model)
+    dge_blocks = [b for b in blocks if isinstance(b, DGEBlock)]
+    if not dge_blocks or any(b.dge.routing is None for b in dge_blocks):
+        raise ValueError("run a forward pass through the DGE model before measuring its complexity")
+    if len(dge_blocks) != len(blocks):
+        raise ValueError("dge_complexity needs a DGE in every block")
+    first = dge_blocks[0].dge
+    image_hw = _image_size(model, first.routing.grid)
+    constant = _stem_and_head_macs(model, image_hw, accounting)
+    block_static, block_dynamic, fine = [], [], []
+    for block in dge_blocks:
+        routing, spec = block.dge.routing, block_spec(block)
+        n_in = float(routing.tokens)
+        n_q = routing.queries().double()
+        router = router_macs(spec.dim, len(routing.split_sizes), block.dge.region_size, n_in)
+        block_static.append(torch.full_like(n_q, block_macs(spec, n_in, n_in, accounting) + router))
+        block_dynamic.append(block_macs(spec, n_in, n_q, accounting) + router)
+        fine.append(routing.gates[..., 0].detach().double().mean(dim=(1, 2)))
+    static = constant + torch.stack(block_static).sum(0)
+    dynamic = constant + torch.stack(block_dynamic).sum(0)
+    return Complexity(static, dynamic, block_static, block_dynamic, fine)
+
+
+def _image_size(model: nn.Module, first_grid: tuple[int, int]) -> tuple[int, int]:
+    if isinstance(model, PyramidVisionTransformer):
+        return first_grid[0] * STRIDES[0], first_grid[1] * STRIDES[0]
+    patch = model.patch_embed.proj.stride
+    return first_grid[0] * patch[0], first_grid[1] * patch[1]
+
+
+def dense_macs(model: nn.Module, image_size: tuple[int, int], accounting: str = "corrected",
+               terms: str = "all") -> float:
+    """MACs per image of a dense model (timm ViT/DeiT or dense PVT) at image_size."""
+    _check_accounting(accounting)
+    height, width = image_size
+    total = 0.0
+    if isinstance(model, PyramidVisionTransformer):
+        for stage, block in zip(_stage_of_blocks(model), model.blocks()):
+            n = (height // STRIDES[stage]) * (width // STRIDES[stage]) + (1 if stage == 3 else 0)
+            total += block_macs(block_spec(block), n, n, accounting, terms)
+    else:
+        patch = model.patch_embed.proj.stride
+        n = (height // patch[0]) * (width // patch[1]) + model.num_prefix_tokens
+        for block in model.blocks:
+            total += block_macs(block_spec(block), n, n, accounting, terms)
+    return total + _stem_and_head_macs(model, image_size, accounting, terms)
+
+
+def _stage_of_blocks(model: PyramidVisionTransformer) -> list[int]:
+    return [stage for stage in range(4) for _ in getattr(model, f"block{stage + 1}")]
+
+
+def budget_loss(complexity: Complexity, gamma: float = 0.5, weight: float = 1.0) -> torch.Tensor:
+    """weight * (mean dynamic / mean static - gamma)^2, in float64 (§1.8)."""
+    return weight * (complexity.ratio - gamma) ** 2

@@ -1,0 +1,50 @@
+"""Labelled ImageNet images named ``<synset>_<anything>.jpg`` (e.g. the shared
+imagenet-sample); the class index is the synset's rank among the 1000 ImageNet
+synsets, which sort in class-index order."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from .transforms import eval_transform, load_rgb
+
+SYNSET = re.compile(r"^(n\d{8})_")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".JPEG", ".JPG", ".PNG"}
+
+
+class LabelledImageFolder(Dataset):
+    """Images labelled by the synset prefix of their file name.
+
+    The label of a synset is its rank among the synsets present; with one image
+    per class of all 1000 classes that is the ImageNet class index.  Pass
+    ``synsets`` (the full sorted list) when the folder holds a subset."""
+
+    def __init__(self, root, transform=None, synsets: list[str] | None = None):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"image folder {self.root} does not exist")
+        files = sorted(p for p in self.root.iterdir() if p.suffix in IMAGE_SUFFIXES)
+        unlabelled = [p.name for p in files if not SYNSET.match(p.name)]
+        if unlabelled:
+            raise ValueError(f"{self.root}: {len(unlabelled)} file(s) do not start with a synset "
+                             f"id (nXXXXXXXX_), e.g. {unlabelled[0]}")
+        if not files:
+            raise ValueError(f"{self.root} holds no images")
+        self.files = files
+        found = sorted({SYNSET.match(p.name).group(1) for p in files})
+        self.synsets = synsets if synsets is not None else found
+        index = {s: i for i, s in enumerate(self.synsets)}
+        missing = [s for s in found if s not in index]
+        if missing:
+            raise ValueError(f"{self.root}: synsets {missing[:5]} are not in the given synset list")
+        self.labels = [index[SYNSET.match(p.name).group(1)] for p in files]
+        self.transform = transform if transform is not None else eval_transform()
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(load_rgb(self.files[i])), self.labels[i]

@@ -1,0 +1,125 @@
+"""Multi-head cross-attention from queries (sparse packed [L, C] with a patch
+table, or dense [B, Lq, C]) to the keys and values of the full token set.
+
+Two flavours, with the parameter names of the original implementation:
+``ViTAttention`` (q, kv, optional qk-norm / scale-norm / output gate, as in timm)
+and ``SpatialReductionAttention`` (PVT v1: keys and values from a strided conv
+of the token grid, followed by LayerNorm)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dge_explain import ops
+
+
+def _split_heads(q: torch.Tensor, heads: int, table: Optional[ops.PatchTable]) -> torch.Tensor:
+    if table is not None:
+        return q.view(q.shape[0], heads, -1)                                # [L, h, d]
+    return q.view(q.shape[0], q.shape[1], heads, -1).transpose(1, 2)        # [B, h, Lq, d]
+
+
+def _merge_heads(o: torch.Tensor, table: Optional[ops.PatchTable]) -> torch.Tensor:
+    if table is not None:
+        return o.reshape(o.shape[0], -1)
+    return o.transpose(1, 2).reshape(o.shape[0], o.shape[2], -1)
+
+
+def _keys_values(kv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, Nk, 2C] -> k, v [B, h, Nk, d] as strided views (no copy)."""
+    batch, keys, _ = kv.shape
+    kv = kv.view(batch, keys, 2, heads, -1)
+    return kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
+
+
+def _attend(q, k, v, table, dropout_p: float) -> torch.Tensor:
+    if table is not None:
+        return ops.varlen_attention(q, k, v, table)
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+
+
+class CrossAttention(nn.Module):
+    """q from the queries, k and v from the block's full (normalised) input."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, proj_bias: bool = True,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def context(self, xn: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values [B, h, Nk, d] of the full input."""
+        return _keys_values(self.kv(xn), self.num_heads)
+
+    def attend(self, q, k, v, table) -> torch.Tensor:
+        """Per-head attention, heads merged back: [L, C] or [B, Lq, C]."""
+        dropout = self.attn_drop.p if self.training else 0.0
+        return _merge_heads(_attend(q, k, v, table, dropout), table)
+
+    def forward(self, qn: torch.Tensor, xn: torch.Tensor, grid: tuple[int, int],
+                table: Optional[ops.PatchTable]) -> torch.Tensor:
+        """qn: normalised queries; xn: the normalised full input [B, N, C]."""
+        q = _split_heads(self.q(qn), self.num_heads, table)
+        k, v = self.context(xn, grid)
+        return self.proj_drop(self.proj(self.attend(q, k, v, table)))
+
+
+class ViTAttention(CrossAttention):
+    """timm ViT attention with the fused qkv split into q and kv; keeps timm's
+    optional qk-norm, scale-norm (``norm``) and output gate."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, proj_bias: bool = True,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0, q_norm: nn.Module | None = None,
+                 k_norm: nn.Module | None = None, norm: nn.Module | None = None,
+                 gate: nn.Linear | None = None):
+        super().__init__(dim, num_heads, qkv_bias, proj_bias, attn_drop, proj_drop)
+        self.q_norm = q_norm if q_norm is not None else nn.Identity()
+        self.k_norm = k_norm if k_norm is not None else nn.Identity()
+        self.norm = norm if norm is not None else nn.Identity()
+        self.gate = gate
+
+    def context(self, xn, grid):
+        k, v = super().context(xn, grid)
+        return self.k_norm(k), v
+
+    def forward(self, qn, xn, grid, table):
+        q = self.q_norm(_split_heads(self.q(qn), self.num_heads, table))
+        k, v = self.context(xn, grid)
+        o = self.norm(self.attend(q, k, v, table))
+        if self.gate is not None:
+            o = o * self.gate(qn).sigmoid()
+        return self.proj_drop(self.proj(o))
+
+
+class SpatialReductionAttention(CrossAttention):
+    """PVT v1 attention: with sr_ratio r > 1 the keys and values come from
+    LayerNorm(Conv_{r x r, stride r}(token grid)) (the grid excludes extra tokens,
+    which PVT only has where r = 1)."""
+
+    def __init__(self, dim: int, num_heads: int, sr_ratio: int = 1, qkv_bias: bool = True,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0):
+        super().__init__(dim, num_heads, qkv_bias, True, attn_drop, proj_drop)
+        self.sr_ratio = sr_ratio
+        if sr_ratio > 1:
+            self.sr = nn.Conv2d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio)
+            self.norm = nn.LayerNorm(dim, eps=1e-5)
+
+    def context(self, xn, grid):
+        if self.sr_ratio > 1:
+            height, width = grid
+            if xn.shape[1] != height * width:
+                raise ValueError(f"spatial reduction needs a pure {height}x{width} token grid, "
+                                 f"got {xn.shape[1]} tokens")
+            spatial = xn.transpose(1, 2).reshape(xn.shape[0], -1, height, width)
+            xn = self.norm(self.sr(spatial).flatten(2).transpose(1, 2))
+        return super().context(xn, grid)

@@ -1,0 +1,168 @@
+"""Safe, strict checkpoint loading.
+
+Files are read with safetensors, or with ``torch.load(weights_only=True)`` where
+only tensors, containers and an ``argparse.Namespace`` (the original training
+script's 'args') may be unpickled.  A training checkpoint ({'model': ...,
+'optimizer': ..., 'args': ...}) or a raw state dict both work; 'model' is used,
+never 'model_ema'.  Before loading, a fused timm ``attn.qkv`` is split into the
+``attn.q`` / ``attn.kv`` of DGE models, and positional embeddings are resampled
+to the model's grid.  Missing, unexpected or mis-shaped keys are an error that
+names them, unless the caller asks for partial loading.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded as asked; the message names the file and keys."""
+
+
+@dataclass
+class LoadReport:
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+    converted: list[str] = field(default_factory=list)
+
+    def problems(self) -> list[str]:
+        lines = []
+        for title, names in (("missing", self.missing), ("unexpected", self.unexpected),
+                             ("shape mismatch", self.mismatched)):
+            if names:
+                shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
+                lines.append(f"{title}: {shown}")
+        return lines
+
+
+def _is_state_dict(obj) -> bool:
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint file (safetensors, or a torch file read with weights_only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as error:  # safetensors raises its own error types
+            raise CheckpointError(f"{path} is not a readable safetensors file: {error}") from error
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"{path} holds objects that are not safe to unpickle (only tensors, containers and "
+            f"argparse.Namespace are allowed): {str(error).splitlines()[0]}") from error
+    except Exception as error:
+        raise CheckpointError(f"{path} could not be read as a torch checkpoint: {error}") from error
+    for key in ("model", "state_dict"):
+        if isinstance(obj, Mapping) and key in obj and _is_state_dict(obj[key]):
+            return dict(obj[key])
+    if _is_state_dict(obj):
+        return dict(obj)
+    keys = sorted(obj)[:10] if isinstance(obj, Mapping) else type(obj).__name__
+    raise CheckpointError(f"{path} holds no state dict (expected a dict of tensors, or one under "
+                          f"'model' or 'state_dict'); found {keys}")
+
+
+def _split_fused_qkv(state: dict, expected: Mapping[str, torch.Tensor], report: LoadReport) -> None:
+    for key in [k for k in state if k.endswith(".attn.qkv.weight") or k.endswith(".attn.qkv.bias")]:
+        prefix, kind = key[: -len(".qkv.weight")] if key.endswith("weight") else key[: -len(".qkv.bias")], \
+            key.rsplit(".", 1)[1]
+        q_key, kv_key = f"{prefix}.q.{kind}", f"{prefix}.kv.{kind}"
+        if q_key not in expected or kv_key not in expected:
+            continue
+        fused = state.pop(key)
+        dim = fused.shape[0] // 3
+        state[q_key], state[kv_key] = fused[:dim], fused[dim:]
+        report.converted.append(f"{key} -> {q_key} + {kv_key}")
+
+
+def _resample_vit_pos_embed(state: dict, model: nn.Module, report: LoadReport) -> None:
+    from timm.layers import resample_abs_pos_embed
+
+    target = getattr(model, "pos_embed", None)
+    source = state.get("pos_embed")
+    if not isinstance(target, torch.Tensor) or source is None or source.shape == target.shape:
+        return
+    prefix = 0 if getattr(model, "no_embed_class", False) else getattr(model, "num_prefix_tokens", 0)
+    old_side = math.isqrt(source.shape[1] - prefix)
+    new_grid = model.patch_embed.grid_size
+    if old_side * old_side != source.shape[1] - prefix or source.shape[2] != target.shape[2]:
+        return  # left to the shape check, which names it
+    state["pos_embed"] = resample_abs_pos_embed(source, new_size=list(new_grid),
+                                                old_size=[old_side, old_side],
+                                                num_prefix_tokens=prefix)
+    report.converted.append(f"pos_embed {tuple(source.shape)} -> {tuple(target.shape)} (bicubic)")
+
+
+def _resample_pvt_pos_embeds(state: dict, model: nn.Module, report: LoadReport) -> None:
+    for stage in range(1, 5):
+        key = f"pos_embed{stage}"
+        target, source = getattr(model, key, None), state.get(key)
+        if not isinstance(target, torch.Tensor) or source is None or source.shape == target.shape:
+            continue
+        extra = 1 if stage == 4 else 0
+        old, new = math.isqrt(source.shape[1] - extra), math.isqrt(target.shape[1] - extra)
+        if old * old != source.shape[1] - extra or new * new != target.shape[1] - extra:
+            continue
+        grid = source[:, extra:].reshape(1, old, old, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=(new, new), mode="bilinear", align_corners=False)
+        state[key] = torch.cat([source[:, :extra], grid.flatten(2).transpose(1, 2)], 1)
+        report.converted.append(f"{key} {tuple(source.shape)} -> {tuple(target.shape)} (bilinear)")
+
+
+def _is_router_key(key: str) -> bool:
+    return ".dge." in f".{key}"
+
+
+def load_checkpoint(model: nn.Module, source, partial: bool = False,
+                    fresh_routers: bool = False) -> LoadReport:
+    """Load a checkpoint file (or a state dict) into ``model``.
+
+    partial: load what matches and report the rest instead of failing;
+    fresh_routers: a dense checkpoint into a DGE model: the routers (and their
+    ``dge.splits``) may be missing and keep their initialisation.
+    """
+    name = str(source) if isinstance(source, (str, os.PathLike)) else "<state dict>"
+    state = read_state_dict(source) if isinstance(source, (str, os.PathLike)) else dict(source)
+    expected = model.state_dict()
+    report = LoadReport(name)
+    _split_fused_qkv(state, expected, report)
+    _resample_vit_pos_embed(state, model, report)
+    _resample_pvt_pos_embeds(state, model, report)
+
+    report.missing = [k for k in expected if k not in state
+                      and not (fresh_routers and _is_router_key(k))]
+    report.unexpected = [k for k in state if k not in expected]
+    report.mismatched = [f"{k} {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+                         for k in state if k in expected and state[k].shape != expected[k].shape]
+    problems = report.problems()
+    if problems and not partial:
+        raise CheckpointError(f"checkpoint {name} does not fit {type(model).__name__}: "
+                              + "; ".join(problems) + ". Pass partial=True to load the rest anyway.")
+    usable = {k: v for k, v in state.items() if k in expected and v.shape == expected[k].shape}
+    try:
+        model.load_state_dict(usable, strict=False)
+    except RuntimeError as error:
+        raise CheckpointError(f"checkpoint {name}: {error}") from error
+    report.loaded = sorted(usable)
+    return report

@@ -1,0 +1,135 @@
+"""DynamicGrainedEncoder: router + compress + restore around any query-side
+encoder.  A block hands it a function ``encode(queries, x, table)`` that runs the
+block's attention and MLP on the queries, with keys and values from the full
+input x; the DGE decides which queries exist.
+
+* eval: argmax gates, sparse packed queries through the compiled ops;
+* train (default): hard Gumbel-softmax gates with straight-through gradients on
+  the dense multi-granularity path, whose forward equals the sparse path's;
+* train with ``sparse_train=True``: the argmax of the Gumbel gates routes a
+  sparse path; the update is scaled by the (straight-through) chosen gate.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dge_explain import ops
+from dge_explain.ops.checks import require
+
+from .router import DynamicRouter
+
+Encode = Callable[[torch.Tensor, torch.Tensor, Optional[ops.PatchTable]], torch.Tensor]
+
+
+def split_sizes_for(phi) -> tuple[tuple[int, ...], int]:
+    """Candidate patch sizes Phi (in tokens, e.g. (1, 2)) -> (split sizes k = S/phi,
+    finest first; region size S = max Phi)."""
+    patch_sizes = sorted({int(p) for p in phi})
+    require(len(patch_sizes) > 0 and patch_sizes[0] >= 1, f"phi must hold positive sizes, got {phi}")
+    region_size = patch_sizes[-1]
+    require(all(region_size % p == 0 for p in patch_sizes),
+            f"every candidate granularity must divide the largest, got phi={tuple(phi)}")
+    return tuple(region_size // p for p in patch_sizes), region_size
+
+
+@dataclass
+class Routing:
+    """What one forward pass of a DGE chose: the (hard) gates [B, Hr, Wr, K] (with
+    straight-through gradients in training), the token grid and extra tokens."""
+    gates: torch.Tensor
+    grid: tuple[int, int]
+    num_extra: int
+    split_sizes: tuple[int, ...]
+
+    @property
+    def tokens(self) -> int:
+        return self.num_extra + self.grid[0] * self.grid[1]
+
+    def queries(self) -> torch.Tensor:
+        """Queries per sample [B] (float, differentiable through the gates)."""
+        per_option = torch.tensor([k * k for k in self.split_sizes], dtype=self.gates.dtype,
+                                  device=self.gates.device)
+        return self.num_extra + (self.gates * per_option).sum(dim=(1, 2, 3))
+
+
+class DynamicGrainedEncoder(nn.Module):
+    def __init__(self, dim: int, phi=(1, 2), init_gate: float = 0.95, sparse_train: bool = False):
+        super().__init__()
+        self.split_sizes, self.region_size = split_sizes_for(phi)
+        # Kept in the state dict under the original implementation's name.
+        self.register_buffer("splits", torch.tensor(self.split_sizes, dtype=torch.long))
+        self.router = DynamicRouter(dim, len(self.split_sizes), self.region_size, init_gate)
+        self.sparse_train = sparse_train
+        self.routing: Optional[Routing] = None
+        # Set by dge_explain.models.gating.force_gates: logits -> chosen indices.
+        self.forced_choice: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+
+    @property
+    def phi(self) -> tuple[int, ...]:
+        return tuple(self.region_size // k for k in self.split_sizes)
+
+    def extra_repr(self) -> str:
+        return f"phi={self.phi}, split_sizes={self.split_sizes}, sparse_train={self.sparse_train}"
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        key = prefix + "splits"
+        if key in state_dict and tuple(state_dict[key].tolist()) != self.split_sizes:
+            error_msgs.append(f"{key} holds split sizes {tuple(state_dict[key].tolist())} but this "
+                              f"model was built with {self.split_sizes} (phi={self.phi})")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int], encode: Encode) -> torch.Tensor:
+        height, width = grid
+        num_extra = x.shape[1] - height * width
+        require(num_extra >= 0, f"x has {x.shape[1]} tokens, fewer than the {height}x{width} grid")
+        logits = self.router(x, grid, num_extra)
+        options = len(self.split_sizes)
+        if self.forced_choice is not None:
+            choice = self.forced_choice(logits)
+            gates = F.one_hot(choice, options).to(x.dtype)
+            if self.training:  # straight-through, so that a forced pass still trains the router
+                soft = logits.softmax(-1).to(x.dtype)
+                gates = gates + soft - soft.detach()
+        elif self.training:
+            gates = F.gumbel_softmax(logits, tau=1.0, hard=True, dim=-1).to(x.dtype)
+            choice = gates.argmax(-1)
+        else:
+            choice = logits.argmax(-1)
+            gates = F.one_hot(choice, options).to(x.dtype)
+
+        if not self.training:
+            out = self._sparse(x, choice, num_extra, encode, gate_rows=None)
+        elif self.sparse_train:
+            out = self._sparse(x, choice, num_extra, encode, gate_rows=gates)
+        else:
+            out = self._multigrain(x, grid, num_extra, gates, encode)
+        self.routing = Routing(gates, (height, width), num_extra, self.split_sizes)
+        return out
+
+    def _sparse(self, x, choice, num_extra, encode, gate_rows):
+        table = ops.route_to_patches(choice, self.split_sizes, self.region_size, num_extra)
+        comp = ops.compress(x, table)
+        updated = encode(comp, x, table)
+        if gate_rows is None:
+            return ops.restore(x, updated, comp, table)
+        # Sparse training: scale each row's update by its chosen gate (1.0 forward,
+        # straight-through gradient to the chosen logit); extra tokens by 1.
+        chosen = gate_rows.max(-1).values
+        token_gate = chosen.repeat_interleave(self.region_size, 1).repeat_interleave(
+            self.region_size, 2).flatten(1)
+        token_gate = torch.cat([token_gate.new_ones(x.shape[0], num_extra), token_gate], 1)
+        row_gate = ops.compress(token_gate.unsqueeze(-1), table)
+        return ops.decompress((updated - comp) * row_gate, table, x)
+
+    def _multigrain(self, x, grid, num_extra, gates, encode):
+        queries = ops.multigrain_compress(x, self.split_sizes, self.region_size, num_extra, grid)
+        updated = encode(queries, x, None)
+        return ops.multigrain_restore(x, updated - queries, gates, self.split_sizes,
+                                      self.region_size, num_extra, grid)

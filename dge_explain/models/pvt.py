@@ -1,0 +1,205 @@
+"""Pyramid Vision Transformer v1 (Wang et al., ICCV 2021), dense or with a DGE in
+every block of every stage, with the parameter names of the original DGE
+implementation.  Stage patch embeddings: conv 4x4/4 then 2x2/2 three times, each
+followed by LayerNorm(eps 1e-5); spatial-reduction attention (r = 8, 4, 2, 1);
+a cls token in stage 4 only.
+
+Any input whose stage grids are multiples of the region size works (multiples of
+32*S pixels); positional embeddings are resized bilinearly.  ``forward_pyramid``
+serves as a detection/segmentation backbone: it pads other sizes to the next
+multiple (bottom/right, zeros) and crops the padding off every output.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath, Mlp
+from timm.models import register_model
+from torch import nn
+from torch.nn.init import trunc_normal_
+
+from .attention import SpatialReductionAttention
+from .blocks import DenseBlock, DGEBlock
+from .encoder import DynamicGrainedEncoder, split_sizes_for
+from .vit import TIMM_FACTORY_KWARGS
+
+EMBED_DIMS = (64, 128, 320, 512)
+NUM_HEADS = (1, 2, 5, 8)
+MLP_RATIOS = (8, 8, 4, 4)
+SR_RATIOS = (8, 4, 2, 1)
+DEPTHS = {"tiny": (2, 2, 2, 2), "small": (3, 4, 6, 3), "medium": (3, 4, 18, 3),
+          "large": (3, 8, 27, 3)}
+STRIDES = (4, 8, 16, 32)
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int):
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-5)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        x = self.proj(x)
+        grid = (x.shape[2], x.shape[3])
+        return self.norm(x.flatten(2).transpose(1, 2)), grid
+
+
+class PyramidVisionTransformer(nn.Module):
+    def __init__(self, img_size: int = 256, in_chans: int = 3, num_classes: int = 1000,
+                 depths=DEPTHS["small"], embed_dims=EMBED_DIMS, num_heads=NUM_HEADS,
+                 mlp_ratios=MLP_RATIOS, sr_ratios=SR_RATIOS, qkv_bias: bool = True,
+                 drop_rate: float = 0.0, attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0,
+                 phi=None, init_gate: float = 0.95, sparse_train: bool = False,
+                 drop_path_per_query: bool = True):
+        super().__init__()
+        self.num_classes = num_classes
+        self.embed_dims = tuple(embed_dims)
+        self.depths = tuple(depths)
+        self.img_size = img_size
+        self.phi = None if phi is None else tuple(phi)
+        self.region_size = 1 if phi is None else split_sizes_for(phi)[1]
+        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        cursor = 0
+        for stage in range(4):
+            dim = embed_dims[stage]
+            patches = (img_size // STRIDES[stage]) ** 2
+            setattr(self, f"patch_embed{stage + 1}", PatchEmbed(
+                4 if stage == 0 else 2, in_chans if stage == 0 else embed_dims[stage - 1], dim))
+            setattr(self, f"pos_embed{stage + 1}",
+                    nn.Parameter(torch.zeros(1, patches + (1 if stage == 3 else 0), dim)))
+            blocks = []
+            for _ in range(depths[stage]):
+                parts = dict(
+                    norm1=nn.LayerNorm(dim, eps=1e-6),
+                    attn=SpatialReductionAttention(dim, num_heads[stage], sr_ratios[stage], qkv_bias,
+                                                   attn_drop_rate, drop_rate),
+                    norm2=nn.LayerNorm(dim, eps=1e-6),
+                    mlp=Mlp(dim, int(dim * mlp_ratios[stage]), drop=drop_rate),
+                    drop_path1=DropPath(rates[cursor]) if rates[cursor] > 0 else None,
+                    drop_path2=DropPath(rates[cursor]) if rates[cursor] > 0 else None)
+                cursor += 1
+                if phi is None:
+                    blocks.append(DenseBlock(**parts))
+                else:
+                    dge = DynamicGrainedEncoder(dim, phi, init_gate, sparse_train)
+                    blocks.append(DGEBlock(**parts, dge=dge, drop_path_per_query=drop_path_per_query))
+            setattr(self, f"block{stage + 1}", nn.ModuleList(blocks))
+        self.pos_drop = nn.Dropout(drop_rate)
+        self.norm = nn.LayerNorm(embed_dims[3], eps=1e-6)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dims[3]))
+        self.head = nn.Linear(embed_dims[3], num_classes) if num_classes > 0 else nn.Identity()
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """As the original: trunc_normal(0.02) for embeddings and Linear layers,
+        LayerNorm (1, 0), convs keep PyTorch's default; routers re-initialised."""
+        for stage in range(4):
+            trunc_normal_(getattr(self, f"pos_embed{stage + 1}"), std=0.02)
+        trunc_normal_(self.cls_token, std=0.02)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        for dge in self.dge_modules:
+            dge.router.reset_parameters()
+
+    @property
+    def dge_modules(self) -> list[DynamicGrainedEncoder]:
+        return [block.dge for block in self.blocks() if isinstance(block, DGEBlock)]
+
+    def blocks(self):
+        for stage in range(4):
+            yield from getattr(self, f"block{stage + 1}")
+
+    def _pos_embed(self, stage: int, grid: tuple[int, int]) -> torch.Tensor:
+        pos = getattr(self, f"pos_embed{stage + 1}")
+        extra = 1 if stage == 3 else 0
+        native = pos.shape[1] - extra
+        if grid[0] * grid[1] == native:
+            return pos
+        side = int(math.isqrt(native))
+        spatial = pos[:, extra:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        spatial = F.interpolate(spatial, size=grid, mode="bilinear", align_corners=False)
+        return torch.cat([pos[:, :extra], spatial.flatten(2).transpose(1, 2)], 1)
+
+    def _check_size(self, images: torch.Tensor) -> None:
+        multiple = STRIDES[3] * self.region_size
+        height, width = images.shape[-2:]
+        if height % multiple or width % multiple:
+            raise ValueError(
+                f"input {height}x{width} gives stage grids that are not multiples of the region "
+                f"size {self.region_size}: use sizes that are multiples of {multiple} "
+                f"(e.g. {-(-height // multiple) * multiple}x{-(-width // multiple) * multiple}), "
+                "or forward_pyramid(..., pad=True)")
+
+    def forward_stages(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Stage outputs: stages 1-3 as [B, C, H, W], stage 4 as tokens [B, 1 + HW, C]."""
+        self._check_size(images)
+        outputs, x = [], images
+        for stage in range(4):
+            tokens, grid = getattr(self, f"patch_embed{stage + 1}")(x)
+            if stage == 3:
+                tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], 1)
+            tokens = self.pos_drop(tokens + self._pos_embed(stage, grid))
+            for block in getattr(self, f"block{stage + 1}"):
+                tokens = block(tokens, grid)
+            if stage < 3:
+                x = tokens.transpose(1, 2).reshape(tokens.shape[0], -1, *grid)
+                outputs.append(x)
+            else:
+                outputs.append(tokens)
+        return outputs
+
+    def forward_pyramid(self, images: torch.Tensor, pad: bool = True) -> dict[str, torch.Tensor]:
+        """Multi-scale features {res2..res5} (strides 4, 8, 16, 32) as [B, C, H, W];
+        res5 excludes the cls token.  With pad=True an input of any size is padded
+        to the next valid multiple and the padding is cropped from every map."""
+        height, width = images.shape[-2:]
+        if pad:
+            multiple = STRIDES[3] * self.region_size
+            images = F.pad(images, (0, -width % multiple, 0, -height % multiple))
+        stages = self.forward_stages(images)
+        grid = (images.shape[-2] // STRIDES[3], images.shape[-1] // STRIDES[3])
+        res5 = stages[3][:, 1:].transpose(1, 2).reshape(images.shape[0], -1, *grid)
+        maps = stages[:3] + [res5]
+        return {f"res{i + 2}": m[..., :-(-height // STRIDES[i]), :-(-width // STRIDES[i])]
+                for i, m in enumerate(maps)}
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.forward_stages(images)[3])
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x[:, 0]
+        return x if pre_logits else self.head(x)
+
+    def forward(self, images: torch.Tensor):
+        if self.num_classes == 0:
+            return self.forward_pyramid(images, pad=False)
+        return self.forward_head(self.forward_features(images))
+
+
+def _entrypoint(name: str, size: str, phi):
+    def create(pretrained: bool = False, **kwargs):
+        for key in TIMM_FACTORY_KWARGS:
+            kwargs.pop(key, None)
+        if pretrained:
+            raise ValueError(f"no pretrained weights for {name} can be downloaded; load a "
+                             "checkpoint with dge_explain.models.load_checkpoint")
+        kwargs.setdefault("depths", DEPTHS[size])
+        return PyramidVisionTransformer(phi=phi, **kwargs)
+
+    create.__name__ = create.__qualname__ = name
+    create.__doc__ = f"PVT-{size.capitalize()} v1 at 256px" + ("" if phi is None else f" with DGE (phi={phi})")
+    globals()[name] = register_model(create)
+
+
+for _size in DEPTHS:
+    _entrypoint(f"pvt_{_size}_256", _size, None)
+    _entrypoint(f"pvt_dge_s12_{_size}_256", _size, (1, 2))
+    _entrypoint(f"pvt_dge_s124_{_size}_256", _size, (1, 2, 4))

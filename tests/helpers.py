@@ -1,0 +1,37 @@
+"""Small model builders and utilities shared by the model tests."""
+from __future__ import annotations
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from dge_explain.models import PyramidVisionTransformer, dge_modules, from_dense
+
+
+def small_vit(phi=(1, 2), depth: int = 2, dim: int = 48, heads: int = 3, img_size: int = 64,
+              patch: int = 8, dtype=torch.float64, **kwargs) -> nn.Module:
+    kwargs.setdefault("num_classes", 10)
+    dense = VisionTransformer(img_size=img_size, patch_size=patch, embed_dim=dim, depth=depth,
+                              num_heads=heads, qkv_bias=True, **kwargs)
+    return from_dense(dense, phi=phi).to(dtype)
+
+
+def small_pvt(phi=(1, 2), depths=(1, 1, 1, 1), dims=(16, 32, 40, 48), dtype=torch.float64,
+              **kwargs) -> PyramidVisionTransformer:
+    kwargs.setdefault("num_classes", 10)
+    return PyramidVisionTransformer(img_size=64, depths=depths, embed_dims=dims,
+                                    num_heads=(1, 2, 2, 3), phi=phi, **kwargs).to(dtype)
+
+
+def randomise_routers(model: nn.Module, generator: torch.Generator, std: float = 2.0) -> None:
+    """Router weights large enough (bias 0) that the gates mix all options."""
+    with torch.no_grad():
+        for dge in dge_modules(model):
+            weight = dge.router.gate.weight
+            weight.copy_(torch.randn(weight.shape, generator=generator, dtype=torch.float64) * std)
+            dge.router.gate.bias.zero_()
+
+
+def used_options(model: nn.Module) -> set[int]:
+    """Gate indices chosen anywhere in the last forward."""
+    return {int(i) for dge in dge_modules(model) for i in dge.routing.gates.argmax(-1).unique()}

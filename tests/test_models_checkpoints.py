@@ -1,0 +1,181 @@
+"""Parameter names and shapes follow the original implementation exactly
+(method notes §3.2); checkpoints load safely and strictly."""
+import argparse
+import pickle
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from dge_explain.models import CheckpointError, load_checkpoint, read_state_dict
+
+from helpers import small_vit
+
+
+def deit_dge_keys(dim: int, depth: int = 12, classes: int = 1000) -> dict[str, tuple]:
+    """deit_dge_s124_*_patch16_256, written from §3.2."""
+    keys = {"cls_token": (1, 1, dim), "pos_embed": (1, 257, dim),
+            "patch_embed.proj.weight": (dim, 3, 16, 16), "patch_embed.proj.bias": (dim,)}
+    for i in range(depth):
+        b = f"blocks.{i}"
+        keys.update({
+            f"{b}.norm1.weight": (dim,), f"{b}.norm1.bias": (dim,),
+            f"{b}.attn.q.weight": (dim, dim), f"{b}.attn.q.bias": (dim,),
+            f"{b}.attn.kv.weight": (2 * dim, dim), f"{b}.attn.kv.bias": (2 * dim,),
+            f"{b}.attn.proj.weight": (dim, dim), f"{b}.attn.proj.bias": (dim,),
+            f"{b}.norm2.weight": (dim,), f"{b}.norm2.bias": (dim,),
+            f"{b}.mlp.fc1.weight": (4 * dim, dim), f"{b}.mlp.fc1.bias": (4 * dim,),
+            f"{b}.mlp.fc2.weight": (dim, 4 * dim), f"{b}.mlp.fc2.bias": (dim,),
+            f"{b}.dge.splits": (3,), f"{b}.dge.router.gate.weight": (3, dim),
+            f"{b}.dge.router.gate.bias": (3,)})
+    keys.update({"norm.weight": (dim,), "norm.bias": (dim,), "head.weight": (classes, dim),
+                 "head.bias": (classes,)})
+    return keys
+
+
+def pvt_keys(depths, dge: bool = True) -> dict[str, tuple]:
+    """pvt(_dge_s124)_*_256, written from §3.1/§3.2."""
+    dims, ratios, srs, grids = (64, 128, 320, 512), (8, 8, 4, 4), (8, 4, 2, 1), (64, 32, 16, 8)
+    keys = {f"pos_embed{s + 1}": (1, grids[s] ** 2 + (1 if s == 3 else 0), dims[s]) for s in range(4)}
+    keys["cls_token"] = (1, 1, 512)
+    for s in range(4):
+        c, prev, p = dims[s], 3 if s == 0 else dims[s - 1], 4 if s == 0 else 2
+        e = f"patch_embed{s + 1}"
+        keys.update({f"{e}.proj.weight": (c, prev, p, p), f"{e}.proj.bias": (c,),
+                     f"{e}.norm.weight": (c,), f"{e}.norm.bias": (c,)})
+        for j in range(depths[s]):
+            b, h = f"block{s + 1}.{j}", ratios[s] * c
+            keys.update({
+                f"{b}.norm1.weight": (c,), f"{b}.norm1.bias": (c,),
+                f"{b}.attn.q.weight": (c, c), f"{b}.attn.q.bias": (c,),
+                f"{b}.attn.kv.weight": (2 * c, c), f"{b}.attn.kv.bias": (2 * c,),
+                f"{b}.attn.proj.weight": (c, c), f"{b}.attn.proj.bias": (c,),
+                f"{b}.norm2.weight": (c,), f"{b}.norm2.bias": (c,),
+                f"{b}.mlp.fc1.weight": (h, c), f"{b}.mlp.fc1.bias": (h,),
+                f"{b}.mlp.fc2.weight": (c, h), f"{b}.mlp.fc2.bias": (c,)})
+            if srs[s] > 1:
+                keys.update({f"{b}.attn.sr.weight": (c, c, srs[s], srs[s]), f"{b}.attn.sr.bias": (c,),
+                             f"{b}.attn.norm.weight": (c,), f"{b}.attn.norm.bias": (c,)})
+            if dge:
+                keys.update({f"{b}.dge.splits": (3,), f"{b}.dge.router.gate.weight": (3, c),
+                             f"{b}.dge.router.gate.bias": (3,)})
+    keys.update({"norm.weight": (512,), "norm.bias": (512,), "head.weight": (1000, 512),
+                 "head.bias": (1000,)})
+    return keys
+
+
+def _shapes(model):
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _random_state(keys, generator):
+    return {k: (torch.tensor([4, 2, 1]) if k.endswith("dge.splits")
+                else torch.randn(shape, generator=generator)) for k, shape in keys.items()}
+
+
+@pytest.mark.parametrize("name,expected,count", [
+    ("deit_dge_s124_small_patch16_256", deit_dge_keys(384), 212),
+    ("deit_dge_s124_tiny_patch16_256", deit_dge_keys(192), 212),
+    ("pvt_dge_s124_small_256", pvt_keys((3, 4, 6, 3)), 349),
+    ("pvt_dge_s124_tiny_256", pvt_keys((2, 2, 2, 2)), 185),
+    ("pvt_small_256", pvt_keys((3, 4, 6, 3), dge=False), 301),
+])
+def test_keys_and_shapes_match_the_original(name, expected, count):
+    model = timm.create_model(name)
+    assert _shapes(model) == expected
+    assert len(expected) == count
+    assert model.state_dict()["cls_token"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("name,count", [("pvt_dge_s124_medium_256", 601), ("pvt_dge_s124_large_256", 874),
+                                        ("pvt_medium_256", 517), ("pvt_large_256", 751),
+                                        ("pvt_tiny_256", 161)])
+def test_key_counts_of_the_larger_pvts(name, count):
+    assert len(timm.create_model(name).state_dict()) == count
+
+
+@pytest.mark.parametrize("name,expected", [("deit_dge_s124_small_patch16_256", deit_dge_keys(384)),
+                                           ("pvt_dge_s124_small_256", pvt_keys((3, 4, 6, 3)))])
+def test_a_state_dict_with_exactly_those_keys_loads_strictly(name, expected, tmp_path, generator):
+    state = _random_state(expected, generator)
+    training = tmp_path / "checkpoint.pth"
+    torch.save({"model": state, "optimizer": {}, "epoch": 3,
+                "args": argparse.Namespace(dge_budget=0.5, model=name)}, training)
+    save_file(state, str(tmp_path / "raw.safetensors"))
+    torch.save(state, tmp_path / "raw.pth")
+    for path in (training, tmp_path / "raw.safetensors", tmp_path / "raw.pth"):
+        model = timm.create_model(name)
+        report = load_checkpoint(model, path)
+        assert sorted(report.loaded) == sorted(expected)
+        for key, value in model.state_dict().items():
+            assert torch.equal(value, state[key].to(value.dtype)), key
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("arbitrary code ran",))
+
+
+def test_arbitrary_objects_are_never_unpickled(tmp_path):
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as handle:
+        pickle.dump({"model": {"w": torch.zeros(1)}, "payload": _Payload()}, handle)
+    with pytest.raises(CheckpointError, match=r"evil.pth holds objects that are not safe to unpickle"):
+        read_state_dict(path)
+
+
+def test_missing_unexpected_and_mismatched_keys_are_named(tmp_path, generator):
+    model = small_vit(phi=(1, 2), dtype=torch.float32)
+    state = model.state_dict()
+    state.pop("blocks.1.attn.q.bias")
+    state["blocks.0.extra.weight"] = torch.zeros(3)
+    state["head.weight"] = torch.zeros(11, 48)
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(model, state)
+    message = str(error.value)
+    assert "missing: blocks.1.attn.q.bias" in message
+    assert "unexpected: blocks.0.extra.weight" in message
+    assert "shape mismatch: head.weight (11, 48) vs model (10, 48)" in message
+    report = load_checkpoint(model, state, partial=True)
+    assert report.missing == ["blocks.1.attn.q.bias"] and "head.weight" not in report.loaded
+
+
+def test_split_sizes_of_a_checkpoint_must_match(generator):
+    model = small_vit(phi=(1, 2), dtype=torch.float32)
+    state = model.state_dict()
+    state["blocks.0.dge.splits"] = torch.tensor([4, 2])
+    with pytest.raises(CheckpointError, match=r"blocks.0.dge.splits holds split sizes \(4, 2\).*\(2, 1\)"):
+        load_checkpoint(model, state)
+
+
+def test_dense_timm_checkpoint_into_a_dge_model(tmp_path, generator):
+    dense = timm.create_model("deit_tiny_patch16_224", img_size=64, patch_size=8, depth=2)
+    dge = small_vit(phi=(1, 2), dim=192, heads=3, dtype=torch.float32, num_classes=1000)
+    path = tmp_path / "dense.safetensors"
+    save_file(dense.state_dict(), str(path))
+    with pytest.raises(CheckpointError, match=r"missing: blocks.0.dge.splits"):
+        load_checkpoint(dge, path)
+    report = load_checkpoint(dge, path, fresh_routers=True)
+    assert any("blocks.0.attn.qkv.weight -> blocks.0.attn.q.weight" in c for c in report.converted)
+    qkv = dense.state_dict()["blocks.1.attn.qkv.weight"]
+    assert torch.equal(dge.state_dict()["blocks.1.attn.kv.weight"], qkv[192:])
+
+
+def test_positional_embeddings_are_resampled(tmp_path):
+    dense = timm.create_model("deit_tiny_patch16_224", depth=1)
+    model = timm.create_model("deit_tiny_patch16_224", depth=1, img_size=256)
+    report = load_checkpoint(model, dense.state_dict())
+    assert report.converted == ["pos_embed (1, 197, 192) -> (1, 257, 192) (bicubic)"]
+
+
+def test_unreadable_files_are_named(tmp_path):
+    with pytest.raises(CheckpointError, match=r"missing.pth does not exist"):
+        read_state_dict(tmp_path / "missing.pth")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match=r"bad.safetensors is not a readable safetensors file"):
+        read_state_dict(bad)
+    torch.save({"epoch": 1}, tmp_path / "nostate.pth")
+    with pytest.raises(CheckpointError, match=r"nostate.pth holds no state dict.*\['epoch'\]"):
+        read_state_dict(tmp_path / "nostate.pth")
