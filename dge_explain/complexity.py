@@ -166,26 +166,59 @@ def _image_size(model: nn.Module, first_grid: tuple[int, int]) -> tuple[int, int
     return first_grid[0] * patch[0], first_grid[1] * patch[1]
 
 
+def _block_inputs(model: nn.Module, image_size: tuple[int, int]) -> list[tuple[nn.Module, int, int]]:
+    """(block, tokens per image incl. extra, token-grid cells) of every block at image_size."""
+    height, width = image_size
+    if isinstance(model, PyramidVisionTransformer):
+        stages = [stage for stage in range(4) for _ in getattr(model, f"block{stage + 1}")]
+        rows = []
+        for stage, block in zip(stages, model.blocks()):
+            cells = (height // STRIDES[stage]) * (width // STRIDES[stage])
+            rows.append((block, cells + (1 if stage == 3 else 0), cells))
+        return rows
+    patch = model.patch_embed.proj.stride
+    cells = (height // patch[0]) * (width // patch[1])
+    return [(block, cells + model.num_prefix_tokens, cells) for block in model.blocks]
+
+
 def dense_macs(model: nn.Module, image_size: tuple[int, int], accounting: str = "corrected",
                terms: str = "all") -> float:
     """MACs per image of a dense model (timm ViT/DeiT or dense PVT) at image_size."""
     _check_accounting(accounting)
-    height, width = image_size
-    total = 0.0
-    if isinstance(model, PyramidVisionTransformer):
-        for stage, block in zip(_stage_of_blocks(model), model.blocks()):
-            n = (height // STRIDES[stage]) * (width // STRIDES[stage]) + (1 if stage == 3 else 0)
-            total += block_macs(block_spec(block), n, n, accounting, terms)
-    else:
-        patch = model.patch_embed.proj.stride
-        n = (height // patch[0]) * (width // patch[1]) + model.num_prefix_tokens
-        for block in model.blocks:
-            total += block_macs(block_spec(block), n, n, accounting, terms)
+    total = sum(block_macs(block_spec(block), n, n, accounting, terms)
+                for block, n, _ in _block_inputs(model, image_size))
     return total + _stem_and_head_macs(model, image_size, accounting, terms)
 
 
-def _stage_of_blocks(model: PyramidVisionTransformer) -> list[int]:
-    return [stage for stage in range(4) for _ in getattr(model, f"block{stage + 1}")]
+def expected_ratio(model: nn.Module, image_size: tuple[int, int], fine: float,
+                   accounting: str = "corrected") -> float:
+    """Complexity ratio of a DGE model whose regions are finest with probability
+    `fine` and otherwise spread uniformly over the coarser options (the gates of
+    ``models.random_fraction``), in expectation."""
+    _check_accounting(accounting)
+    static = dynamic = _stem_and_head_macs(model, image_size, accounting)
+    for block, n_in, cells in _block_inputs(model, image_size):
+        dge, spec = block.dge, block_spec(block)
+        splits = dge.split_sizes
+        coarse = [k * k for k in splits[1:]] or [splits[0] ** 2]
+        per_region = fine * splits[0] ** 2 + (1 - fine) * sum(coarse) / len(coarse)
+        n_q = (n_in - cells) + cells / dge.region_size ** 2 * per_region
+        router = router_macs(spec.dim, len(splits), dge.region_size, n_in)
+        static += block_macs(spec, n_in, n_in, accounting) + router
+        dynamic += block_macs(spec, n_in, n_q, accounting) + router
+    return dynamic / static
+
+
+def fine_fraction_for_ratio(model: nn.Module, image_size: tuple[int, int], target: float) -> float:
+    """The fine fraction whose expected complexity ratio is `target` (bisection)."""
+    low, high = 0.0, 1.0
+    if not expected_ratio(model, image_size, low) <= target <= expected_ratio(model, image_size, high):
+        raise ValueError(f"complexity ratio {target} is out of reach at {image_size}: between "
+                         f"{expected_ratio(model, image_size, low):.3f} and 1")
+    for _ in range(40):
+        middle = (low + high) / 2
+        low, high = (middle, high) if expected_ratio(model, image_size, middle) < target else (low, middle)
+    return (low + high) / 2
 
 
 def budget_loss(complexity: Complexity, gamma: float = 0.5, weight: float = 1.0) -> torch.Tensor:

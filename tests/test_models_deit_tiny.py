@@ -56,3 +56,16 @@ def test_unreadable_image_is_named(tmp_path):
     (tmp_path / "n01440764_broken.jpg").write_bytes(b"not an image")
     with pytest.raises(ValueError, match=r"cannot read image .*n01440764_broken.jpg"):
         LabelledImageFolder(tmp_path)[0]
+
+
+def test_classification_report(tmp_path, generator):
+    from dge_explain.classify import evaluate_classification
+    for name in ["n01440764_tench.jpg", "n01443537_goldfish.jpg", "n01484850_shark.jpg"]:
+        Image.new("RGB", (60, 50), (10, 200, 10)).save(tmp_path / name)
+    dense = timm.create_model("deit_tiny_patch16_224", depth=2, num_classes=3).eval()
+    dge = from_dense(dense, phi=(1, 2))
+    with force_gates(dge, "coarsest"):
+        result = evaluate_classification(dge, str(tmp_path), dense, batch_size=2, workers=0, progress=False)
+    assert result.images == 3 and 0 <= result.top1 <= 1 and result.top5 == 1.0
+    assert result.dense_top5 == 1.0
+    assert result.fine_per_layer == [0.0, 0.0] and 0.2 < result.ratio < 0.6

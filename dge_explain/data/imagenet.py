@@ -4,15 +4,14 @@ synsets, which sort in class-index order."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 
+from .folders import list_images, parse_folder_spec
 from .transforms import eval_transform, load_rgb
 
 SYNSET = re.compile(r"^(n\d{8})_")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".JPEG", ".JPG", ".PNG"}
 
 
 class LabelledImageFolder(Dataset):
@@ -23,19 +22,18 @@ class LabelledImageFolder(Dataset):
     ``synsets`` (the full sorted list) when the folder holds a subset."""
 
     def __init__(self, root, transform=None, synsets: list[str] | None = None):
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"image folder {self.root} does not exist")
-        files = sorted(p for p in self.root.iterdir() if p.suffix in IMAGE_SUFFIXES)
+        """root: a folder, or 'folder:even' / 'folder:odd' for half of it."""
+        self.root = parse_folder_spec(root)[0]
+        files = list_images(str(root))
         unlabelled = [p.name for p in files if not SYNSET.match(p.name)]
         if unlabelled:
             raise ValueError(f"{self.root}: {len(unlabelled)} file(s) do not start with a synset "
                              f"id (nXXXXXXXX_), e.g. {unlabelled[0]}")
-        if not files:
-            raise ValueError(f"{self.root} holds no images")
         self.files = files
         found = sorted({SYNSET.match(p.name).group(1) for p in files})
-        self.synsets = synsets if synsets is not None else found
+        # A half of a one-image-per-class folder must keep the full class list.
+        self.synsets = synsets if synsets is not None else sorted(
+            {SYNSET.match(p.name).group(1) for p in list_images(str(self.root))})
         index = {s: i for i, s in enumerate(self.synsets)}
         missing = [s for s in found if s not in index]
         if missing:

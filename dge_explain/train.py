@@ -1,0 +1,316 @@
+"""Distil DGE routers from a dense teacher on unlabelled images.
+
+The student is the DGE version of the teacher (``from_dense``); by default its
+routers train together with the backbone's LayerNorms and biases (BitFit-style,
+~37k parameters for DeiT-Tiny); every other weight stays frozen.  Loss per batch:
+
+    T^2 * KL(teacher_T || student_T)  +  lambda * (dynamic / static MACs - gamma)^2
+
+with softened distributions at temperature T, and the budget term of the
+original implementation (ratio of batch means, corrected MAC accounting).
+Images are decoded once into a uint8 cache and the teacher's logits for every
+image and its mirror image are computed once, so a step costs one student
+forward and backward.  Checkpoints every N steps hold the trainable
+parameters, the optimiser, the schedule position and every RNG state, so that
+``resume=True`` continues bit for bit.  Under torchrun each rank takes its share
+of every global batch (DDP over gloo on CPU, NCCL on GPU).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import timm
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import nn
+from tqdm import tqdm
+
+from dge_explain import paths
+from dge_explain.complexity import budget_loss, dge_complexity
+from dge_explain.data import IMAGENET_MEAN, IMAGENET_STD, list_images, load_rgb
+from dge_explain.data.transforms import eval_transform
+from dge_explain.models import from_dense, load_checkpoint
+
+# Named parameter groups for --train; anything else is read as a regular expression.
+PARAMETER_GROUPS = {
+    "routers": r"\.dge\.router\.",
+    "norms": r"(^|\.)norm\d?\.",
+    "biases": r"\.bias$",
+    "head": r"^head(_dist)?\.",
+    "mlp": r"\.mlp\.",
+    "attn": r"\.attn\.",
+}
+DEFAULT_IMAGES = ("data/ecssd/images", "data/imagenet-sample:even")
+DEFAULT_WEIGHTS = "weights/deit_tiny_patch16_224.safetensors"
+
+
+@dataclass
+class TrainConfig:
+    out: str
+    weights: str | None = None            # dense checkpoint; default $DGE_EXPLAIN_HOME/weights/...
+    dense_model: str = "deit_tiny_patch16_224"
+    phi: tuple[int, ...] = (1, 2)
+    images: tuple[str, ...] = ()          # folder specs; default ECSSD + imagenet-sample:even
+    image_size: int = 224
+    epochs: int = 12
+    batch_size: int = 32
+    lr: float = 2e-2                      # routers
+    backbone_lr: float = 3e-4             # any other trained group (pretrained weights)
+    schedule: str = "cosine"              # cosine | constant
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    gamma: float = 0.5
+    budget_weight: float = 4.0
+    temperature: float = 1.0
+    train: tuple[str, ...] = ("routers", "norms", "biases")
+    flip: bool = True
+    seed: int = 0
+    checkpoint_every: int = 50
+    max_steps: int | None = None
+    device: str = "cpu"
+    amp: bool = False
+    home: str | None = None
+
+    def resolved(self) -> "TrainConfig":
+        """Defaults that depend on the data home filled in."""
+        weights = self.weights or str(paths.home_file(DEFAULT_WEIGHTS, self.home))
+        images = self.images or tuple(str(paths.home(self.home) / spec) for spec in DEFAULT_IMAGES)
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"schedule must be cosine or constant, got {self.schedule!r}")
+        if self.amp and not self.device.startswith("cuda"):
+            raise ValueError("--amp needs a CUDA device")
+        return dataclasses.replace(self, weights=weights, images=tuple(images),
+                                   phi=tuple(self.phi), train=tuple(self.train))
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    steps: int
+    last: dict = field(default_factory=dict)
+
+
+def _trainable_names(model: nn.Module, groups) -> list[str]:
+    patterns = [re.compile(PARAMETER_GROUPS.get(g, g)) for g in groups]
+    names = [n for n, _ in model.named_parameters() if any(p.search(n) for p in patterns)]
+    if not names:
+        raise ValueError(f"--train {list(groups)} selects no parameter; groups: "
+                         f"{sorted(PARAMETER_GROUPS)} or a regular expression")
+    return names
+
+
+def _image_cache(files: list[Path], size: int) -> torch.Tensor:
+    """uint8 [N, 3, size, size]: resize the short side to size/0.875, centre crop."""
+    geometric = eval_transform(size).transforms[:3]  # ToImage, Resize, CenterCrop
+    cache = torch.empty(len(files), 3, size, size, dtype=torch.uint8)
+    for i, path in enumerate(tqdm(files, desc="decoding images", leave=False)):
+        image = load_rgb(path)
+        for transform in geometric:
+            image = transform(image)
+        cache[i] = image
+    return cache
+
+
+def _normalise(images: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+    return (images.float() / 255.0 - mean) / std
+
+
+@torch.no_grad()
+def _teacher_logits(teacher: nn.Module, cache: torch.Tensor, device, batch_size: int) -> torch.Tensor:
+    """[N, 2, classes]: logits of every image and of its mirror image."""
+    teacher.eval()
+    outputs = []
+    for start in tqdm(range(0, len(cache), batch_size), desc="teacher logits", leave=False):
+        images = _normalise(cache[start:start + batch_size].to(device))
+        outputs.append(torch.stack([teacher(images), teacher(images.flip(-1))], 1).float().cpu())
+    return torch.cat(outputs)
+
+
+def _lr_factor(config: TrainConfig, step: int, total: int) -> float:
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    if config.schedule == "constant":
+        return 1.0
+    progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 KL(softmax(teacher/T) || softmax(student/T)), batch mean."""
+    return F.kl_div(F.log_softmax(student.float() / temperature, -1),
+                    F.log_softmax(teacher.float() / temperature, -1),
+                    reduction="batchmean", log_target=True) * temperature ** 2
+
+
+class _Distributed:
+    def __init__(self, device: str):
+        self.enabled = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if self.enabled and not dist.is_initialized():
+            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        self.rank = dist.get_rank() if self.enabled else 0
+        self.world = dist.get_world_size() if self.enabled else 1
+
+    def mean(self, value: float) -> float:
+        if not self.enabled:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(tensor)
+        return float(tensor) / self.world
+
+
+def _checkpoint_path(out: Path) -> Path:
+    return out / "checkpoint.pt"
+
+
+def _save_checkpoint(out: Path, state: dict) -> None:
+    partial = out / "checkpoint.pt.partial"
+    torch.save(state, partial)
+    os.replace(partial, _checkpoint_path(out))
+
+
+def _truncate_log(log: Path, step: int) -> None:
+    """Drop log lines written after the checkpoint we resume from."""
+    if not log.exists():
+        return
+    kept = [line for line in log.read_text().splitlines() if json.loads(line)["step"] <= step]
+    log.write_text("".join(line + "\n" for line in kept))
+
+
+def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> TrainResult:
+    config = config.resolved()
+    distributed = _Distributed(config.device)
+    device = torch.device(config.device if not config.device.startswith("cuda") else
+                          f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if distributed.enabled
+                          else config.device)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "log.jsonl"
+    saved_config = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+
+    checkpoint = None
+    if resume and _checkpoint_path(out).exists():
+        checkpoint = torch.load(_checkpoint_path(out), map_location="cpu", weights_only=True)
+        changed = {k: (checkpoint["config"].get(k), v) for k, v in saved_config.items()
+                   if k not in ("max_steps", "checkpoint_every") and checkpoint["config"].get(k) != v}
+        if changed:
+            raise ValueError(f"--resume with a different configuration than {out}: {changed}")
+    elif _checkpoint_path(out).exists():
+        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or "
+                              "choose another --out")
+
+    torch.manual_seed(config.seed + distributed.rank)
+    dense = timm.create_model(config.dense_model, img_size=config.image_size)
+    load_checkpoint(dense, config.weights)
+    student = from_dense(dense, phi=config.phi).to(device)
+    dense.to(device)
+    trainable = _trainable_names(student, config.train)
+    for name, parameter in student.named_parameters():
+        parameter.requires_grad_(name in trainable)
+    routers = [p for n, p in student.named_parameters() if n in trainable and ".dge.router." in n]
+    others = [p for n, p in student.named_parameters() if n in trainable and ".dge.router." not in n]
+    param_groups = [{"params": routers, "lr": config.lr}]
+    if others:
+        param_groups.append({"params": others, "lr": config.backbone_lr})
+
+    files = [f for spec in config.images for f in list_images(spec)]
+    cache = _image_cache(files, config.image_size)
+    targets = _teacher_logits(dense, cache, device, 64)
+    del dense
+
+    steps_per_epoch = max(1, len(files) // config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    optimizer = torch.optim.AdamW(param_groups, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: _lr_factor(config, step, total_steps))
+    scaler = torch.amp.GradScaler("cuda", enabled=config.amp)
+    model = student
+    if distributed.enabled:
+        model = nn.parallel.DistributedDataParallel(
+            student, device_ids=[device.index] if device.type == "cuda" else None)
+
+    step = 0
+    if checkpoint is not None:
+        student.load_state_dict(checkpoint["trainable"], strict=False)
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        torch.set_rng_state(checkpoint["rng"][distributed.rank])
+        step = checkpoint["step"]
+        if distributed.rank == 0:
+            _truncate_log(log_path, step)
+    elif distributed.rank == 0 and log_path.exists():
+        log_path.unlink()
+
+    last_step = total_steps if config.max_steps is None else min(total_steps, config.max_steps)
+    student.train()
+    bar = tqdm(total=last_step, initial=step, desc="distilling", disable=not progress or distributed.rank)
+    last = {}
+    while step < last_step:
+        epoch, within = divmod(step, steps_per_epoch)
+        order_rng = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+        order = torch.randperm(len(files), generator=order_rng)
+        flips = torch.rand(len(files), generator=order_rng) < 0.5 if config.flip else \
+            torch.zeros(len(files), dtype=torch.bool)
+        batch = order[within * config.batch_size:(within + 1) * config.batch_size]
+        share = batch[distributed.rank::distributed.world]
+        flipped = flips[share]
+
+        started = time.perf_counter()
+        images = _normalise(cache[share].to(device))
+        images = torch.where(flipped.to(device).view(-1, 1, 1, 1), images.flip(-1), images)
+        teacher_logits = targets[share, flipped.long()].to(device)
+        with torch.autocast(device.type, enabled=config.amp):
+            logits = model(images)
+        kl = distillation_loss(logits, teacher_logits, config.temperature)
+        complexity = dge_complexity(student)
+        budget = budget_loss(complexity, config.gamma, config.budget_weight)
+        loss = kl + budget.float()
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        step += 1
+        elapsed = time.perf_counter() - started
+
+        last = {"step": step, "epoch": epoch, "loss": distributed.mean(loss.item()),
+                "kl": distributed.mean(kl.item()), "budget": distributed.mean(budget.item()),
+                "ratio": distributed.mean(complexity.ratio.item()),
+                "fine": distributed.mean(float(torch.stack(complexity.fine_fraction).mean())),
+                "lr": scheduler.get_last_lr()[0],
+                "images_per_s": len(batch) / max(elapsed, 1e-9)}
+        if distributed.rank == 0:
+            with log_path.open("a") as handle:
+                handle.write(json.dumps(last) + "\n")
+        bar.set_postfix(loss=f"{last['loss']:.4f}", ratio=f"{last['ratio']:.3f}",
+                        img_s=f"{last['images_per_s']:.1f}")
+        bar.update()
+        if step % config.checkpoint_every == 0 or step == last_step:
+            rng = [torch.get_rng_state()]
+            if distributed.enabled:
+                gathered = [None] * distributed.world
+                dist.all_gather_object(gathered, rng[0])
+                rng = gathered
+            if distributed.rank == 0:
+                _save_checkpoint(out, {
+                    "step": step, "config": saved_config,
+                    "trainable": {n: p.detach().cpu() for n, p in student.named_parameters() if n in trainable},
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(), "rng": rng})
+    bar.close()
+    if distributed.rank == 0:
+        save_file({n: p.detach().cpu().contiguous() for n, p in student.named_parameters() if n in trainable},
+                  str(out / "trained.safetensors"),
+                  metadata={"config": json.dumps(saved_config), "steps": str(step)})
+    return TrainResult(out, step, last)

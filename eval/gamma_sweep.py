@@ -1,0 +1,64 @@
+"""Complexity ratio against top-1 for a few budgets gamma: distil DeiT-Tiny
+DGE (phi = {1, 2}) with the default recipe but fewer epochs for each gamma, then
+classify the held-out half of imagenet-sample (trained on ECSSD and the other
+half).  Resumable: finished runs are reused.
+
+    DGE_EXPLAIN_HOME=../shared .venv/bin/python eval/gamma_sweep.py [--epochs 6] [--gammas 0.4 0.5 0.6 0.7]
+
+Writes runs/gamma-sweep/summary.{json,md}.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from dge_explain import paths, zoo
+from dge_explain.classify import evaluate_classification
+from dge_explain.train import TrainConfig, train
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gammas", type=float, nargs="+", default=[0.4, 0.5, 0.6, 0.7])
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--out", default="runs/gamma-sweep")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    held_out = str(paths.home() / "data" / "imagenet-sample") + ":odd"
+    rows = []
+    for gamma in args.gammas:
+        run = out / f"gamma-{gamma}"
+        result_file = run / "heldout.json"
+        if not result_file.exists():
+            if not (run / "trained.safetensors").exists():
+                train(TrainConfig(out=str(run), gamma=gamma, epochs=args.epochs),
+                      resume=(run / "checkpoint.pt").exists())
+            model = zoo.load_model("deit_tiny_dge_s12", trained=str(run / "trained.safetensors"))
+            dense = None if rows else _dense()
+            result = evaluate_classification(model, held_out, dense)
+            result_file.write_text(json.dumps(result.to_dict(), indent=2))
+        rows.append((gamma, json.loads(result_file.read_text())))
+    dense = next((r for _, r in rows if r["dense_top1"] is not None), None)
+    lines = ["| gamma | complexity ratio | top-1 | top-5 |", "|---|---|---|---|"]
+    if dense:
+        lines.append(f"| dense teacher | 1.000 | {100 * dense['dense_top1']:.1f} | {100 * dense['dense_top5']:.1f} |")
+    lines += [f"| {g} | {r['ratio']:.3f} | {100 * r['top1']:.1f} | {100 * r['top5']:.1f} |" for g, r in rows]
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    (out / "summary.json").write_text(json.dumps({str(g): r for g, r in rows}, indent=2))
+    print("\n".join(lines))
+    return 0
+
+
+def _dense():
+    import timm
+
+    from dge_explain.models import load_checkpoint
+
+    entry = zoo.MODELS["deit_tiny_dge_s12"]
+    dense = timm.create_model(entry.dense_model)
+    load_checkpoint(dense, paths.home_file(entry.dense_weights))
+    return dense
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""The shipped DGE-DeiT-Tiny: what the package holds, how it loads, what it does."""
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dge_explain import zoo
+from dge_explain.models import CheckpointError
+
+from conftest import shared_file
+
+
+def test_the_shipped_file_holds_routers_norms_and_biases_only():
+    trained = load_file(str(zoo.trained_file("deit_tiny_dge_s12")))
+    routers = [k for k in trained if ".dge.router.gate." in k]
+    assert len(routers) == 24                         # weight and bias of 12 routers
+    assert all(k.endswith(".bias") or ".norm" in k or ".dge.router." in k or k.startswith("norm.")
+               for k in trained)
+    assert sum(v.numel() for v in trained.values()) * 4 < 2 * 2**20   # under 2 MB
+    recipe = zoo.recipe("deit_tiny_dge_s12")
+    assert recipe["gamma"] == 0.5 and recipe["phi"] == [1, 2]
+
+
+def test_load_model_with_the_shared_weights():
+    weights = shared_file("weights/deit_tiny_patch16_224.safetensors")
+    model = zoo.load_model("deit_tiny_dge_s12", weights=weights)
+    assert not model.training
+    with torch.no_grad():
+        logits = model(torch.zeros(2, 3, 224, 224))
+    assert logits.shape == (2, 1000)
+    fine = [dge.routing.gates[..., 0].mean().item() for dge in model.dge_modules]
+    assert fine[0] > fine[-1], "the trained routers keep early layers finer than late ones"
+
+
+def test_unknown_model_and_broken_trained_file(tmp_path):
+    with pytest.raises(ValueError, match="unknown model 'deit_huge'"):
+        zoo.load_model("deit_huge")
+    weights = shared_file("weights/deit_tiny_patch16_224.safetensors")
+    trained = load_file(str(zoo.trained_file("deit_tiny_dge_s12")))
+    trained.pop("blocks.3.dge.router.gate.bias")
+    from safetensors.torch import save_file
+
+    save_file(trained, str(tmp_path / "partial.safetensors"))
+    with pytest.raises(CheckpointError, match="lacks router parameters: \\['blocks.3.dge.router.gate.bias'\\]"):
+        zoo.load_model("deit_tiny_dge_s12", weights=weights, trained=str(tmp_path / "partial.safetensors"))
