@@ -104,8 +104,25 @@ void check_attention_args(const at::Tensor& q, const at::Tensor& k, const at::Te
   TORCH_CHECK_VALUE(k.device() == q.device() && v.device() == q.device() &&
                         offsets.device() == q.device(),
                     "q, k, v and offsets must share a device");
+  TORCH_CHECK_VALUE(q.size(2) > 0, "q ", q.sizes(), " has an empty head dim");
   TORCH_CHECK_VALUE(q.stride(2) == 1 && k.stride(3) == 1 && v.stride(3) == 1,
                     "q, k, v need a unit stride on the head dim");
+}
+
+void check_attention_grad_args(const at::Tensor& q, const at::Tensor& grad_out,
+                               const at::Tensor& out, const at::Tensor& lse,
+                               at::ScalarType lse_type) {
+  TORCH_CHECK_VALUE(grad_out.sizes() == q.sizes() && out.sizes() == q.sizes(), "grad_out ",
+                    grad_out.sizes(), " and out ", out.sizes(), " must match q ", q.sizes());
+  TORCH_CHECK_VALUE(grad_out.scalar_type() == q.scalar_type() && out.scalar_type() == q.scalar_type(),
+                    "grad_out and out must have q's dtype ", q.scalar_type());
+  TORCH_CHECK_VALUE(lse.dim() == 2 && lse.size(0) == q.size(0) && lse.size(1) == q.size(1) &&
+                        lse.scalar_type() == lse_type,
+                    "lse must be ", lse_type, " [L, h] = [", q.size(0), ", ", q.size(1), "], got ",
+                    lse.scalar_type(), " ", lse.sizes());
+  TORCH_CHECK_VALUE(grad_out.device() == q.device() && out.device() == q.device() &&
+                        lse.device() == q.device(),
+                    "grad_out, out and lse must be on q's device ", q.device());
 }
 
 }  // namespace dge

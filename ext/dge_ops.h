@@ -92,5 +92,9 @@ void check_decompress_args(const at::Tensor& src, const c10::optional<at::Tensor
                            int64_t num_extra);
 void check_attention_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                           const at::Tensor& offsets);
+// lse_type: the dtype the backend's forward gives lse.
+void check_attention_grad_args(const at::Tensor& q, const at::Tensor& grad_out,
+                               const at::Tensor& out, const at::Tensor& lse,
+                               at::ScalarType lse_type);
 
 }  // namespace dge

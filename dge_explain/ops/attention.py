@@ -47,6 +47,7 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     require(k.shape[1] == q.shape[1] and k.shape[3] == q.shape[2],
             f"q {tuple(q.shape)} and k {tuple(k.shape)} disagree on heads or head dim")
     require(k.shape[2] > 0, f"k {tuple(k.shape)} has no keys")
+    require(q.shape[2] > 0, f"q {tuple(q.shape)} has an empty head dim")
     if isinstance(offsets, PatchTable):
         require(offsets.batch == k.shape[0] and offsets.total == q.shape[0],
                 f"patch table (B={offsets.batch}, L={offsets.total}) does not match q "

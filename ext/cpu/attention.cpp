@@ -193,11 +193,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> varlen_attention_backward_cpu(
     double scale) {
   check_attention_args(q, k, v, offsets_in);
   check_cpu_attention(q, offsets_in);
-  TORCH_CHECK_VALUE(grad_out_in.sizes() == q.sizes() && out_in.sizes() == q.sizes(),
-                    "grad_out ", grad_out_in.sizes(), " and out ", out_in.sizes(),
-                    " must match q ", q.sizes());
-  TORCH_CHECK_VALUE(lse_in.dim() == 2 && lse_in.size(0) == q.size(0) && lse_in.size(1) == q.size(1),
-                    "lse must be [L, h] = [", q.size(0), ", ", q.size(1), "], got ", lse_in.sizes());
+  check_attention_grad_args(q, grad_out_in, out_in, lse_in, q.scalar_type());
   const auto offsets = offsets_in.contiguous();
   const auto grad_out = grad_out_in.contiguous();
   const auto out = out_in.contiguous();

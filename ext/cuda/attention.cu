@@ -66,7 +66,7 @@ __device__ __forceinline__ acc_t column_dot(const acc_t* vec, const acc_t* tile,
 template <typename scalar_t, typename acc_t>
 __global__ void attention_forward_kernel(AttentionArgs<scalar_t> a, scalar_t* __restrict__ out,
                                          acc_t* __restrict__ lse) {
-  extern __shared__ unsigned char shared_raw[];
+  extern __shared__ __align__(16) unsigned char shared_raw[];
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
   const int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x / kWarp) + warp;
   const int64_t head = blockIdx.y;
@@ -120,7 +120,7 @@ __global__ void attention_grad_q_kernel(AttentionArgs<scalar_t> a, const scalar_
                                         const acc_t* __restrict__ lse,
                                         const acc_t* __restrict__ row_dot,
                                         scalar_t* __restrict__ grad_q) {
-  extern __shared__ unsigned char shared_raw[];
+  extern __shared__ __align__(16) unsigned char shared_raw[];
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
   const int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x / kWarp) + warp;
   const int64_t head = blockIdx.y;
@@ -175,7 +175,7 @@ __global__ void attention_grad_kv_kernel(AttentionArgs<scalar_t> a, const scalar
                                          const acc_t* __restrict__ lse,
                                          const acc_t* __restrict__ row_dot,
                                          scalar_t* __restrict__ grad_k, scalar_t* __restrict__ grad_v) {
-  extern __shared__ unsigned char shared_raw[];
+  extern __shared__ __align__(16) unsigned char shared_raw[];
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
   const int64_t key_row = blockIdx.x * static_cast<int64_t>(blockDim.x / kWarp) + warp;
   const int64_t head = blockIdx.y;
@@ -294,14 +294,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> varlen_attention_backward_cuda(
     const at::Tensor& out, const at::Tensor& lse_in, const at::Tensor& offsets_in, double scale) {
   check_attention_args(q, k, v, offsets_in);
   check_cuda_attention(q, k);
-  TORCH_CHECK_VALUE(grad_out_in.sizes() == q.sizes() && out.sizes() == q.sizes(),
-                    "grad_out ", grad_out_in.sizes(), " and out ", out.sizes(),
-                    " must match q ", q.sizes());
   const auto acc_type = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK_VALUE(lse_in.dim() == 2 && lse_in.size(0) == q.size(0) && lse_in.size(1) == q.size(1) &&
-                        lse_in.scalar_type() == acc_type,
-                    "lse must be ", acc_type, " [L, h] = [", q.size(0), ", ", q.size(1), "], got ",
-                    lse_in.scalar_type(), " ", lse_in.sizes());
+  check_attention_grad_args(q, grad_out_in, out, lse_in, acc_type);
   const c10::cuda::CUDAGuard guard(q.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const auto offsets = offsets_in.contiguous();
