@@ -6,6 +6,10 @@ import sys
 
 import torch
 
+from dge_explain.train import TrainConfig
+
+TrainDefaults = TrainConfig(out="")
+
 
 def _format_table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
@@ -38,6 +42,144 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def load_model_by_name(name: str, checkpoint=None, home=None, weights=None, trained=None):
+    """A shipped zoo name, or a timm name with an optional checkpoint."""
+    from dge_explain import zoo
+    from dge_explain.models import load_checkpoint
+
+    if name in zoo.MODELS:
+        return zoo.load_model(name, weights=weights, home=home, trained=trained)
+    if trained:
+        raise ValueError("--trained applies to a shipped model name")
+    import timm
+
+    model = timm.create_model(name)
+    if checkpoint:
+        load_checkpoint(model, checkpoint)
+    return model.eval()
+
+
+def _load_model(args) -> "torch.nn.Module":
+    return load_model_by_name(args.model, args.checkpoint, args.home, args.weights, args.trained)
+
+
+def cmd_figures(args: argparse.Namespace) -> int:
+    from dge_explain.figures import figures_for_run
+
+    for path in figures_for_run(args.run, args.out, images=args.images, home=args.home, dpi=args.dpi):
+        print(path)
+    return 0
+
+
+def _init_distributed(device: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+
+
+def _expand_home(spec: str, home: str | None) -> str:
+    """Replace a leading $DGE_EXPLAIN_HOME (unexpanded by the caller) with the data home."""
+    from dge_explain import paths
+
+    marker = "$" + paths.HOME_ENV
+    return spec.replace(marker, str(paths.home(home))) if marker in spec else spec
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from dge_explain.evaluate import evaluate, markdown_table
+
+    _init_distributed(args.device)
+    model = _load_model(args)
+    result = evaluate(model, _expand_home(args.dataset, args.home), args.methods, args.out,
+                      limit=args.limit, batch_size=args.batch_size, device=args.device,
+                      image_size=args.image_size, seed=args.seed, workers=args.workers,
+                      info={"model": args.model, "checkpoint": args.checkpoint})
+    if result is not None:
+        print(f"{result.images} images, {args.dataset}")
+        print(markdown_table(result))
+        print(f"written to {args.out}/results.{{json,csv,md}} and per_image.csv")
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    import json
+
+    import timm
+
+    from dge_explain import paths, zoo
+    from dge_explain.classify import evaluate_classification
+    from dge_explain.models import load_checkpoint
+
+    model = _load_model(args)
+    dense = None
+    if args.model in zoo.MODELS and not args.no_dense:
+        entry = zoo.MODELS[args.model]
+        dense = timm.create_model(entry.dense_model)
+        load_checkpoint(dense, args.weights or paths.home_file(entry.dense_weights, args.home))
+    result = evaluate_classification(model, _expand_home(args.images, args.home), dense,
+                                     batch_size=args.batch_size, device=args.device,
+                                     workers=args.workers)
+    print(json.dumps(result.to_dict(), indent=2))
+    if args.out:
+        with open(args.out, "w") as handle:
+            json.dump({"model": args.model, "images": args.images, **result.to_dict()}, handle, indent=2)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from dge_explain.train import TrainConfig, train
+
+    config = TrainConfig(
+        out=args.out, weights=args.weights, dense_model=args.dense_model, phi=tuple(args.phi),
+        images=tuple(_expand_home(i, args.home) for i in args.images), image_size=args.image_size,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, backbone_lr=args.backbone_lr,
+        schedule=args.schedule,
+        warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, gamma=args.gamma,
+        budget_weight=args.budget_weight, temperature=args.temperature, train=tuple(args.train),
+        flip=not args.no_flip, seed=args.seed, checkpoint_every=args.checkpoint_every,
+        max_steps=args.max_steps, device=args.device, amp=args.amp, home=args.home)
+    result = train(config, resume=args.resume)
+    print(f"{result.steps} steps; last: {result.last}; trained parameters in {result.out}/trained.safetensors")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from dge_explain.bench.runtime import HEADER, build_pair, cases_to_json, environment, run_case, trained_pair
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cases, rows = [], []
+    for name in args.models:
+        dense, dge = trained_pair(name, args.home) if args.gates == "trained" else build_pair(name)
+        dense, dge = dense.to(device), dge.to(device)
+        for resolution in args.resolutions:
+            for batch in args.batch_sizes:
+                case = run_case(name, dense, dge, resolution, batch, device, args.ratio, args.min_time,
+                                trained=args.gates == "trained")
+                cases.append(case)
+                rows.append(case.row())
+                print(_format_table(HEADER, rows[-1:]).splitlines()[-1], flush=True)
+    print(f"\n{environment(device)}")
+    print(_format_table(HEADER, rows))
+    if args.json:
+        cases_to_json(cases, device, args.json)
+    return 0
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="deit_tiny_dge_s12",
+                        help="shipped model name (deit_tiny_dge_s12) or a timm model name")
+    parser.add_argument("--checkpoint", help="checkpoint for a timm model name")
+    parser.add_argument("--weights", help="dense teacher weights of a shipped model "
+                                          "(default $DGE_EXPLAIN_HOME/weights/...; 'timm' downloads)")
+    parser.add_argument("--trained", help="trained.safetensors of a `dge-explain train` run, "
+                                          "instead of the shipped parameters")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dge-explain", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -45,6 +187,93 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--seed", type=int, default=None,
                       help="seed of the random inputs (default: fresh each run)")
     info.set_defaults(handler=cmd_info)
+
+    from dge_explain.evaluate import METHOD_HELP
+
+    evaluate = commands.add_parser("evaluate", help="score gating maps, GradCAM and random maps as "
+                                                     "soft segmentations (Tables 5 and 6)")
+    _model_arguments(evaluate)
+    evaluate.add_argument("--dataset", required=True,
+                          help="ecssd:FOLDER, masks:IMAGES,MASKS or imagenet-seg:FILE.mat")
+    evaluate.add_argument("--methods", nargs="+", default=["random", "gradcam", "gating"],
+                          help=METHOD_HELP)
+    evaluate.add_argument("--out", required=True, help="output folder (rerun to resume)")
+    evaluate.add_argument("--limit", type=int, help="first N images only")
+    evaluate.add_argument("--batch-size", type=int, default=16)
+    evaluate.add_argument("--image-size", type=int, default=224)
+    evaluate.add_argument("--workers", type=int, default=2)
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the random maps")
+    evaluate.set_defaults(handler=cmd_evaluate)
+
+    classify = commands.add_parser("classify", help="top-1/top-5, complexity ratio and fine regions "
+                                                     "per layer on labelled images")
+    _model_arguments(classify)
+    classify.add_argument("--images", default="$DGE_EXPLAIN_HOME/data/imagenet-sample:odd",
+                          help="folder of synset-named images; FOLDER:even / FOLDER:odd for a half")
+    classify.add_argument("--batch-size", type=int, default=50)
+    classify.add_argument("--workers", type=int, default=2)
+    classify.add_argument("--no-dense", action="store_true", help="skip the dense teacher")
+    classify.add_argument("--out", help="also write the result as JSON here")
+    classify.set_defaults(handler=cmd_classify)
+
+    train = commands.add_parser("train", help="distil DGE routers from a dense teacher")
+    train.add_argument("--out", required=True, help="run folder (checkpoints, log.jsonl, trained.safetensors)")
+    train.add_argument("--weights", help="dense checkpoint (default $DGE_EXPLAIN_HOME/weights/"
+                                         "deit_tiny_patch16_224.safetensors)")
+    train.add_argument("--dense-model", default="deit_tiny_patch16_224")
+    train.add_argument("--phi", type=int, nargs="+", default=[1, 2])
+    train.add_argument("--images", nargs="*", default=[],
+                       help="image folders (FOLDER, FOLDER:even, FOLDER:odd); default ECSSD images "
+                            "and imagenet-sample:even")
+    train.add_argument("--image-size", type=int, default=224)
+    train.add_argument("--epochs", type=int, default=TrainDefaults.epochs)
+    train.add_argument("--batch-size", type=int, default=TrainDefaults.batch_size)
+    train.add_argument("--lr", type=float, default=TrainDefaults.lr, help="learning rate of the routers")
+    train.add_argument("--backbone-lr", type=float, default=TrainDefaults.backbone_lr,
+                       help="learning rate of any other trained group")
+    train.add_argument("--schedule", choices=["cosine", "constant"], default=TrainDefaults.schedule)
+    train.add_argument("--warmup-steps", type=int, default=TrainDefaults.warmup_steps)
+    train.add_argument("--weight-decay", type=float, default=0.0)
+    train.add_argument("--gamma", type=float, default=TrainDefaults.gamma, help="MAC budget")
+    train.add_argument("--budget-weight", type=float, default=TrainDefaults.budget_weight,
+                       help="lambda of the budget loss")
+    train.add_argument("--temperature", type=float, default=TrainDefaults.temperature)
+    train.add_argument("--train", nargs="+", default=list(TrainDefaults.train),
+                       help="parameter groups to train: routers, norms, biases, head, mlp, attn, "
+                            "or regular expressions over parameter names")
+    train.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--checkpoint-every", type=int, default=TrainDefaults.checkpoint_every)
+    train.add_argument("--max-steps", type=int, help="stop early (smoke runs)")
+    train.add_argument("--device", default="cpu")
+    train.add_argument("--amp", action="store_true", help="mixed precision (CUDA)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.set_defaults(handler=cmd_train)
+
+    bench = commands.add_parser("bench", help="latency of dense vs DGE models over resolutions "
+                                               "(Fig. 6, Tables 7-8)")
+    bench.add_argument("--models", nargs="+", default=["deit_tiny", "deit_small", "pvt_small"])
+    bench.add_argument("--resolutions", type=int, nargs="+", default=[224, 256, 384, 512, 768, 1024])
+    bench.add_argument("--batch-sizes", type=int, nargs="+", default=[1])
+    bench.add_argument("--device", default="cpu")
+    bench.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    bench.add_argument("--ratio", type=float, default=0.5, help="complexity ratio the forced gates aim at")
+    bench.add_argument("--gates", choices=["forced", "trained"], default="forced")
+    bench.add_argument("--min-time", type=float, default=2.0, help="seconds of timing per case")
+    bench.add_argument("--json", help="write the cases here (input of the runtime figure)")
+    bench.set_defaults(handler=cmd_bench)
+
+    figures = commands.add_parser("figures", help="every figure an evaluation run supports")
+    figures.add_argument("--run", required=True, help="output folder of `dge-explain evaluate`")
+    figures.add_argument("--out", required=True)
+    figures.add_argument("--images", type=int, default=4, help="images per map figure")
+    figures.add_argument("--dpi", type=int, default=150, help="resolution of the PNGs")
+    figures.set_defaults(handler=cmd_figures)
+
+    for sub in (evaluate, classify, train, bench, figures):
+        sub.add_argument("--home", help="data home (default $DGE_EXPLAIN_HOME)")
+    for sub in (evaluate, classify):
+        sub.add_argument("--device", default="cpu")
     return parser
 
 

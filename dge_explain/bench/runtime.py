@@ -1,0 +1,134 @@
+"""Latency of dense against DGE models over resolutions, batch sizes and devices
+(appendix Fig. 6, Tables 7 and 8).
+
+For every case the dense model and its DGE twin (same weights) run interleaved
+in one process after a warm-up; medians and interquartile ranges are reported.
+DGE gates are forced so that the expected complexity ratio hits --ratio (a
+seeded random set of finest regions, the rest coarse), or come from a trained
+model (--gates trained, shipped DeiT-Tiny only).  Reported per case: the
+complexity ratio of the gates actually used (dynamic / static MACs), the
+latency ratio (DGE / dense), and the share of the MAC saving that became speed,
+(1 - latency ratio) / (1 - complexity ratio).
+"""
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import asdict, dataclass
+
+import timm
+import torch
+
+from dge_explain.bench.timing import measure_interleaved
+from dge_explain.complexity import dge_complexity, fine_fraction_for_ratio
+from dge_explain.models import force_gates, from_dense, random_fraction
+
+# name: (dense timm model, DGE constructor: dense -> DGE model)
+MODELS = {
+    "deit_tiny": "deit_tiny_patch16_224",
+    "deit_small": "deit_small_patch16_224",
+    "pvt_small": "pvt_small_256",
+}
+PVT_DGE = {"pvt_small": "pvt_dge_s12_small_256"}
+
+
+@dataclass
+class Case:
+    model: str
+    resolution: int
+    batch: int
+    device: str
+    threads: int
+    gates: str
+    dense_ms: float
+    dense_iqr_ms: float
+    dge_ms: float
+    dge_iqr_ms: float
+    complexity_ratio: float
+    latency_ratio: float
+    saving_realised: float     # (1 - latency ratio) / (1 - complexity ratio)
+    fine_fraction: float
+
+    def row(self) -> list[str]:
+        return [self.model, str(self.resolution), str(self.batch), f"{self.dense_ms:.1f}",
+                f"{self.dge_ms:.1f}", f"{self.complexity_ratio:.3f}", f"{self.latency_ratio:.3f}",
+                f"{self.saving_realised:.2f}"]
+
+
+HEADER = ["model", "res", "batch", "dense ms", "DGE ms", "complexity ratio", "latency ratio",
+          "saving realised"]
+
+
+def build_pair(name: str, phi=(1, 2)) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Dense model and its DGE twin with identical weights (random initialisation)."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name}; benchmarked models: {', '.join(MODELS)}")
+    torch.manual_seed(0)
+    dense = timm.create_model(MODELS[name])
+    if name in PVT_DGE:
+        from dge_explain.models import load_checkpoint
+
+        dge = timm.create_model(PVT_DGE[name])
+        load_checkpoint(dge, dense.state_dict(), fresh_routers=True)
+    else:
+        dense = timm.create_model(MODELS[name], dynamic_img_size=True)
+        dge = from_dense(dense, phi=phi)
+    return dense.eval(), dge.eval()
+
+
+def trained_pair(name: str, home=None) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The shipped DGE-DeiT-Tiny and its dense teacher (the real weights)."""
+    from dge_explain import paths, zoo
+    from dge_explain.models import load_checkpoint
+
+    if name != "deit_tiny":
+        raise ValueError("trained gates exist for the shipped DeiT-Tiny only (--models deit_tiny)")
+    entry = zoo.MODELS["deit_tiny_dge_s12"]
+    dense = timm.create_model(entry.dense_model, dynamic_img_size=True)
+    load_checkpoint(dense, paths.home_file(entry.dense_weights, home))
+    return dense.eval(), zoo.load_model("deit_tiny_dge_s12", home=home)
+
+
+def run_case(name: str, dense, dge, resolution: int, batch: int, device: torch.device,
+             ratio: float | None, min_time: float, trained: bool = False) -> Case:
+    images = torch.randn(batch, 3, resolution, resolution, device=device)
+    if trained:
+        policy, fine = None, float("nan")
+    else:
+        fine = fine_fraction_for_ratio(dge, (resolution, resolution), ratio)
+        policy = random_fraction(fine, seed=resolution)
+    with torch.inference_mode():
+        if policy is None:
+            timed = measure_interleaved({"dense": lambda: dense(images), "dge": lambda: dge(images)},
+                                        device, min_time=min_time)
+            dge(images)
+        else:
+            with force_gates(dge, policy):
+                timed = measure_interleaved({"dense": lambda: dense(images), "dge": lambda: dge(images)},
+                                            device, min_time=min_time)
+                dge(images)
+    complexity = float(dge_complexity(dge).ratio)
+    latency = timed["dge"].median / timed["dense"].median
+    return Case(name, resolution, batch, device.type, torch.get_num_threads(),
+                "trained" if trained else f"forced ratio {ratio}", timed["dense"].median * 1e3,
+                timed["dense"].iqr * 1e3, timed["dge"].median * 1e3, timed["dge"].iqr * 1e3, complexity,
+                latency, (1 - latency) / (1 - complexity), fine)
+
+
+def environment(device: torch.device) -> dict:
+    info = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+            "machine": platform.machine(), "processor": platform.processor() or platform.machine()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as handle:
+            info["cpu"] = next(l.split(":", 1)[1].strip() for l in handle if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return info
+
+
+def cases_to_json(cases: list[Case], device: torch.device, path) -> None:
+    with open(path, "w") as handle:
+        json.dump({"environment": environment(device), "cases": [asdict(c) for c in cases]}, handle,
+                  indent=2)

@@ -1,0 +1,116 @@
+"""Instance annotations and predictions as ``viz.Instance`` lists:
+
+* YOLO polygon labels (``labels/*.txt``: class id, then normalised x y pairs),
+  e.g. coco128-seg;
+* COCO annotation JSON and COCO results JSON (bbox, RLE or polygon
+  segmentation, decoded with pycocotools);
+* semantic label maps stored as PNG (one class id per pixel).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from dge_explain.viz.detection import Instance
+from dge_explain.viz.palettes import COCO_CLASSES
+
+
+def yolo_instances(label_file, width: int, height: int, classes=COCO_CLASSES) -> list[Instance]:
+    """Instances of one YOLO segmentation label file for a width x height image."""
+    instances = []
+    for number, line in enumerate(Path(label_file).read_text().splitlines(), 1):
+        values = line.split()
+        if not values:
+            continue
+        try:
+            class_id, coords = int(values[0]), np.array(values[1:], dtype=np.float64)
+        except ValueError as error:
+            raise ValueError(f"{label_file}:{number}: not 'class x y x y ...': {error}") from error
+        if len(coords) < 6 or len(coords) % 2 or not 0 <= class_id < len(classes):
+            raise ValueError(f"{label_file}:{number}: expected a class id < {len(classes)} and at "
+                             f"least 3 x y pairs, got {len(values)} values")
+        points = coords.reshape(-1, 2) * [width, height]
+        x0, y0 = points.min(0)
+        x1, y1 = points.max(0)
+        instances.append(Instance((x0, y0, x1, y1), classes[class_id], None,
+                                  polygon_mask(points, width, height)))
+    return instances
+
+
+def polygon_mask(points: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A polygon [P, 2] (pixels) rasterised as COCO does (pycocotools)."""
+    from pycocotools import mask as coco_mask
+
+    rle = coco_mask.merge(coco_mask.frPyObjects([points.ravel().tolist()], height, width))
+    return coco_mask.decode(rle).astype(bool)
+
+
+class CocoInstances:
+    """Ground truth of a COCO annotation file, and optionally a results file."""
+
+    def __init__(self, annotation_file, results_file=None):
+        from pycocotools.coco import COCO
+
+        self.coco = COCO(str(annotation_file))
+        self.results = self.coco.loadRes(str(results_file)) if results_file else None
+        self.names = {c["id"]: c["name"] for c in self.coco.loadCats(self.coco.getCatIds())}
+
+    def image_id(self, file_name: str) -> int:
+        matches = [i["id"] for i in self.coco.dataset["images"] if i["file_name"] == Path(file_name).name]
+        if not matches:
+            raise ValueError(f"{file_name} is not in the annotation file")
+        return matches[0]
+
+    def instances(self, image_id: int, predictions: bool = False, min_score: float = 0.5) -> list[Instance]:
+        source = self.results if predictions else self.coco
+        if source is None:
+            raise ValueError("no results file was given")
+        out = []
+        for ann in source.loadAnns(source.getAnnIds(imgIds=[image_id])):
+            score = ann.get("score") if predictions else None
+            if score is not None and score < min_score:
+                continue
+            x, y, w, h = ann["bbox"]
+            mask = source.annToMask(ann).astype(bool) if ann.get("segmentation") else None
+            out.append(Instance((x, y, x + w, y + h), self.names.get(ann["category_id"], "?"), score, mask))
+        return out
+
+
+def read_label_map(path) -> np.ndarray:
+    """A semantic label PNG (palette or grey) as class ids [H, W]."""
+    with Image.open(path) as handle:
+        if handle.mode not in ("P", "L", "I", "I;16"):
+            raise ValueError(f"{path} is a {handle.mode} image; a label map needs one class id per "
+                             "pixel (mode P, L or I)")
+        return np.asarray(handle)
+
+
+def coco_json_from_yolo(image_files, label_dir, out_file, classes=COCO_CLASSES) -> Path:
+    """A COCO annotation JSON (polygon segmentations) built from YOLO labels, so
+    that YOLO-labelled images can go through the COCO code path."""
+    images, annotations = [], []
+    for image_id, image_file in enumerate(image_files, 1):
+        with Image.open(image_file) as handle:
+            width, height = handle.size
+        images.append({"id": image_id, "file_name": Path(image_file).name, "width": width, "height": height})
+        label_file = Path(label_dir) / (Path(image_file).stem + ".txt")
+        if not label_file.exists():
+            continue
+        for line in label_file.read_text().splitlines():
+            values = line.split()
+            if not values:
+                continue
+            points = (np.array(values[1:], dtype=np.float64).reshape(-1, 2) * [width, height])
+            x0, y0 = points.min(0)
+            x1, y1 = points.max(0)
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id,
+                                "category_id": int(values[0]) + 1, "iscrowd": 0,
+                                "bbox": [x0, y0, x1 - x0, y1 - y0], "area": float((x1 - x0) * (y1 - y0)),
+                                "segmentation": [points.ravel().round(2).tolist()]})
+    categories = [{"id": i + 1, "name": name} for i, name in enumerate(classes)]
+    Path(out_file).write_text(json.dumps({"images": images, "annotations": annotations,
+                                          "categories": categories}))
+    return Path(out_file)

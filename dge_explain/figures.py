@@ -1,0 +1,219 @@
+"""Paper-style figures (PNG and PDF): gating maps per layer, side-by-side
+comparisons with GradCAM, detection / instance and semantic-segmentation
+overlays (appendix Fig. 7 / 8 layout), runtime against resolution (Fig. 6),
+and precision-recall curves of the evaluated methods."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+from dge_explain.data import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from dge_explain.evaluate import method_title  # noqa: E402
+from dge_explain.metrics import pr_curve  # noqa: E402
+from dge_explain.viz import draw_instances, heatmap_overlay, mask_contours, semantic_overlay  # noqa: E402
+
+plt.rcParams.update({"font.size": 8, "axes.titlesize": 8, "savefig.bbox": "tight"})
+
+
+def save(figure, stem, dpi: int = 150) -> list[Path]:
+    """stem.png (at dpi) and stem.pdf."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    figure.savefig(paths[0], dpi=dpi)
+    figure.savefig(paths[1])
+    plt.close(figure)
+    return paths
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """A normalised [3, H, W] tensor back to RGB uint8 [H, W, 3]."""
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    pixels = (image.detach().cpu() * std + mean).clamp(0, 1)
+    return np.uint8(pixels.permute(1, 2, 0).numpy() * 255 + 0.5)
+
+
+def _grid(rows: int, columns: int, cell: float = 1.3):
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * cell, rows * cell), squeeze=False)
+    for axis in axes.flat:
+        axis.set_xticks([])
+        axis.set_yticks([])
+        for spine in axis.spines.values():
+            spine.set_visible(False)
+    return figure, axes
+
+
+def map_grid(images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
+             maps: dict[str, Sequence[np.ndarray]], notes: Sequence[dict[str, str]] | None = None,
+             colorbar: bool = True):
+    """Rows: images; columns: image, mask (contour over the image), then one
+    heatmap overlay per method; notes[row][method] is printed inside a panel."""
+    names = list(maps)
+    figure, axes = _grid(len(images), 2 + len(names))
+    for row, (image, mask) in enumerate(zip(images, masks)):
+        axes[row, 0].imshow(image)
+        axes[row, 1].imshow(mask_contours(np.uint8(np.asarray(mask)[..., None] * [255, 255, 255]), mask,
+                                          color=(0, 200, 0)))
+        for column, name in enumerate(names, start=2):
+            axes[row, column].imshow(heatmap_overlay(image, maps[name][row]))
+            if notes is not None and name in notes[row]:
+                axes[row, column].text(0.03, 0.04, notes[row][name], transform=axes[row, column].transAxes,
+                                       fontsize=6, color="black", va="bottom",
+                                       bbox=dict(facecolor="white", alpha=0.8, pad=1.5, linewidth=0))
+    for column, title in enumerate(["image", "mask"] + [method_title(n) for n in names]):
+        axes[0, column].set_title(title)
+    if colorbar:
+        mappable = plt.cm.ScalarMappable(cmap="jet", norm=plt.Normalize(0, 1))
+        figure.colorbar(mappable, ax=axes, fraction=0.015, pad=0.01, label="normalised score")
+    return figure
+
+
+def collect_maps(model, dataset, explainers, indices: Sequence[int]):
+    """Images (uint8), masks and every explainer's maps for the given dataset items."""
+    items = [dataset[i] for i in indices]
+    batch = torch.stack([item[0] for item in items])
+    maps: dict[str, list[np.ndarray]] = {}
+    for explainer in explainers:
+        for name, values in explainer(batch, list(indices)).items():
+            maps[name] = [v.detach().cpu().numpy() for v in values]
+    return [to_uint8(item[0]) for item in items], [item[1].numpy() for item in items], maps
+
+
+def per_image_miou(run: Path) -> dict[tuple[int, str], float]:
+    """(image index, method) -> mIoU of that image, from per_image.csv."""
+    table = {}
+    with (run / "per_image.csv").open() as handle:
+        for row in csv.DictReader(handle):
+            table[(int(row["index"]), row["method"])] = (float(row["iou_background"]) +
+                                                         float(row["iou_foreground"])) / 2
+    return table
+
+
+def _label_rows(axes, labels: Sequence[str]) -> None:
+    for axis, label in zip(axes[:, 0], labels):
+        axis.set_ylabel(label)
+
+
+def instance_grid(images: Sequence[np.ndarray], sources: dict[str, Sequence[list]], cell: float = 2.4):
+    """Appendix Fig. 7 layout: one row per source (ground truth or a model's
+    predictions), one column per image; instances drawn with boxes, labels and
+    masks in distinct colours."""
+    names = list(sources)
+    figure, axes = _grid(len(names), len(images), cell)
+    for row, name in enumerate(names):
+        for column, image in enumerate(images):
+            axes[row, column].imshow(draw_instances(image, sources[name][column]))
+    _label_rows(axes, names)
+    figure.subplots_adjust(wspace=0.03, hspace=0.03)
+    return figure
+
+
+def semantic_grid(images: Sequence[np.ndarray], sources: dict[str, Sequence[np.ndarray]],
+                  palette="coco", classes=None, cell: float = 2.4):
+    """Appendix Fig. 8 layout: the images in the first row, then one row per
+    source with its label map over the image; a legend of the classes present."""
+    names = list(sources)
+    figure, axes = _grid(1 + len(names), len(images), cell)
+    legend: dict[str, tuple] = {}
+    for column, image in enumerate(images):
+        axes[0, column].imshow(image)
+        for row, name in enumerate(names, start=1):
+            overlay, present = semantic_overlay(image, sources[name][column], palette, classes=classes)
+            axes[row, column].imshow(overlay)
+            legend.update(dict(present))
+    _label_rows(axes, ["image"] + names)
+    handles = [Patch(color=np.array(color) / 255, label=label) for label, color in sorted(legend.items())]
+    figure.legend(handles=handles, loc="lower center", ncol=min(8, max(1, len(handles))), frameon=False,
+                  bbox_to_anchor=(0.5, -0.04))
+    figure.subplots_adjust(wspace=0.03, hspace=0.03)
+    return figure
+
+
+def runtime_figure(bench: dict):
+    """Appendix Fig. 6 layout: one panel per device, latency against resolution,
+    dense (dashed) and DGE (solid) per model, speed-up annotated at each point."""
+    cases = bench["cases"]
+    devices = [d for d in ("cpu", "cuda") if any(c["device"] == d for c in cases)]
+    figure, axes = plt.subplots(1, len(devices), figsize=(4.2 * len(devices), 3.2), squeeze=False)
+    for axis, device in zip(axes[0], devices):
+        chosen = [c for c in cases if c["device"] == device]
+        for color, model in zip(plt.cm.tab10.colors, sorted({c["model"] for c in chosen})):
+            rows = sorted((c for c in chosen if c["model"] == model and c["batch"] == min(
+                x["batch"] for x in chosen if x["model"] == model)), key=lambda c: c["resolution"])
+            x = [c["resolution"] for c in rows]
+            axis.plot(x, [c["dense_ms"] for c in rows], "--o", color=color, markersize=3,
+                      label=f"{model} dense")
+            axis.plot(x, [c["dge_ms"] for c in rows], "-o", color=color, markersize=3,
+                      label=f"{model} + DGE")
+            for c in rows:
+                axis.annotate(f"{c['dense_ms'] / c['dge_ms']:.2f}x", (c["resolution"], c["dge_ms"]),
+                              textcoords="offset points", xytext=(0, -10), ha="center", fontsize=6,
+                              color=color)
+        axis.set_yscale("log")
+        axis.set_xlabel("resolution (side, px)")
+        axis.set_ylabel("latency (ms, median)")
+        env = bench.get("environment", {})
+        hardware = env.get("gpu") if device == "cuda" else f"{env.get('cpu', 'CPU')}, {env.get('threads')} threads"
+        axis.set_title(f"{device.upper()}: {hardware}")
+        axis.legend(fontsize=6)
+        axis.grid(alpha=0.3)
+    return figure
+
+
+def pr_figure(histograms: dict[str, np.ndarray]):
+    """Dataset precision-recall curves of each method (two-channel protocol)."""
+    figure, axis = plt.subplots(figsize=(3.6, 3.2))
+    for name in histograms:
+        recall, precision = pr_curve(histograms[name])
+        axis.plot(recall, precision, label=method_title(name))
+    axis.set_xlabel("recall")
+    axis.set_ylabel("precision")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=6)
+    return figure
+
+
+def figures_for_run(run, out, images: int = 4, home=None, dpi: int = 150) -> list[Path]:
+    """Every figure an evaluation run (and a bench JSON inside it) supports."""
+    from dge_explain.cli import load_model_by_name
+    from dge_explain.data import segmentation_dataset
+    from dge_explain.evaluate import build_explainers
+
+    run, out = Path(run), Path(out)
+    info = json.loads((run / "results.json").read_text())["run"]
+    count = json.loads((run / "results.json").read_text())["images"]
+    written = []
+    if (run / "pr_histograms.npz").exists():
+        with np.load(run / "pr_histograms.npz") as data:
+            written += save(pr_figure({k: data[k] for k in data.files}), out / "pr_curves", dpi)
+    if "model" not in info:
+        return written  # a run made through the API without a model name: no map figures
+    model = load_model_by_name(info["model"], info.get("checkpoint"), home)
+    dataset = segmentation_dataset(info["dataset"], info["image_size"])
+    indices = list(range(min(images, count)))
+    gating = [m for m in info["methods"] if m.startswith("gating")]
+    if gating:
+        images_, masks, maps = collect_maps(model, dataset, build_explainers(model, gating), indices)
+        written += save(map_grid(images_, masks, maps), out / "gating_layers", dpi)
+    if any(m == "gradcam" for m in info["methods"]) and gating:
+        images_, masks, maps = collect_maps(model, dataset, build_explainers(model, ["gradcam", *gating]),
+                                            indices)
+        scores = per_image_miou(run)
+        notes = [{name: f"mIoU {100 * scores[(i, name)]:.0f}" for name in maps} for i in indices]
+        written += save(map_grid(images_, masks, maps, notes), out / "gradcam_comparison", dpi)
+    for bench in sorted(run.glob("*bench*.json")):
+        written += save(runtime_figure(json.loads(bench.read_text())), out / f"runtime_{bench.stem}", dpi)
+    return written

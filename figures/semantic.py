@@ -1,0 +1,58 @@
+"""Figure (appendix Fig. 8 layout): semantic-segmentation overlays.
+
+Columns: the image, then one label map per source (NAME=FOLDER of PNG label
+maps named like the images); palette ade20k (150 classes), coco, voc.  Without
+sources it draws the ground truth of coco128-seg (instance polygons rasterised
+into a COCO-class label map), as a demonstration of the layout.
+"""
+import sys
+from pathlib import Path
+
+import numpy as np
+from _common import parser
+from PIL import Image
+
+from dge_explain import paths
+from dge_explain.data.annotations import read_label_map, yolo_instances
+from dge_explain.figures import save, semantic_grid
+from dge_explain.viz import COCO_CLASSES
+
+
+def coco128_label_map(image_file: Path, label_dir: Path) -> np.ndarray:
+    with Image.open(image_file) as handle:
+        width, height = handle.size
+    labels = np.full((height, width), 255, dtype=np.int64)
+    label_file = label_dir / (image_file.stem + ".txt")
+    instances = yolo_instances(label_file, width, height) if label_file.exists() else []
+    for instance in sorted(instances, key=lambda i: -i.mask.sum()):   # small objects on top
+        labels[instance.mask] = COCO_CLASSES.index(instance.label)
+    return labels
+
+
+def main(argv=None):
+    p = parser(__doc__.splitlines()[0], "figs/semantic")
+    p.add_argument("--images-dir", help="default $DGE_EXPLAIN_HOME/data/coco128-seg/images/train2017")
+    p.add_argument("--sources", nargs="*", default=[], help="NAME=FOLDER of label PNGs")
+    p.add_argument("--palette", default=None, help="ade20k, coco or voc (default coco for the demo)")
+    p.add_argument("--count", type=int, default=3)
+    p.add_argument("--first", type=int, default=4)
+    args = p.parse_args(argv)
+    root = paths.home(args.home) / "data" / "coco128-seg"
+    images_dir = Path(args.images_dir or root / "images" / "train2017")
+    files = sorted(images_dir.glob("*.jpg"))[args.first:args.first + args.count]
+    images = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+    if args.sources:
+        sources = {}
+        for spec in args.sources:
+            name, _, folder = spec.partition("=")
+            sources[name] = [read_label_map(Path(folder) / (f.stem + ".png")) for f in files]
+        palette = args.palette or "ade20k"
+    else:
+        sources = {"ground truth (coco128)": [coco128_label_map(f, root / "labels" / "train2017") for f in files]}
+        palette = args.palette or "coco"
+    for path in save(semantic_grid(images, sources, palette), args.out, args.dpi):
+        print(path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
