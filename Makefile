@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 export DGE_EXPLAIN_HOME ?= $(abspath ../shared)
 EXT_SOURCES := $(wildcard ext/*.cpp ext/*.h ext/cpu/*.cpp ext/cuda/*.cu ext/cuda/*.cuh)
 
-.PHONY: venv build test test-fast demo bench-ops clean
+.PHONY: venv build test test-fast demo bench-ops readme-figures clean
 
 venv: $(STAMP)
 
@@ -33,12 +33,21 @@ test-fast: build
 	DGE_EXPLAIN_REQUIRE_EXT=1 $(PY) -m pytest -m "not slow"
 
 # The main job: gating maps of the shipped DGE-DeiT-Tiny against GradCAM and
-# random maps on ECSSD (first DEMO_IMAGES images; rerunning resumes/reprints).
-DEMO_IMAGES ?= 200
+# random maps on ECSSD (all 1000 images, ~1.5 min on 2 cores; DEMO_IMAGES=N for fewer;
+# rerunning resumes, or reprints the table of a finished run).
+DEMO_IMAGES ?= 1000
 demo: build
 	$(VENV)/bin/dge-explain evaluate --model deit_tiny_dge_s12 \
 		--dataset ecssd:$(DGE_EXPLAIN_HOME)/data/ecssd --methods random gradcam gating:1,4,8,12 \
 		--limit $(DEMO_IMAGES) --out runs/demo-$(DEMO_IMAGES)
+
+# The README's example figures (needs runs/ecssd-full from eval/ecssd_table.sh and
+# runs/bench-cpu.json from `dge-explain bench --json runs/bench-cpu.json`).
+readme-figures: build
+	$(VENV)/bin/dge-explain figures --run runs/ecssd-full --out docs/figures --images 3 --dpi 80
+	$(PY) figures/detection.py --out docs/figures/detection --dpi 80
+	$(PY) figures/semantic.py --out docs/figures/semantic --dpi 80
+	$(PY) figures/runtime.py runs/bench-cpu.json --out docs/figures/runtime --dpi 80
 
 bench-ops: build
 	$(PY) -m dge_explain.bench.ops

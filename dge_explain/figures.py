@@ -20,7 +20,8 @@ from matplotlib.patches import Patch  # noqa: E402
 from dge_explain.data import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from dge_explain.evaluate import method_title  # noqa: E402
 from dge_explain.metrics import pr_curve  # noqa: E402
-from dge_explain.viz import draw_instances, heatmap_overlay, mask_contours, semantic_overlay  # noqa: E402
+from dge_explain.viz import (draw_granularity, draw_instances, heatmap_overlay,  # noqa: E402
+                             mask_contours, semantic_overlay)
 
 plt.rcParams.update({"font.size": 8, "axes.titlesize": 8, "savefig.bbox": "tight"})
 
@@ -88,6 +89,27 @@ def collect_maps(model, dataset, explainers, indices: Sequence[int]):
         for name, values in explainer(batch, list(indices)).items():
             maps[name] = [v.detach().cpu().numpy() for v in values]
     return [to_uint8(item[0]) for item in items], [item[1].numpy() for item in items], maps
+
+
+def granularity_grid(model, batch: torch.Tensor, layers: Sequence[int]):
+    """The mixed-grained patches each chosen layer's router picked (eval mode):
+    rows are images, columns layers; finest regions are split into their k x k
+    query patches, coarser ones tinted."""
+    dges = model.dge_modules
+    with torch.no_grad():
+        model.eval()(batch)
+    choices = {layer: dges[layer - 1].routing.choice.cpu() for layer in layers}
+    patch = model.patch_embed.proj.stride[0]
+    figure, axes = _grid(len(batch), len(layers))
+    for row, image in enumerate(batch):
+        pixels = to_uint8(image)
+        for column, layer in enumerate(layers):
+            dge = dges[layer - 1]
+            axes[row, column].imshow(draw_granularity(pixels, choices[layer][row], dge.split_sizes,
+                                                      dge.region_size, patch))
+            if row == 0:
+                axes[row, column].set_title(f"Layer {layer}")
+    return figure
 
 
 def per_image_miou(run: Path) -> dict[tuple[int, str], float]:
@@ -208,6 +230,10 @@ def figures_for_run(run, out, images: int = 4, home=None, dpi: int = 150) -> lis
     if gating:
         images_, masks, maps = collect_maps(model, dataset, build_explainers(model, gating), indices)
         written += save(map_grid(images_, masks, maps), out / "gating_layers", dpi)
+        if hasattr(model, "patch_embed"):  # token grid of a ViT: one patch size
+            layers = [int(name[5:]) for name in maps]
+            batch = torch.stack([dataset[i][0] for i in indices])
+            written += save(granularity_grid(model, batch, layers), out / "granularity", dpi)
     if any(m == "gradcam" for m in info["methods"]) and gating:
         images_, masks, maps = collect_maps(model, dataset, build_explainers(model, ["gradcam", *gating]),
                                             indices)

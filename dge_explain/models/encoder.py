@@ -39,12 +39,21 @@ def split_sizes_for(phi) -> tuple[tuple[int, ...], int]:
 
 @dataclass
 class Routing:
-    """What one forward pass of a DGE chose: the (hard) gates [B, Hr, Wr, K] (with
-    straight-through gradients in training), the token grid and extra tokens."""
-    gates: torch.Tensor
+    """What one forward pass of a DGE chose: the option index per region
+    [B, Hr, Wr], the token grid and extra tokens, and in training the hard gates
+    [B, Hr, Wr, K] with their straight-through gradients (in eval they are the
+    one-hot of `choice`, made when first asked for)."""
+    choice: torch.Tensor
     grid: tuple[int, int]
     num_extra: int
     split_sizes: tuple[int, ...]
+    soft_gates: Optional[torch.Tensor] = None
+
+    @property
+    def gates(self) -> torch.Tensor:
+        if self.soft_gates is None:
+            self.soft_gates = F.one_hot(self.choice, len(self.split_sizes)).float()
+        return self.soft_gates
 
     @property
     def tokens(self) -> int:
@@ -91,18 +100,17 @@ class DynamicGrainedEncoder(nn.Module):
         require(num_extra >= 0, f"x has {x.shape[1]} tokens, fewer than the {height}x{width} grid")
         logits = self.router(x, grid, num_extra)
         options = len(self.split_sizes)
+        gates = None
         if self.forced_choice is not None:
             choice = self.forced_choice(logits)
-            gates = F.one_hot(choice, options).to(x.dtype)
             if self.training:  # straight-through, so that a forced pass still trains the router
                 soft = logits.softmax(-1).to(x.dtype)
-                gates = gates + soft - soft.detach()
+                gates = F.one_hot(choice, options).to(x.dtype) + soft - soft.detach()
         elif self.training:
             gates = F.gumbel_softmax(logits, tau=1.0, hard=True, dim=-1).to(x.dtype)
             choice = gates.argmax(-1)
         else:
             choice = logits.argmax(-1)
-            gates = F.one_hot(choice, options).to(x.dtype)
 
         if not self.training:
             out = self._sparse(x, choice, num_extra, encode, gate_rows=None)
@@ -110,7 +118,7 @@ class DynamicGrainedEncoder(nn.Module):
             out = self._sparse(x, choice, num_extra, encode, gate_rows=gates)
         else:
             out = self._multigrain(x, grid, num_extra, gates, encode)
-        self.routing = Routing(gates, (height, width), num_extra, self.split_sizes)
+        self.routing = Routing(choice, (height, width), num_extra, self.split_sizes, gates)
         return out
 
     def _sparse(self, x, choice, num_extra, encode, gate_rows):
