@@ -167,10 +167,11 @@ def runtime_figure(bench: dict):
     dense (dashed) and DGE (solid) per model, speed-up annotated at each point."""
     cases = bench["cases"]
     devices = [d for d in ("cpu", "cuda") if any(c["device"] == d for c in cases)]
-    figure, axes = plt.subplots(1, len(devices), figsize=(4.2 * len(devices), 3.2), squeeze=False)
+    figure, axes = plt.subplots(1, len(devices), figsize=(5.5 * len(devices), 4.0), squeeze=False)
     for axis, device in zip(axes[0], devices):
         chosen = [c for c in cases if c["device"] == device]
-        for color, model in zip(plt.cm.tab10.colors, sorted({c["model"] for c in chosen})):
+        models = sorted({c["model"] for c in chosen})
+        for index, (color, model) in enumerate(zip(plt.cm.tab10.colors, models)):
             rows = sorted((c for c in chosen if c["model"] == model and c["batch"] == min(
                 x["batch"] for x in chosen if x["model"] == model)), key=lambda c: c["resolution"])
             x = [c["resolution"] for c in rows]
@@ -178,10 +179,10 @@ def runtime_figure(bench: dict):
                       label=f"{model} dense")
             axis.plot(x, [c["dge_ms"] for c in rows], "-o", color=color, markersize=3,
                       label=f"{model} + DGE")
-            for c in rows:
+            for c in rows:  # speed-up under each DGE point, staggered per model
                 axis.annotate(f"{c['dense_ms'] / c['dge_ms']:.2f}x", (c["resolution"], c["dge_ms"]),
-                              textcoords="offset points", xytext=(0, -10), ha="center", fontsize=6,
-                              color=color)
+                              textcoords="offset points", xytext=(8, -9 - 7 * index), ha="left",
+                              fontsize=5.5, color=color)
         axis.set_yscale("log")
         axis.set_xlabel("resolution (side, px)")
         axis.set_ylabel("latency (ms, median)")

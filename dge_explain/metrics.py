@@ -2,7 +2,8 @@
 al. (CVPR 2021) that the DGE paper's Tables 5 and 6 use.
 
 Per image, for a map m and a binary mask y (same size):
-  1. NaNs become 0; m is min-max normalised to [0, 1] (a constant map becomes 0);
+  1. NaNs become 0; m is min-max normalised to [0, 1] in float32, the precision of
+     Chefer et al.'s code (a constant map becomes 0);
   2. binarised at its mean: foreground where m > mean(m); prediction = two
      channels (background, foreground);
   3. pixel accuracy counts: correct pixels and labelled pixels (all pixels);
@@ -15,8 +16,8 @@ mAP = mean of the per-image APs.  Integer sums and per-image APs make the result
 identical whatever the batching or the split across processes.
 
 ``average_precision`` reproduces sklearn's definition exactly (tied scores
-share one threshold); ``two_channel_ap`` needs a single sort of m thanks to the
-symmetry of the two channels.  The tests check both against sklearn.
+share one threshold) from the sorted positive and negative scores; the tests
+check it against sklearn.
 """
 from __future__ import annotations
 
@@ -62,8 +63,9 @@ def pr_curve(hist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def normalise(saliency) -> np.ndarray:
-    """Min-max to [0, 1] in float64; NaN -> 0 first; a constant map becomes all zeros."""
-    m = np.nan_to_num(_as_numpy(saliency).astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    """Min-max to [0, 1] in float32 (the protocol's precision); NaN -> 0 first; a
+    constant map becomes all zeros."""
+    m = np.nan_to_num(_as_numpy(saliency).astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     low, high = m.min(), m.max()
     return (m - low) / (high - low) if high > low else np.zeros_like(m)
 
@@ -72,43 +74,45 @@ def _as_numpy(array) -> np.ndarray:
     return array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
 
 
-def _ap_of_descending(scores: np.ndarray, labels: np.ndarray) -> float:
-    """sklearn's AP for scores already sorted in descending order."""
-    positives = labels.sum()
-    if positives == 0:
+def _merge(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Two ascending arrays merged (a stable sort finds the two runs: ~linear)."""
+    return np.sort(np.concatenate([a, b]), kind="stable")
+
+
+def _ap_of_sorted(positive: np.ndarray, negative: np.ndarray) -> float:
+    """sklearn's AP from the ascending scores of the positive and of the negative
+    entries.  Distinct positive scores are the thresholds where recall moves; at
+    each, precision counts every entry scoring at least that much (ties
+    included): exactly sklearn's sum over distinct thresholds."""
+    if positive.size == 0:
         return 0.0
-    # last index of every run of tied scores: one threshold each
-    ends = np.flatnonzero(np.diff(scores, append=-np.inf) != 0)
-    true_positives = np.cumsum(labels, dtype=np.float64)[ends]
-    precision = true_positives / (ends + 1)
-    recall_step = np.diff(true_positives, prepend=0.0) / positives
-    return float((recall_step * precision).sum())
+    starts = np.flatnonzero(np.concatenate([[True], positive[1:] != positive[:-1]]))  # tied runs
+    true_positives = (positive.size - starts).astype(np.float64)      # entries >= threshold
+    false_positives = negative.size - np.searchsorted(negative, positive[starts], side="left")
+    precision = true_positives / (true_positives + false_positives)
+    recall = true_positives / positive.size
+    # thresholds descend from the last run to the first: recall grows stepwise
+    recall_step = np.diff(recall[::-1], prepend=0.0)
+    return float((recall_step * precision[::-1]).sum())
 
 
 def average_precision(scores, labels) -> float:
-    """sklearn.metrics.average_precision_score(labels, scores) for 1-D inputs:
-    the sum over distinct thresholds of (recall step) * precision."""
-    scores = np.asarray(scores, dtype=np.float64)
+    """sklearn.metrics.average_precision_score(labels, scores) for 1-D inputs."""
+    scores = np.asarray(scores)
     labels = np.asarray(labels, dtype=bool)
-    order = np.argsort(-scores, kind="stable")
-    return _ap_of_descending(scores[order], labels[order])
+    return _ap_of_sorted(np.sort(scores[labels]), np.sort(scores[~labels]))
 
 
 def two_channel_ap(m, mask) -> float:
-    """AP of the flattened channels (1 - m, m) against (1 - y, y).
-
-    One sort of m serves both channels: m in descending order is the foreground
-    channel, 1 - m in descending order is m ascending; the two descending runs
-    are merged by a stable (timsort) pass that costs about one linear scan.
-    Tied scores form one threshold, so the order inside a tie does not matter."""
-    values = _as_numpy(m).astype(np.float64).ravel()
-    labels = _as_numpy(mask).astype(bool).ravel()
-    order = np.argsort(values)
-    ascending, y = values[order], labels[order]
-    merged_scores = np.concatenate([ascending[::-1], 1.0 - ascending])
-    merged_labels = np.concatenate([y[::-1], ~y])
-    merge = np.argsort(-merged_scores, kind="stable")
-    return _ap_of_descending(merged_scores[merge], merged_labels[merge])
+    """AP of the flattened channels (1 - m, m) against (1 - y, y).  The positives
+    are m on foreground pixels and 1 - m on background pixels, the negatives the
+    other two: two sorts of the pixel values serve all four, merged in linear
+    time, and no two-channel array is built."""
+    values = _as_numpy(m).ravel()
+    foreground = _as_numpy(mask).astype(bool).ravel()
+    inside, outside = np.sort(values[foreground]), np.sort(values[~foreground])
+    one = values.dtype.type(1)
+    return _ap_of_sorted(_merge(inside, (one - outside)[::-1]), _merge(outside, (one - inside)[::-1]))
 
 
 def score_image(saliency, mask) -> ImageScore:

@@ -19,15 +19,17 @@ def test_perfect_map():
 
 
 def test_hand_computed_imperfect_map():
-    # normalised map [[0, 1/3], [2/3, 1]], mean 0.5 -> predicted foreground: bottom row
-    saliency = torch.tensor([[0.0, 1.0], [2.0, 3.0]])
+    # normalised map [[0, 1/4], [1/2, 1]] (exact in float32), mean 7/16 -> foreground: bottom row
+    saliency = torch.tensor([[0.0, 1.0], [2.0, 4.0]])
     mask = torch.tensor([[0, 1], [1, 1]])
     score = score_image(saliency, mask)
     assert (score.correct, score.labelled) == (3, 4)                 # top-right missed
     assert score.intersection == (1, 2) and score.union == (2, 3)
-    # channel entries (score, label): bg 1(1) 2/3(0) 1/3(0) 0(0); fg 0(0) 1/3(1) 2/3(1) 1(1)
-    # descending: 1:{1,1} -> P=1 R=2/4; 2/3:{0,1} -> P=3/4 R=3/4; 1/3:{0,1} -> P=4/6 R=1
-    assert score.ap == pytest.approx(0.5 * 1 + 0.25 * 0.75 + 0.25 * (4 / 6), abs=1e-15)
+    # (score, label) of the channel entries: background 1(1) 3/4(0) 1/2(0) 0(0);
+    # foreground 0(0) 1/4(1) 1/2(1) 1(1).  Descending thresholds:
+    # 1: tp 2 of 2 -> P 1, R 2/4;  3/4: no recall step;  1/2: tp 3 of 5 -> P 3/5, R 3/4;
+    # 1/4: tp 4 of 6 -> P 2/3, R 1
+    assert score.ap == pytest.approx(0.5 * 1 + 0.25 * 0.6 + 0.25 * (2 / 3), abs=1e-15)
     total = aggregate([score])
     assert total.accuracy == 0.75 and total.iou == (0.5, 2 / 3) and total.miou == pytest.approx(7 / 12)
 
@@ -49,6 +51,7 @@ def test_two_channel_ap_equals_the_protocol_with_sklearn(trial, generator):
     m = normalise(torch.rand(17, 23, generator=generator))
     if trial % 2:  # ties inside and across the two channels
         m = np.round(m * 4) / 4
+    assert m.dtype == np.float32
     mask = torch.rand(17, 23, generator=generator) < 0.4
     one_hot = np.stack([~mask.numpy(), mask.numpy()]).reshape(-1)
     predicted = np.stack([1 - m, m]).reshape(-1)

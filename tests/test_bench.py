@@ -1,0 +1,60 @@
+"""The runtime benchmark's machinery (timings themselves are not tested):
+budget-matched gate forcing, case records, JSON and the command line."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+
+from dge_explain.bench.runtime import build_pair, run_case
+from dge_explain.bench.timing import measure_interleaved
+from dge_explain.complexity import dge_complexity, expected_ratio, fine_fraction_for_ratio
+from dge_explain.models import force_gates, random_fraction
+
+
+
+def test_fine_fraction_hits_the_target_ratio():
+    model = timm.create_model("deit_dge_s12_tiny_patch16_224").eval()
+    fine = fine_fraction_for_ratio(model, (448, 448), 0.5)
+    assert expected_ratio(model, (448, 448), fine) == pytest.approx(0.5, abs=1e-9)
+    assert expected_ratio(model, (448, 448), 1.0) == pytest.approx(1.0)
+    with torch.no_grad(), force_gates(model, random_fraction(fine, seed=1)):
+        model(torch.zeros(2, 3, 448, 448))
+    assert float(dge_complexity(model).ratio) == pytest.approx(0.5, abs=0.03)
+    with pytest.raises(ValueError, match="out of reach"):
+        fine_fraction_for_ratio(model, (448, 448), 0.1)
+
+
+def test_run_case_records_ratios():
+    dense, dge = build_pair("deit_tiny")
+    case = run_case("deit_tiny", dense, dge, 224, 1, torch.device("cpu"), 0.5, min_time=0.05)
+    assert case.complexity_ratio == pytest.approx(0.5, abs=0.05)
+    assert case.latency_ratio == pytest.approx(case.dge_ms / case.dense_ms)
+    assert case.saving_realised == pytest.approx((1 - case.latency_ratio) / (1 - case.complexity_ratio))
+    assert len(case.row()) == 8
+
+
+def test_interleaved_timing_repeats_every_candidate():
+    calls = {"a": 0, "b": 0}
+
+    def bump(name):
+        calls[name] += 1
+
+    timings = measure_interleaved({"a": lambda: bump("a"), "b": lambda: bump("b")}, min_time=0.0,
+                                  warmup=2, min_repeats=5)
+    assert calls == {"a": 7, "b": 7} and timings["a"].repeats == 5
+
+
+def test_command_line_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, "-m", "dge_explain", "bench", "--models", "pvt_small",
+                             "--resolutions", "224", "256", "--min-time", "0.05", "--json", str(out)],
+                            capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "skipped pvt_small at 224: input 224x224" in result.stdout
+    data = json.loads(out.read_text())
+    assert [c["resolution"] for c in data["cases"]] == [256]
+    assert data["environment"]["threads"] >= 1 and "torch" in data["environment"]
