@@ -10,3 +10,23 @@ def parser(description: str, default_out: str) -> argparse.ArgumentParser:
     p.add_argument("--home", default=os.environ.get("DGE_EXPLAIN_HOME"),
                    help="data home (default $DGE_EXPLAIN_HOME)")
     return p
+
+
+def map_parser(description: str, default_out: str, default_layers) -> argparse.ArgumentParser:
+    """Arguments of the figures that draw maps of a model on a segmentation dataset."""
+    p = parser(description, default_out)
+    p.add_argument("--model", default="deit_tiny_dge_s12")
+    p.add_argument("--dataset", help="default ecssd:$DGE_EXPLAIN_HOME/data/ecssd")
+    p.add_argument("--layers", default=default_layers, help="comma-separated gating layers")
+    p.add_argument("--images", type=int, nargs="+", default=[0, 1, 2, 3], help="dataset indices")
+    return p
+
+
+def model_and_dataset(args):
+    from dge_explain import paths
+    from dge_explain.cli import load_model_by_name
+    from dge_explain.data import segmentation_dataset
+
+    model = load_model_by_name(args.model, home=args.home)
+    dataset = segmentation_dataset(args.dataset or f"ecssd:{paths.home(args.home) / 'data' / 'ecssd'}")
+    return model, dataset

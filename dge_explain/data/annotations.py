@@ -8,6 +8,8 @@
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -54,8 +56,9 @@ class CocoInstances:
     def __init__(self, annotation_file, results_file=None):
         from pycocotools.coco import COCO
 
-        self.coco = COCO(str(annotation_file))
-        self.results = self.coco.loadRes(str(results_file)) if results_file else None
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+            self.coco = COCO(str(annotation_file))
+            self.results = self.coco.loadRes(str(results_file)) if results_file else None
         self.names = {c["id"]: c["name"] for c in self.coco.loadCats(self.coco.getCatIds())}
 
     def image_id(self, file_name: str) -> int:

@@ -1,0 +1,46 @@
+"""Every script in figures/ runs as documented and writes a PNG and a PDF."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import shared_file
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(script, *args):
+    result = subprocess.run([sys.executable, str(ROOT / "figures" / script), *map(str, args)],
+                            capture_output=True, text=True, cwd=ROOT, env=os.environ.copy())
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.split()
+
+
+@pytest.mark.parametrize("script,args", [
+    ("gating_layers.py", ["--images", "0", "1", "--layers", "4,8"]),
+    ("gradcam_comparison.py", ["--images", "0", "--layers", "8"]),
+    ("detection.py", ["--count", "2"]),
+    ("semantic.py", ["--count", "2"]),
+])
+def test_scripts_on_the_shared_data(script, args, tmp_path):
+    shared_file("data/ecssd")
+    shared_file("data/coco128-seg")
+    shared_file("weights/deit_tiny_patch16_224.safetensors")
+    written = _run(script, "--out", tmp_path / "figure", "--dpi", "60", *args)
+    assert written == [str(tmp_path / "figure.png"), str(tmp_path / "figure.pdf")]
+    assert all(Path(p).stat().st_size > 5_000 for p in written)
+
+
+def test_runtime_and_pr_scripts(tmp_path):
+    bench = {"environment": {"cpu": "test", "threads": 2},
+             "cases": [{"model": "m", "resolution": r, "batch": 1, "device": "cpu", "dense_ms": r / 10,
+                        "dge_ms": r / 20} for r in (256, 512)]}
+    (tmp_path / "bench.json").write_text(json.dumps(bench))
+    assert _run("runtime.py", tmp_path / "bench.json", "--out", tmp_path / "runtime")[0].endswith(".png")
+    np.savez(tmp_path / "pr_histograms.npz", random=np.ones((2, 100)), layer8=np.stack([np.arange(100),
+                                                                                         np.arange(100)[::-1]]))
+    assert _run("pr_curves.py", "--run", tmp_path, "--out", tmp_path / "pr")[0].endswith(".png")
