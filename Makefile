@@ -33,7 +33,7 @@ test-fast: build
 	DGE_EXPLAIN_REQUIRE_EXT=1 $(PY) -m pytest -m "not slow"
 
 # The main job: gating maps of the shipped DGE-DeiT-Tiny against GradCAM and
-# random maps on ECSSD (all 1000 images, ~1.5 min on 2 cores; DEMO_IMAGES=N for fewer;
+# random maps on ECSSD (all 1000 images, about a minute on 2 cores; DEMO_IMAGES=N for fewer;
 # rerunning resumes, or reprints the table of a finished run).
 DEMO_IMAGES ?= 1000
 demo: build

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from dge_explain.complexity import dge_complexity
 from dge_explain.data import LabelledImageFolder
+from dge_explain.models import dge_modules
 
 
 @dataclass
@@ -21,10 +22,10 @@ class ClassificationResult:
     top5: float
     dense_top1: float | None
     dense_top5: float | None
-    ratio: float                   # mean dynamic / mean static MACs
-    dynamic_gmacs: float
-    static_gmacs: float
-    fine_per_layer: list[float]    # share of regions at the finest option, per block
+    ratio: float | None            # mean dynamic / mean static MACs (None: a dense model)
+    dynamic_gmacs: float | None
+    static_gmacs: float | None
+    fine_per_layer: list[float]    # share of regions at the finest option, per DGE block
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -36,6 +37,7 @@ def evaluate_classification(model: nn.Module, images: str, dense: nn.Module | No
                             progress: bool = True) -> ClassificationResult:
     """images: a folder of synset-named files (``folder:even`` / ``:odd`` for a half)."""
     data = LabelledImageFolder(images)
+    measured = bool(dge_modules(model))  # a dense model has no gates to count
     model.eval().to(device)
     if dense is not None:
         dense.eval().to(device)
@@ -52,7 +54,7 @@ def evaluate_classification(model: nn.Module, images: str, dense: nn.Module | No
             top5 = logits.topk(min(5, logits.shape[1])).indices
             counts[prefix + "top1"] += int((top5[:, 0] == labels).sum())
             counts[prefix + "top5"] += int((top5 == labels[:, None]).any(1).sum())
-            if net is model:
+            if net is model and measured:
                 result = dge_complexity(model)
                 static += float(result.static.sum())
                 dynamic += float(result.dynamic.sum())
@@ -63,5 +65,7 @@ def evaluate_classification(model: nn.Module, images: str, dense: nn.Module | No
         images=n, top1=counts["top1"] / n, top5=counts["top5"] / n,
         dense_top1=counts["dense_top1"] / n if dense is not None else None,
         dense_top5=counts["dense_top5"] / n if dense is not None else None,
-        ratio=dynamic / static, dynamic_gmacs=dynamic / n / 1e9, static_gmacs=static / n / 1e9,
-        fine_per_layer=[float(v) / n for v in fine])
+        ratio=dynamic / static if measured else None,
+        dynamic_gmacs=dynamic / n / 1e9 if measured else None,
+        static_gmacs=static / n / 1e9 if measured else None,
+        fine_per_layer=[float(v) / n for v in fine] if measured else [])

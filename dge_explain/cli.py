@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
+from pathlib import Path
 
 import torch
 
@@ -43,14 +45,19 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def load_model_by_name(name: str, checkpoint=None, home=None, weights=None, trained=None):
-    """A shipped zoo name, or a timm name with an optional checkpoint."""
+    """A shipped zoo name (with optional dense weights / trained file), or a timm
+    name with an optional checkpoint."""
     from dge_explain import zoo
     from dge_explain.models import load_checkpoint
 
     if name in zoo.MODELS:
+        if checkpoint:
+            raise ValueError(f"--checkpoint applies to timm model names; {name} is shipped "
+                             "(use --weights for its dense teacher, --trained for other parameters)")
         return zoo.load_model(name, weights=weights, home=home, trained=trained)
-    if trained:
-        raise ValueError("--trained applies to a shipped model name")
+    if trained or weights:
+        raise ValueError("--trained and --weights apply to shipped models "
+                         f"({', '.join(zoo.MODELS)}); give a timm model --checkpoint")
     import timm
 
     model = timm.create_model(name)
@@ -63,12 +70,36 @@ def _load_model(args) -> "torch.nn.Module":
     return load_model_by_name(args.model, args.checkpoint, args.home, args.weights, args.trained)
 
 
-def cmd_figures(args: argparse.Namespace) -> int:
-    from dge_explain.figures import figures_for_run
+def model_identity(args) -> dict:
+    """What decides the model: names and resolved files with their SHA-256, so that
+    a run folder can refuse to mix two models."""
+    from dge_explain import zoo
 
-    for path in figures_for_run(args.run, args.out, images=args.images, home=args.home, dpi=args.dpi):
-        print(path)
-    return 0
+    files = {"checkpoint": args.checkpoint, "trained": args.trained}
+    if args.model in zoo.MODELS:
+        files["trained"] = args.trained or str(zoo.trained_file(args.model))
+        weights = zoo.dense_weights_path(args.model, args.weights, args.home)
+        files["weights"] = None if weights == "timm" else weights
+    identity = {"model": args.model, "weights": "timm" if args.weights == "timm" else files.get("weights")}
+    for key, value in files.items():
+        if value:
+            path = Path(value).resolve()
+            identity[key] = str(path)
+            identity[f"{key}_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+        else:
+            identity.setdefault(key, None)
+    return identity
+
+
+def _device(requested: str) -> str:
+    """Under torchrun on CUDA every rank takes its own GPU (LOCAL_RANK)."""
+    import os
+
+    if requested.startswith("cuda") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return f"cuda:{local}"
+    return requested
 
 
 def _init_distributed(device: str) -> None:
@@ -80,23 +111,26 @@ def _init_distributed(device: str) -> None:
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
 
 
-def _expand_home(spec: str, home: str | None) -> str:
-    """Replace a leading $DGE_EXPLAIN_HOME (unexpanded by the caller) with the data home."""
-    from dge_explain import paths
+def cmd_figures(args: argparse.Namespace) -> int:
+    from dge_explain.figures import figures_for_run
 
-    marker = "$" + paths.HOME_ENV
-    return spec.replace(marker, str(paths.home(home))) if marker in spec else spec
+    for path in figures_for_run(args.run, args.out, images=args.images, home=args.home, dpi=args.dpi):
+        print(path)
+    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from dge_explain.evaluate import evaluate, markdown_table
 
-    _init_distributed(args.device)
+    from dge_explain import paths
+
+    device = _device(args.device)
+    _init_distributed(device)
     model = _load_model(args)
-    result = evaluate(model, _expand_home(args.dataset, args.home), args.methods, args.out,
-                      limit=args.limit, batch_size=args.batch_size, device=args.device,
+    result = evaluate(model, paths.expand(args.dataset, args.home), args.methods, args.out,
+                      limit=args.limit, batch_size=args.batch_size, device=device,
                       image_size=args.image_size, seed=args.seed, workers=args.workers,
-                      info={"model": args.model, "checkpoint": args.checkpoint})
+                      info=model_identity(args))
     if result is not None:
         print(f"{result.images} images, {args.dataset}")
         print(markdown_table(result))
@@ -107,34 +141,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_classify(args: argparse.Namespace) -> int:
     import json
 
-    import timm
-
     from dge_explain import paths, zoo
     from dge_explain.classify import evaluate_classification
-    from dge_explain.models import load_checkpoint
 
     model = _load_model(args)
     dense = None
     if args.model in zoo.MODELS and not args.no_dense:
-        entry = zoo.MODELS[args.model]
-        dense = timm.create_model(entry.dense_model)
-        load_checkpoint(dense, args.weights or paths.home_file(entry.dense_weights, args.home))
-    result = evaluate_classification(model, _expand_home(args.images, args.home), dense,
-                                     batch_size=args.batch_size, device=args.device,
-                                     workers=args.workers)
+        dense = zoo.dense_teacher(args.model, args.weights, args.home)
+    folder = paths.expand(args.images, args.home)
+    result = evaluate_classification(model, folder, dense, batch_size=args.batch_size,
+                                     device=args.device, workers=args.workers)
     print(json.dumps(result.to_dict(), indent=2))
     if args.out:
         with open(args.out, "w") as handle:
-            json.dump({"model": args.model, "images": args.images, **result.to_dict()}, handle, indent=2)
+            json.dump({**model_identity(args), "image_folder": folder, **result.to_dict()}, handle,
+                      indent=2)
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from dge_explain.train import TrainConfig, train
+    from dge_explain import paths
+    from dge_explain.train import train
 
     config = TrainConfig(
         out=args.out, weights=args.weights, dense_model=args.dense_model, phi=tuple(args.phi),
-        images=tuple(_expand_home(i, args.home) for i in args.images), image_size=args.image_size,
+        images=tuple(paths.expand(i, args.home) for i in args.images), image_size=args.image_size,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, backbone_lr=args.backbone_lr,
         schedule=args.schedule,
         warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, gamma=args.gamma,
@@ -149,6 +180,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from dge_explain.bench.runtime import HEADER, build_pair, cases_to_json, environment, run_case, trained_pair
 
+    if args.gates == "forced" and not 0 < args.ratio < 1:
+        raise SystemExit(f"--ratio must be in (0, 1), got {args.ratio}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -224,12 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="run folder (checkpoints, log.jsonl, trained.safetensors)")
     train.add_argument("--weights", help="dense checkpoint (default $DGE_EXPLAIN_HOME/weights/"
                                          "deit_tiny_patch16_224.safetensors)")
-    train.add_argument("--dense-model", default="deit_tiny_patch16_224")
-    train.add_argument("--phi", type=int, nargs="+", default=[1, 2])
+    train.add_argument("--dense-model", default=TrainDefaults.dense_model)
+    train.add_argument("--phi", type=int, nargs="+", default=list(TrainDefaults.phi))
     train.add_argument("--images", nargs="*", default=[],
                        help="image folders (FOLDER, FOLDER:even, FOLDER:odd); default ECSSD images "
                             "and imagenet-sample:even")
-    train.add_argument("--image-size", type=int, default=224)
+    train.add_argument("--image-size", type=int, default=TrainDefaults.image_size)
     train.add_argument("--epochs", type=int, default=TrainDefaults.epochs)
     train.add_argument("--batch-size", type=int, default=TrainDefaults.batch_size)
     train.add_argument("--lr", type=float, default=TrainDefaults.lr, help="learning rate of the routers")
@@ -237,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="learning rate of any other trained group")
     train.add_argument("--schedule", choices=["cosine", "constant"], default=TrainDefaults.schedule)
     train.add_argument("--warmup-steps", type=int, default=TrainDefaults.warmup_steps)
-    train.add_argument("--weight-decay", type=float, default=0.0)
+    train.add_argument("--weight-decay", type=float, default=TrainDefaults.weight_decay)
     train.add_argument("--gamma", type=float, default=TrainDefaults.gamma, help="MAC budget")
     train.add_argument("--budget-weight", type=float, default=TrainDefaults.budget_weight,
                        help="lambda of the budget loss")
@@ -246,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="parameter groups to train: routers, norms, biases, head, mlp, attn, "
                             "or regular expressions over parameter names")
     train.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=int, default=TrainDefaults.seed)
     train.add_argument("--checkpoint-every", type=int, default=TrainDefaults.checkpoint_every)
     train.add_argument("--max-steps", type=int, help="stop early (smoke runs)")
     train.add_argument("--device", default="cpu")

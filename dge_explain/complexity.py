@@ -222,5 +222,5 @@ def fine_fraction_for_ratio(model: nn.Module, image_size: tuple[int, int], targe
 
 
 def budget_loss(complexity: Complexity, gamma: float = 0.5, weight: float = 1.0) -> torch.Tensor:
-    """weight * (mean dynamic / mean static - gamma)^2, in float64 (§1.8)."""
+    """weight * (mean dynamic / mean static - gamma)^2 in float64, as the original training loss."""
     return weight * (complexity.ratio - gamma) ** 2

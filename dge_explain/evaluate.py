@@ -23,9 +23,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from dge_explain.data import segmentation_dataset
+from dge_explain.data import canonical_spec, segmentation_dataset
+from dge_explain.paths import read_json_lines
 from dge_explain.explain import GatingMaps, GradCAMMaps, RandomMaps
-from dge_explain.metrics import ImageScore, aggregate, histograms, normalise, score_image
+from dge_explain.metrics import ImageScore, aggregate, score_image
 
 METHOD_HELP = "gating[:L1,L2,...] (default all layers), gating-density[:...], gradcam, random"
 
@@ -35,7 +36,11 @@ def build_explainers(model: nn.Module, methods: list[str], seed: int = 0) -> lis
     for method in methods:
         kind, _, arg = method.partition(":")
         if kind in ("gating", "gating-density"):
-            layers = [int(v) for v in arg.split(",")] if arg else None
+            try:
+                layers = [int(v) for v in arg.split(",")] if arg else None
+            except ValueError:
+                raise ValueError(f"method '{method}': layers must be comma-separated integers, "
+                                 f"e.g. gating:1,4,8 ({METHOD_HELP})") from None
             explainers.append(GatingMaps(model, layers, "density" if kind == "gating-density" else "fine"))
         elif kind == "gradcam":
             explainers.append(GradCAMMaps(model))
@@ -56,13 +61,8 @@ def _rank_world() -> tuple[int, int]:
 
 
 def _read_records(folder: Path) -> dict[int, dict]:
-    records = {}
-    for path in sorted(folder.glob("rank*.jsonl")):
-        for line in path.read_text().splitlines():
-            if line.strip():
-                record = json.loads(line)
-                records[record["index"]] = record
-    return records
+    return {record["index"]: record for path in sorted(folder.glob("rank*.jsonl"))
+            for record in read_json_lines(path)}
 
 
 def _score_to_list(score: ImageScore) -> list:
@@ -138,13 +138,15 @@ def evaluate(model: nn.Module, dataset_spec: str, methods: list[str], out, limit
              batch_size: int = 16, device="cpu", image_size: int = 224, seed: int = 0,
              workers: int = 2, progress: bool = True, info: dict | None = None) -> EvaluationResult:
     """Score every method's maps on the dataset; resumable, rank-aware."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be at least 1, got {limit}")
     out = Path(out)
     records_dir = out / "records"
     rank, world = _rank_world()
     records_dir.mkdir(parents=True, exist_ok=True)
-    settings = {"dataset": dataset_spec, "methods": list(methods), "image_size": image_size,
-                "seed": seed, **(info or {})}
-    _check_settings(out / "run.json", settings, rank)
+    settings = {"dataset": canonical_spec(dataset_spec), "methods": list(methods),
+                "image_size": image_size, "seed": seed, **(info or {})}
+    _check_settings(out / "run.json", settings, rank, world)
     dataset = segmentation_dataset(dataset_spec, image_size)
     count = len(dataset) if limit is None else min(limit, len(dataset))
     done = _read_records(records_dir)
@@ -153,9 +155,10 @@ def evaluate(model: nn.Module, dataset_spec: str, methods: list[str], out, limit
     explainers = build_explainers(model, methods, seed)
 
     loader = DataLoader(Subset(dataset, mine), batch_size=batch_size, num_workers=workers)
+    already = sum(1 for i in done if i < count)
     with ThreadPoolExecutor(torch.get_num_threads()) as scorer, \
             (records_dir / f"rank{rank}.jsonl").open("a") as sink, \
-            tqdm(total=count, initial=count - len(mine) * world, desc="evaluating",
+            tqdm(total=count, initial=already, desc="evaluating",
                  disable=not progress or rank != 0) as bar:
         for images, masks, indices, names in loader:
             images = images.to(device)
@@ -168,7 +171,7 @@ def evaluate(model: nn.Module, dataset_spec: str, methods: list[str], out, limit
             for record in records:
                 sink.write(json.dumps(record) + "\n")
             sink.flush()
-            bar.update(len(indices) * world)
+            bar.update(min(len(indices) * world, bar.total - bar.n))  # rank 0 speaks for all
     if world > 1:
         dist.barrier()
     if rank != 0:
@@ -182,18 +185,23 @@ def evaluate(model: nn.Module, dataset_spec: str, methods: list[str], out, limit
 
 def _record(index: int, name: str, mask: np.ndarray, maps: dict[str, np.ndarray]) -> dict:
     """Scores and histograms of every method's map of one image."""
+    scored = {method: score_image(m, mask, with_histogram=True) for method, m in maps.items()}
     return {"index": index, "name": name,
-            "scores": {method: _score_to_list(score_image(m, mask)) for method, m in maps.items()},
-            "histograms": {method: histograms(normalise(m), mask).ravel().tolist()
-                           for method, m in maps.items()}}
+            "scores": {method: _score_to_list(score) for method, (score, _) in scored.items()},
+            "histograms": {method: hist.ravel().tolist() for method, (_, hist) in scored.items()}}
 
 
-def _check_settings(path: Path, settings: dict, rank: int) -> None:
-    """The first run of an output folder records its settings; a resumed run must match."""
-    if path.exists():
-        previous = json.loads(path.read_text())
-        changed = {k: (previous.get(k), v) for k, v in settings.items() if previous.get(k) != v}
-        if changed:
-            raise ValueError(f"{path.parent} holds a run with other settings {changed}; use another --out")
-    elif rank == 0:
-        path.write_text(json.dumps(settings, indent=2))
+def _check_settings(path: Path, settings: dict, rank: int, world: int) -> None:
+    """The first run of an output folder records its settings (rank 0, atomically);
+    a resumed run must match them."""
+    if rank == 0 and not path.exists():
+        partial = path.with_suffix(".partial")
+        partial.write_text(json.dumps(settings, indent=2))
+        partial.replace(path)
+    if world > 1:
+        dist.barrier()
+    previous = json.loads(path.read_text())
+    changed = {k: (previous.get(k), settings.get(k)) for k in sorted(set(settings) | set(previous))
+               if previous.get(k) != settings.get(k)}
+    if changed:
+        raise ValueError(f"{path.parent} holds a run with other settings {changed}; use another --out")

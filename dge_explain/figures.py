@@ -216,15 +216,16 @@ def figures_for_run(run, out, images: int = 4, home=None, dpi: int = 150) -> lis
     from dge_explain.evaluate import build_explainers
 
     run, out = Path(run), Path(out)
-    info = json.loads((run / "results.json").read_text())["run"]
-    count = json.loads((run / "results.json").read_text())["images"]
+    results = json.loads((run / "results.json").read_text())
+    info, count = results["run"], results["images"]
     written = []
     if (run / "pr_histograms.npz").exists():
         with np.load(run / "pr_histograms.npz") as data:
             written += save(pr_figure({k: data[k] for k in data.files}), out / "pr_curves", dpi)
     if "model" not in info:
         return written  # a run made through the API without a model name: no map figures
-    model = load_model_by_name(info["model"], info.get("checkpoint"), home)
+    model = load_model_by_name(info["model"], info.get("checkpoint"), home, info.get("weights"),
+                               info.get("trained"))
     dataset = segmentation_dataset(info["dataset"], info["image_size"])
     indices = list(range(min(images, count)))
     gating = [m for m in info["methods"] if m.startswith("gating")]

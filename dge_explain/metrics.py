@@ -52,14 +52,13 @@ def pr_curve(hist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     thresholds at the bin edges: channel 1 scores m (positive on foreground),
     channel 0 scores 1 - m (positive on background)."""
     foreground, background = np.asarray(hist, dtype=np.float64)
-    bins = foreground.size
     # score s >= t: channel 1 takes bins with m >= t, channel 0 bins with m <= 1 - t
     tp = np.cumsum(foreground[::-1]) + np.cumsum(background)
     predicted = np.cumsum((foreground + background)[::-1]) + np.cumsum(foreground + background)
     total = foreground.sum() + background.sum()
     precision = tp / np.maximum(predicted, 1)
     recall = tp / max(total, 1)
-    return recall[: bins], precision[: bins]
+    return recall, precision
 
 
 def normalise(saliency) -> np.ndarray:
@@ -115,8 +114,9 @@ def two_channel_ap(m, mask) -> float:
     return _ap_of_sorted(_merge(inside, (one - outside)[::-1]), _merge(outside, (one - inside)[::-1]))
 
 
-def score_image(saliency, mask) -> ImageScore:
-    """saliency [H, W] (any real values), mask [H, W] (bool or 0/1); tensors or arrays."""
+def score_image(saliency, mask, with_histogram: bool = False):
+    """saliency [H, W] (any real values), mask [H, W] (bool or 0/1); tensors or arrays.
+    Returns the ImageScore, or (ImageScore, histograms) with with_histogram."""
     saliency, foreground = _as_numpy(saliency), _as_numpy(mask).astype(bool)
     if saliency.shape != foreground.shape:
         raise ValueError(f"map {tuple(saliency.shape)} and mask {tuple(foreground.shape)} differ in shape")
@@ -126,7 +126,8 @@ def score_image(saliency, mask) -> ImageScore:
     intersection = (int(np.count_nonzero(~predicted & ~foreground)),
                     int(np.count_nonzero(predicted & foreground)))
     union = (int(np.count_nonzero(~predicted | ~foreground)), int(np.count_nonzero(predicted | foreground)))
-    return ImageScore(correct, foreground.size, intersection, union, two_channel_ap(m, foreground))
+    score = ImageScore(correct, foreground.size, intersection, union, two_channel_ap(m, foreground))
+    return (score, histograms(m, foreground)) if with_histogram else score
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,31 @@ def home(override: str | os.PathLike | None = None) -> Path:
     return path
 
 
+def expand(spec: str, override: str | os.PathLike | None = None) -> str:
+    """Replace $DGE_EXPLAIN_HOME (or ${DGE_EXPLAIN_HOME}) in a path or dataset spec
+    with the data home, for arguments quoted so that the shell left it alone."""
+    for marker in ("${" + HOME_ENV + "}", "$" + HOME_ENV):
+        if marker in spec:
+            spec = spec.replace(marker, str(home(override)))
+    return spec
+
+
+def read_json_lines(path: Path) -> list[dict]:
+    """The complete lines of a JSON-lines file.  A last line cut off by a crash is
+    dropped and the file truncated to the last complete line, so that appending
+    can go on."""
+    import json
+
+    if not path.exists():
+        return []
+    raw = path.read_bytes()
+    end = raw.rfind(b"\n") + 1
+    if end < len(raw):
+        with path.open("r+b") as handle:
+            handle.truncate(end)
+    return [json.loads(line) for line in raw[:end].decode().splitlines() if line.strip()]
+
+
 def home_file(relative: str, override: str | os.PathLike | None = None) -> Path:
     """A file under the data home; raises FileNotFoundError naming the full path."""
     path = home(override) / relative

@@ -35,8 +35,9 @@ from torch import nn
 from tqdm import tqdm
 
 from dge_explain import paths
+from dge_explain.paths import read_json_lines
 from dge_explain.complexity import budget_loss, dge_complexity
-from dge_explain.data import IMAGENET_MEAN, IMAGENET_STD, list_images, load_rgb
+from dge_explain.data import IMAGENET_MEAN, IMAGENET_STD, list_images, load_rgb, parse_folder_spec
 from dge_explain.data.transforms import eval_transform
 from dge_explain.models import from_dense, load_checkpoint
 
@@ -81,15 +82,22 @@ class TrainConfig:
     home: str | None = None
 
     def resolved(self) -> "TrainConfig":
-        """Defaults that depend on the data home filled in."""
-        weights = self.weights or str(paths.home_file(DEFAULT_WEIGHTS, self.home))
+        """Defaults that depend on the data home filled in; paths made absolute."""
+        weights = str(Path(self.weights).resolve()) if self.weights else \
+            str(paths.home_file(DEFAULT_WEIGHTS, self.home))
         images = self.images or tuple(str(paths.home(self.home) / spec) for spec in DEFAULT_IMAGES)
+        images = [_absolute_spec(spec) for spec in images]
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule must be cosine or constant, got {self.schedule!r}")
         if self.amp and not self.device.startswith("cuda"):
             raise ValueError("--amp needs a CUDA device")
         return dataclasses.replace(self, weights=weights, images=tuple(images),
                                    phi=tuple(self.phi), train=tuple(self.train))
+
+
+def _absolute_spec(spec: str) -> str:
+    folder, half = parse_folder_spec(spec)
+    return str(folder.resolve()) + (f":{half}" if half else "")
 
 
 @dataclass
@@ -154,19 +162,38 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
 
 
 class _Distributed:
+    """The process group under torchrun (one GPU per rank on CUDA), else a no-op."""
+
     def __init__(self, device: str):
         self.enabled = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        self.device = torch.device(device)
+        if self.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(self.device)
         if self.enabled and not dist.is_initialized():
-            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         self.rank = dist.get_rank() if self.enabled else 0
         self.world = dist.get_world_size() if self.enabled else 1
 
     def mean(self, value: float) -> float:
         if not self.enabled:
             return value
-        tensor = torch.tensor([value], dtype=torch.float64)
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
         dist.all_reduce(tensor)
         return float(tensor) / self.world
+
+
+def _rng_state() -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def _checkpoint_path(out: Path) -> Path:
@@ -180,29 +207,30 @@ def _save_checkpoint(out: Path, state: dict) -> None:
 
 
 def _truncate_log(log: Path, step: int) -> None:
-    """Drop log lines written after the checkpoint we resume from."""
-    if not log.exists():
-        return
-    kept = [line for line in log.read_text().splitlines() if json.loads(line)["step"] <= step]
-    log.write_text("".join(line + "\n" for line in kept))
+    """Drop log lines written after the checkpoint we resume from (and a line cut
+    off by a crash)."""
+    kept = [entry for entry in read_json_lines(log) if entry["step"] <= step]
+    log.write_text("".join(json.dumps(entry) + "\n" for entry in kept))
 
 
 def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> TrainResult:
     config = config.resolved()
     distributed = _Distributed(config.device)
-    device = torch.device(config.device if not config.device.startswith("cuda") else
-                          f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if distributed.enabled
-                          else config.device)
+    device = distributed.device
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "log.jsonl"
     saved_config = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+    saved_config["world_size"] = distributed.world
 
     checkpoint = None
     if resume and _checkpoint_path(out).exists():
         checkpoint = torch.load(_checkpoint_path(out), map_location="cpu", weights_only=True)
+        # Where the run lives and how often it saves may change; what it computes may not
+        # (weights and images are compared as resolved paths).
+        free = ("out", "home", "max_steps", "checkpoint_every")
         changed = {k: (checkpoint["config"].get(k), v) for k, v in saved_config.items()
-                   if k not in ("max_steps", "checkpoint_every") and checkpoint["config"].get(k) != v}
+                   if k not in free and checkpoint["config"].get(k) != v}
         if changed:
             raise ValueError(f"--resume with a different configuration than {out}: {changed}")
     elif _checkpoint_path(out).exists():
@@ -245,7 +273,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         scaler.load_state_dict(checkpoint["scaler"])
-        torch.set_rng_state(checkpoint["rng"][distributed.rank])
+        _set_rng_state(checkpoint["rng"][distributed.rank])
         step = checkpoint["step"]
         if distributed.rank == 0:
             _truncate_log(log_path, step)
@@ -297,7 +325,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
                         img_s=f"{last['images_per_s']:.1f}")
         bar.update()
         if step % config.checkpoint_every == 0 or step == last_step:
-            rng = [torch.get_rng_state()]
+            rng = [_rng_state()]
             if distributed.enabled:
                 gathered = [None] * distributed.world
                 dist.all_gather_object(gathered, rng[0])

@@ -28,5 +28,7 @@ def model_and_dataset(args):
     from dge_explain.data import segmentation_dataset
 
     model = load_model_by_name(args.model, home=args.home)
-    dataset = segmentation_dataset(args.dataset or f"ecssd:{paths.home(args.home) / 'data' / 'ecssd'}")
+    spec = paths.expand(args.dataset, args.home) if args.dataset else \
+        f"ecssd:{paths.home(args.home) / 'data' / 'ecssd'}"
+    dataset = segmentation_dataset(spec)
     return model, dataset

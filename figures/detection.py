@@ -10,11 +10,11 @@ import tempfile
 from pathlib import Path
 
 from _common import parser
-from PIL import Image
 
 import numpy as np
 
 from dge_explain import paths
+from dge_explain.data import load_rgb
 from dge_explain.data.annotations import CocoInstances, coco_json_from_yolo
 from dge_explain.figures import instance_grid, save
 
@@ -34,18 +34,17 @@ def main(argv=None):
     files = sorted(images_dir.glob("*.jpg"))[args.first:args.first + args.count]
     if not files:
         raise SystemExit(f"no .jpg images in {images_dir}")
-    annotations = args.annotations
-    scratch = tempfile.TemporaryDirectory()
-    if annotations is None:  # YOLO labels go through the COCO code path
-        annotations = coco_json_from_yolo(files, args.labels_dir or root / "labels" / "train2017",
-                                          Path(scratch.name) / "annotations.json")
-    truth = CocoInstances(annotations)
-    sources = {"ground truth": [truth.instances(truth.image_id(f.name)) for f in files]}
-    for spec in args.results:
-        name, _, results = spec.partition("=")
-        predictions = CocoInstances(annotations, results)
-        sources[name] = [predictions.instances(truth.image_id(f.name), True, args.min_score) for f in files]
-    images = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+    with tempfile.TemporaryDirectory() as scratch:
+        annotations = args.annotations or coco_json_from_yolo(  # YOLO labels via the COCO path
+            files, args.labels_dir or root / "labels" / "train2017", Path(scratch) / "annotations.json")
+        truth = CocoInstances(annotations)
+        sources = {"ground truth": [truth.instances(truth.image_id(f.name)) for f in files]}
+        for spec in args.results:
+            name, _, results = spec.partition("=")
+            predictions = CocoInstances(annotations, results)
+            sources[name] = [predictions.instances(truth.image_id(f.name), True, args.min_score)
+                             for f in files]
+    images = [np.asarray(load_rgb(f)) for f in files]
     for path in save(instance_grid(images, sources), args.out, args.dpi):
         print(path)
 

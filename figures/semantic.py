@@ -13,6 +13,7 @@ from _common import parser
 from PIL import Image
 
 from dge_explain import paths
+from dge_explain.data import load_rgb
 from dge_explain.data.annotations import read_label_map, yolo_instances
 from dge_explain.figures import save, semantic_grid
 from dge_explain.viz import COCO_CLASSES
@@ -40,7 +41,9 @@ def main(argv=None):
     root = paths.home(args.home) / "data" / "coco128-seg"
     images_dir = Path(args.images_dir or root / "images" / "train2017")
     files = sorted(images_dir.glob("*.jpg"))[args.first:args.first + args.count]
-    images = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+    if not files:
+        raise SystemExit(f"no .jpg images in {images_dir} (from index {args.first})")
+    images = [np.asarray(load_rgb(f)) for f in files]
     if args.sources:
         sources = {}
         for spec in args.sources:

@@ -218,3 +218,36 @@ def test_random_maps_on_ecssd_score_fifty_percent():
     total = aggregate(scores).as_percent()
     assert len(scores) == 1000
     assert abs(total["Accuracy"] - 50.0) < 0.5 and abs(total["mAP"] - 50.0) < 0.5
+
+
+def test_a_record_cut_off_by_a_crash_is_dropped_on_resume(dge_model, pairs, tmp_path):
+    spec, methods = f"ecssd:{pairs}", ["random", "gating:2"]
+    whole = evaluate(dge_model, spec, methods, tmp_path / "whole", batch_size=6, workers=0, progress=False)
+    evaluate(dge_model, spec, methods, tmp_path / "cut", limit=3, batch_size=6, workers=0, progress=False)
+    records = tmp_path / "cut" / "records" / "rank0.jsonl"
+    text = records.read_text()
+    records.write_text(text[: text.rindex("\n", 0, len(text) - 1) + 40])  # half of the last line
+    resumed = evaluate(dge_model, spec, methods, tmp_path / "cut", batch_size=6, workers=0, progress=False)
+    assert resumed.methods == whole.methods
+    assert all(line.startswith('{"index"') for line in records.read_text().splitlines())
+
+
+def test_bad_arguments_are_named(dge_model, pairs, tmp_path):
+    from dge_explain.cli import load_model_by_name
+    from dge_explain.evaluate import build_explainers
+
+    with pytest.raises(ValueError, match=r"method 'gating:1,,2': layers must be comma-separated"):
+        build_explainers(dge_model, ["gating:1,,2"])
+    with pytest.raises(ValueError, match=r"unknown method 'saliency'"):
+        build_explainers(dge_model, ["saliency"])
+    with pytest.raises(ValueError, match=r"--limit must be at least 1"):
+        evaluate(dge_model, f"ecssd:{pairs}", ["random"], tmp_path / "x", limit=0, workers=0)
+    with pytest.raises(ValueError, match=r"dataset 'voc:/x' must be KIND:PATH"):
+        segmentation_dataset("voc:/x")
+    with pytest.raises(ValueError, match=r"--checkpoint applies to timm model names"):
+        load_model_by_name("deit_tiny_dge_s12", checkpoint="x.pth")
+    with pytest.raises(ValueError, match=r"--trained and --weights apply to shipped models"):
+        load_model_by_name("deit_tiny_patch16_224", weights="x.safetensors")
+    Image.fromarray(np.zeros((4, 4), dtype=np.uint8)).save(pairs / "masks" / "0001.jpg")
+    with pytest.raises(ValueError, match=r"several files per name, which cannot be paired: \['0001.jpg', '0001.png'\]"):
+        segmentation_dataset(f"ecssd:{pairs}")

@@ -69,3 +69,12 @@ def test_classification_report(tmp_path, generator):
     assert result.images == 3 and 0 <= result.top1 <= 1 and result.top5 == 1.0
     assert result.dense_top5 == 1.0
     assert result.fine_per_layer == [0.0, 0.0] and 0.2 < result.ratio < 0.6
+
+
+def test_classification_report_of_a_dense_model(tmp_path):
+    from dge_explain.classify import evaluate_classification
+
+    Image.new("RGB", (60, 50)).save(tmp_path / "n01440764_tench.jpg")
+    dense = timm.create_model("deit_tiny_patch16_224", depth=1).eval()
+    result = evaluate_classification(dense, str(tmp_path), workers=0, progress=False)
+    assert result.ratio is None and result.fine_per_layer == [] and result.images == 1

@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--layers", default="1,4,8,12")
     args = parser.parse_args(argv)
-    dataset = args.dataset or f"ecssd:{paths.home() / 'data' / 'ecssd'}"
+    dataset = paths.expand(args.dataset) if args.dataset else f"ecssd:{paths.home() / 'data' / 'ecssd'}"
     model = zoo.load_model(args.model)
     data = segmentation_dataset(dataset)
     loader = DataLoader(Subset(data, range(min(args.limit, len(data)))), batch_size=args.batch_size,

@@ -21,9 +21,9 @@ import torch
 
 from dge_explain.bench.timing import measure_interleaved
 from dge_explain.complexity import dge_complexity, fine_fraction_for_ratio
-from dge_explain.models import force_gates, from_dense, random_fraction
+from dge_explain.models import force_gates, from_dense, load_checkpoint, random_fraction
 
-# name: (dense timm model, DGE constructor: dense -> DGE model)
+# benchmark name -> dense timm model (its DGE twin: from_dense, or the PVT-DGE below)
 MODELS = {
     "deit_tiny": "deit_tiny_patch16_224",
     "deit_small": "deit_small_patch16_224",
@@ -64,10 +64,8 @@ def build_pair(name: str, phi=(1, 2)) -> tuple[torch.nn.Module, torch.nn.Module]
     if name not in MODELS:
         raise ValueError(f"unknown model {name}; benchmarked models: {', '.join(MODELS)}")
     torch.manual_seed(0)
-    dense = timm.create_model(MODELS[name])
     if name in PVT_DGE:
-        from dge_explain.models import load_checkpoint
-
+        dense = timm.create_model(MODELS[name])
         dge = timm.create_model(PVT_DGE[name])
         load_checkpoint(dge, dense.state_dict(), fresh_routers=True)
     else:
@@ -78,15 +76,12 @@ def build_pair(name: str, phi=(1, 2)) -> tuple[torch.nn.Module, torch.nn.Module]
 
 def trained_pair(name: str, home=None) -> tuple[torch.nn.Module, torch.nn.Module]:
     """The shipped DGE-DeiT-Tiny and its dense teacher (the real weights)."""
-    from dge_explain import paths, zoo
-    from dge_explain.models import load_checkpoint
+    from dge_explain import zoo
 
     if name != "deit_tiny":
         raise ValueError("trained gates exist for the shipped DeiT-Tiny only (--models deit_tiny)")
-    entry = zoo.MODELS["deit_tiny_dge_s12"]
-    dense = timm.create_model(entry.dense_model, dynamic_img_size=True)
-    load_checkpoint(dense, paths.home_file(entry.dense_weights, home))
-    return dense.eval(), zoo.load_model("deit_tiny_dge_s12", home=home)
+    dense = zoo.dense_teacher("deit_tiny_dge_s12", home=home, dynamic_img_size=True)
+    return dense, zoo.load_model("deit_tiny_dge_s12", home=home)
 
 
 def run_case(name: str, dense, dge, resolution: int, batch: int, device: torch.device,

@@ -41,6 +41,15 @@ class _Resized(Dataset):
         return image_t, mask_t, index, name
 
 
+def _by_stem(folder: Path) -> dict[str, Path]:
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    by_stem = {p.stem: p for p in files}
+    if len(by_stem) != len(files):
+        twins = sorted({p.name for p in files if sum(q.stem == p.stem for q in files) > 1})
+        raise ValueError(f"{folder} holds several files per name, which cannot be paired: {twins[:6]}")
+    return by_stem
+
+
 class MaskFolder(_Resized):
     def __init__(self, images_dir, masks_dir, size: int = 224):
         super().__init__(size)
@@ -48,8 +57,7 @@ class MaskFolder(_Resized):
         for folder in (images_dir, masks_dir):
             if not folder.is_dir():
                 raise FileNotFoundError(f"folder {folder} does not exist")
-        images = {p.stem: p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-        masks = {p.stem: p for p in masks_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+        images, masks = _by_stem(images_dir), _by_stem(masks_dir)
         unpaired = sorted(set(images) ^ set(masks))
         if unpaired:
             where = [str(images.get(s) or masks.get(s)) for s in unpaired[:5]]
@@ -99,6 +107,10 @@ class ImagenetSegMat(_Resized):
     def __len__(self) -> int:
         return self.count
 
+    def __del__(self):
+        if self._file is not None:
+            self._file.close()
+
     def __getitem__(self, index: int):
         import h5py
 
@@ -113,12 +125,22 @@ class ImagenetSegMat(_Resized):
         return self._pair(np.ascontiguousarray(image.astype(np.uint8)), mask, index, f"{index:05d}")
 
 
-def segmentation_dataset(spec: str, size: int = 224, home=None) -> Dataset:
+DATASET_KINDS = ("ecssd", "masks", "imagenet-seg")
+
+
+def canonical_spec(spec: str) -> str:
+    """The dataset spec with absolute, resolved paths (to compare runs)."""
+    kind, _, location = spec.partition(":")
+    if kind not in DATASET_KINDS or not location:
+        raise ValueError(f"dataset '{spec}' must be KIND:PATH with KIND one of {', '.join(DATASET_KINDS)}")
+    parts = location.split(",") if kind == "masks" else [location]
+    return f"{kind}:" + ",".join(str(Path(part).expanduser().resolve()) for part in parts)
+
+
+def segmentation_dataset(spec: str, size: int = 224) -> Dataset:
     """'ecssd:FOLDER' (FOLDER/images + FOLDER/masks), 'masks:IMAGES,MASKS' or
     'imagenet-seg:FILE.mat'."""
-    kind, _, location = spec.partition(":")
-    if not location:
-        raise ValueError(f"dataset '{spec}' must be KIND:PATH with KIND ecssd, masks or imagenet-seg")
+    kind, _, location = canonical_spec(spec).partition(":")
     if kind == "ecssd":
         return MaskFolder(Path(location) / "images", Path(location) / "masks", size)
     if kind == "masks":
@@ -126,6 +148,4 @@ def segmentation_dataset(spec: str, size: int = 224, home=None) -> Dataset:
         if not masks:
             raise ValueError(f"dataset '{spec}': give masks:IMAGES_DIR,MASKS_DIR")
         return MaskFolder(images, masks, size)
-    if kind == "imagenet-seg":
-        return ImagenetSegMat(location, size)
-    raise ValueError(f"unknown dataset kind '{kind}' in '{spec}' (ecssd, masks, imagenet-seg)")
+    return ImagenetSegMat(location, size)

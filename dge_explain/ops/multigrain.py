@@ -1,4 +1,5 @@
-"""The dense multi-granularity path used for training (§1.4 of the method notes):
+"""The dense multi-granularity path used for training (the released training mode
+of the original implementation):
 every sample is compressed at every granularity, the encoder runs on all of
 those queries, and the restore mixes the granularities with the (hard,
 straight-through) gates.  With one-hot gates its forward equals the sparse

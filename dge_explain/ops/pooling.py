@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from . import _backend, reference
+from . import _backend
+from . import reference as oracle
 from .checks import check_float, check_same, check_tensor, require
 from .table import PatchTable
 
@@ -30,10 +31,10 @@ def _block_pool(x: torch.Tensor, table: PatchTable, average: bool) -> torch.Tens
                                           table.offsets, height, width, table.num_extra, average)
 
 
-def _scatter(src, subtract, reference_, table: PatchTable, divide_by_area: bool) -> torch.Tensor:
+def _scatter(src, subtract, reference, table: PatchTable, divide_by_area: bool) -> torch.Tensor:
     height, width = table.grid
     return torch.ops.dge_explain.decompress(
-        src, subtract, reference_, table.region_start, table.region_k, table.offsets, height,
+        src, subtract, reference, table.region_start, table.region_k, table.offsets, height,
         width, table.num_extra, divide_by_area)
 
 
@@ -51,10 +52,10 @@ class _Compress(torch.autograd.Function):
 
 class _Decompress(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, delta, reference_, table):
+    def forward(ctx, delta, reference, table):
         ctx.table = table
-        ctx.with_reference = reference_ is not None
-        return _scatter(delta, None, reference_, table, divide_by_area=False)
+        ctx.with_reference = reference is not None
+        return _scatter(delta, None, reference, table, divide_by_area=False)
 
     @staticmethod
     @once_differentiable
@@ -99,27 +100,27 @@ def compress(x: torch.Tensor, table: PatchTable) -> torch.Tensor:
     """Packed queries [L, C]: the mean of each patch's tokens; extra tokens copied."""
     _check_dense("x", x, table)
     if not _compiled(table):
-        return reference.compress(x, table)
+        return oracle.compress(x, table)
     return _Compress.apply(x, table) if _needs_grad(x) else _block_pool(x, table, average=True)
 
 
-def decompress(delta: torch.Tensor, table: PatchTable, reference_: torch.Tensor | None = None,
+def decompress(delta: torch.Tensor, table: PatchTable, reference: torch.Tensor | None = None,
                add_reference: bool = True) -> torch.Tensor:
-    """[B, N, C]: each token takes the packed row covering it (+ reference_ when given
+    """[B, N, C]: each token takes the packed row covering it (+ reference when given
     and add_reference).  Every output element is written."""
     _check_packed("delta", delta, table)
-    if reference_ is not None:
-        _check_dense("reference", reference_, table)
-        check_same("reference", reference_, "delta", delta)
-        require(reference_.shape[2] == delta.shape[1],
-                f"reference has {reference_.shape[2]} channels but delta has {delta.shape[1]}")
+    if reference is not None:
+        _check_dense("reference", reference, table)
+        check_same("reference", reference, "delta", delta)
+        require(reference.shape[2] == delta.shape[1],
+                f"reference has {reference.shape[2]} channels but delta has {delta.shape[1]}")
         if not add_reference:
-            reference_ = None
+            reference = None
     if not _compiled(table):
-        return reference.decompress(delta, table, reference_)
-    if _needs_grad(delta, reference_):
-        return _Decompress.apply(delta, reference_, table)
-    return _scatter(delta, None, reference_, table, divide_by_area=False)
+        return oracle.decompress(delta, table, reference)
+    if _needs_grad(delta, reference):
+        return _Decompress.apply(delta, reference, table)
+    return _scatter(delta, None, reference, table, divide_by_area=False)
 
 
 def restore(x: torch.Tensor, q2: torch.Tensor, comp: torch.Tensor, table: PatchTable) -> torch.Tensor:
@@ -133,7 +134,7 @@ def restore(x: torch.Tensor, q2: torch.Tensor, comp: torch.Tensor, table: PatchT
     require(q2.shape[1] == x.shape[2] and comp.shape[1] == x.shape[2],
             f"channel mismatch: x {tuple(x.shape)}, q2 {tuple(q2.shape)}, comp {tuple(comp.shape)}")
     if not _compiled(table):
-        return reference.restore(x, q2, comp, table)
+        return oracle.restore(x, q2, comp, table)
     if _needs_grad(x, q2, comp):
         return _Restore.apply(x, q2, comp, table)
     return _scatter(q2, comp, x, table, divide_by_area=False)

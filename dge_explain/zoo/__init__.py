@@ -23,13 +23,12 @@ class ZooEntry:
     phi: tuple[int, ...]
     dense_weights: str      # file under $DGE_EXPLAIN_HOME
     trained: str            # file in this package: the parameters distillation changed
-    image_size: int
 
 
 MODELS = {
     "deit_tiny_dge_s12": ZooEntry("deit_tiny_patch16_224", (1, 2),
                                   "weights/deit_tiny_patch16_224.safetensors",
-                                  "deit_tiny_dge_s12.safetensors", 224),
+                                  "deit_tiny_dge_s12.safetensors"),
 }
 
 
@@ -43,6 +42,30 @@ def recipe(name: str) -> dict:
         return json.loads(handle.metadata()["config"])
 
 
+def _entry(name: str) -> ZooEntry:
+    if name not in MODELS:
+        raise ValueError(f"unknown model '{name}'; shipped: {', '.join(MODELS)}")
+    return MODELS[name]
+
+
+def dense_weights_path(name: str, weights: str | None = None, home: str | None = None) -> str:
+    """Where the dense teacher's weights come from: a path, 'timm' (download), or
+    the file under the data home."""
+    return weights if weights else str(paths.home_file(_entry(name).dense_weights, home))
+
+
+def dense_teacher(name: str, weights: str | None = None, home: str | None = None,
+                  **create_kwargs) -> torch.nn.Module:
+    """The dense model a shipped DGE model was distilled from, in eval mode."""
+    entry = _entry(name)
+    source = dense_weights_path(name, weights, home)
+    if source == "timm":
+        return timm.create_model(entry.dense_model, pretrained=True, **create_kwargs).eval()
+    dense = timm.create_model(entry.dense_model, **create_kwargs)
+    load_checkpoint(dense, source)
+    return dense.eval()
+
+
 def load_model(name: str, weights: str | None = None, home: str | None = None,
                device="cpu", trained: str | None = None) -> torch.nn.Module:
     """A shipped DGE model in eval mode.
@@ -50,19 +73,12 @@ def load_model(name: str, weights: str | None = None, home: str | None = None,
     weights: the dense teacher's checkpoint; default $DGE_EXPLAIN_HOME/<file>,
     or 'timm' for timm's pretrained download (needs internet); trained: a
     trained.safetensors of `dge-explain train` instead of the shipped file."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model '{name}'; shipped: {', '.join(MODELS)}")
-    entry = MODELS[name]
+    entry = _entry(name)
     path = Path(trained) if trained else trained_file(name)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist" + ("" if trained else
                                 " (missing from the package: reinstall dge-explain)"))
-    if weights == "timm":
-        dense = timm.create_model(entry.dense_model, pretrained=True)
-    else:
-        dense = timm.create_model(entry.dense_model)
-        load_checkpoint(dense, weights or paths.home_file(entry.dense_weights, home))
-    model = from_dense(dense, phi=entry.phi)
+    model = from_dense(dense_teacher(name, weights, home), phi=entry.phi)
     trained = load_file(str(path))
     unknown = sorted(set(trained) - set(model.state_dict()))
     if unknown:
@@ -70,5 +86,8 @@ def load_model(name: str, weights: str | None = None, home: str | None = None,
     missing_routers = [k for k in model.state_dict() if ".dge.router." in k and k not in trained]
     if missing_routers:
         raise CheckpointError(f"{path} lacks router parameters: {missing_routers[:5]}")
-    model.load_state_dict(trained, strict=False)
+    try:
+        model.load_state_dict(trained, strict=False)
+    except RuntimeError as error:
+        raise CheckpointError(f"{path} does not fit {name}: {error}") from error
     return model.eval().to(device)
