@@ -32,3 +32,29 @@ def model_and_dataset(args):
         f"ecssd:{paths.home(args.home) / 'data' / 'ecssd'}"
     dataset = segmentation_dataset(spec)
     return model, dataset
+
+
+def image_parser(description: str, default_out: str, first: int) -> argparse.ArgumentParser:
+    """Arguments of the figures that draw a few images of a folder (default: coco128-seg)."""
+    p = parser(description, default_out)
+    p.add_argument("--images-dir", help="default $DGE_EXPLAIN_HOME/data/coco128-seg/images/train2017")
+    p.add_argument("--count", type=int, default=3)
+    p.add_argument("--first", type=int, default=first, help="index of the first image (sorted names)")
+    return p
+
+
+def coco128_root(args):
+    from dge_explain import paths
+
+    return paths.home(args.home) / "data" / "coco128-seg"
+
+
+def image_files(args) -> list:
+    """The --count images from --first of --images-dir (sorted .jpg names)."""
+    from pathlib import Path
+
+    folder = Path(args.images_dir or coco128_root(args) / "images" / "train2017")
+    files = sorted(folder.glob("*.jpg"))[args.first:args.first + args.count]
+    if not files:
+        raise SystemExit(f"no .jpg images in {folder} (from index {args.first})")
+    return files

@@ -9,10 +9,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from _common import parser
+from _common import coco128_root, image_files, image_parser
 from PIL import Image
 
-from dge_explain import paths
 from dge_explain.data import load_rgb
 from dge_explain.data.annotations import read_label_map, yolo_instances
 from dge_explain.figures import save, semantic_grid
@@ -31,18 +30,11 @@ def coco128_label_map(image_file: Path, label_dir: Path) -> np.ndarray:
 
 
 def main(argv=None):
-    p = parser(__doc__.splitlines()[0], "figs/semantic")
-    p.add_argument("--images-dir", help="default $DGE_EXPLAIN_HOME/data/coco128-seg/images/train2017")
+    p = image_parser(__doc__.splitlines()[0], "figs/semantic", first=4)
     p.add_argument("--sources", nargs="*", default=[], help="NAME=FOLDER of label PNGs")
     p.add_argument("--palette", default=None, help="ade20k, coco or voc (default coco for the demo)")
-    p.add_argument("--count", type=int, default=3)
-    p.add_argument("--first", type=int, default=4)
     args = p.parse_args(argv)
-    root = paths.home(args.home) / "data" / "coco128-seg"
-    images_dir = Path(args.images_dir or root / "images" / "train2017")
-    files = sorted(images_dir.glob("*.jpg"))[args.first:args.first + args.count]
-    if not files:
-        raise SystemExit(f"no .jpg images in {images_dir} (from index {args.first})")
+    files = image_files(args)
     images = [np.asarray(load_rgb(f)) for f in files]
     if args.sources:
         sources = {}
@@ -51,7 +43,8 @@ def main(argv=None):
             sources[name] = [read_label_map(Path(folder) / (f.stem + ".png")) for f in files]
         palette = args.palette or "ade20k"
     else:
-        sources = {"ground truth (coco128)": [coco128_label_map(f, root / "labels" / "train2017") for f in files]}
+        labels = coco128_root(args) / "labels" / "train2017"
+        sources = {"ground truth (coco128)": [coco128_label_map(f, labels) for f in files]}
         palette = args.palette or "coco"
     for path in save(semantic_grid(images, sources, palette), args.out, args.dpi):
         print(path)
