@@ -34,15 +34,22 @@ inline void compress_region_row_impl(const T* __restrict__ x, T* __restrict__ ou
     const T* token = x + y_in * grid_w * channels;
     for (int64_t rx = 0; rx < region_w; ++rx) {
       const int64_t k = k_of[rx], step = region_size / k;
-      const bool first_line = y_in % step == 0;
       T* dst = out + (start[rx] + (y_in / step) * k) * channels;
-      for (int64_t sx = 0; sx < k; ++sx, dst += channels) {
-        for (int64_t dx = 0; dx < step; ++dx, token += channels) {
-          if (first_line && dx == 0) {
-            for (int64_t c = 0; c < channels; ++c) dst[c] = token[c];
-          } else {
-            for (int64_t c = 0; c < channels; ++c) dst[c] += token[c];
-          }
+      if (step == 1) {  // finest: the line's k tokens are the k rows, one contiguous block
+        for (int64_t c = 0; c < k * channels; ++c) dst[c] = token[c];
+        token += k * channels;
+        continue;
+      }
+      const bool first_line = y_in % step == 0;
+      for (int64_t sx = 0; sx < k; ++sx, dst += channels, token += step * channels) {
+        if (first_line) {
+          for (int64_t c = 0; c < channels; ++c) dst[c] = token[c];
+        } else {
+          for (int64_t c = 0; c < channels; ++c) dst[c] += token[c];
+        }
+        for (int64_t dx = 1; dx < step; ++dx) {
+          const T* next = token + dx * channels;
+          for (int64_t c = 0; c < channels; ++c) dst[c] += next[c];
         }
       }
     }
@@ -67,21 +74,24 @@ inline void decompress_line_impl(T* __restrict__ out, const T* __restrict__ src,
     const int64_t k = k_of[rx], step = region_size / k;
     const T a = divide_by_area ? T(1) / static_cast<T>(step * step) : T(1);
     const int64_t first = start[rx] + (y_in / step) * k;
-    for (int64_t sx = 0; sx < k; ++sx) {
+    // finest: the k rows cover k consecutive tokens, one contiguous block
+    const int64_t run = step == 1 ? k * channels : channels;
+    const int64_t repeats = step == 1 ? 1 : step;
+    for (int64_t sx = 0; sx < (step == 1 ? 1 : k); ++sx) {
       const T* s = src + (first + sx) * channels;
       const T* m = subtract != nullptr ? subtract + (first + sx) * channels : nullptr;
-      for (int64_t dx = 0; dx < step; ++dx, out += channels) {
+      for (int64_t dx = 0; dx < repeats; ++dx, out += run) {
         if (reference != nullptr) {
           if (m != nullptr) {
-            for (int64_t c = 0; c < channels; ++c) out[c] = a * (s[c] - m[c]) + reference[c];
+            for (int64_t c = 0; c < run; ++c) out[c] = a * (s[c] - m[c]) + reference[c];
           } else {
-            for (int64_t c = 0; c < channels; ++c) out[c] = a * s[c] + reference[c];
+            for (int64_t c = 0; c < run; ++c) out[c] = a * s[c] + reference[c];
           }
-          reference += channels;
+          reference += run;
         } else if (m != nullptr) {
-          for (int64_t c = 0; c < channels; ++c) out[c] = a * (s[c] - m[c]);
+          for (int64_t c = 0; c < run; ++c) out[c] = a * (s[c] - m[c]);
         } else {
-          for (int64_t c = 0; c < channels; ++c) out[c] = a * s[c];
+          for (int64_t c = 0; c < run; ++c) out[c] = a * s[c];
         }
       }
     }
