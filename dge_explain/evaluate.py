@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -162,9 +163,7 @@ def evaluate(model: nn.Module, dataset_spec: str, methods: list[str], out, limit
                  disable=not progress or rank != 0) as bar:
         for images, masks, indices, names in loader:
             images = images.to(device)
-            maps = {}
-            for explainer in explainers:
-                maps.update({k: v.detach().cpu() for k, v in explainer(images, indices.tolist()).items()})
+            maps = batch_maps(explainers, images, indices.tolist())
             # numpy's sorts release the GIL: the images are scored on all cores.
             records = scorer.map(_record, indices.tolist(), names, masks.numpy(),
                                  [{name: m[j].numpy() for name, m in maps.items()} for j in range(len(names))])
@@ -181,6 +180,24 @@ def evaluate(model: nn.Module, dataset_spec: str, methods: list[str], out, limit
     if missing:
         raise RuntimeError(f"records of images {missing[:10]} are missing from {records_dir}")
     return write_outputs(out, records, settings)
+
+
+def batch_maps(explainers: list, images: torch.Tensor, indices: list[int]) -> dict[str, torch.Tensor]:
+    """Every explainer's maps of one batch, on the CPU.  With GradCAM present the
+    gating maps are read from the routers during GradCAM's forward pass (eval
+    mode, the same logits) instead of a forward of their own."""
+    carrier = next((e for e in explainers if isinstance(e, GradCAMMaps)), None)
+    riders = [e for e in explainers if isinstance(e, GatingMaps)] if carrier is not None else []
+    maps = {}
+    with ExitStack() as stack:
+        captured = [stack.enter_context(rider.capturing()) for rider in riders]
+        maps.update(carrier(images, indices) if carrier is not None else {})
+    for rider, logits in zip(riders, captured):
+        maps.update(rider.maps_from(logits, images.shape[-2:]))
+    for explainer in explainers:
+        if explainer is not carrier and explainer not in riders:
+            maps.update(explainer(images, indices))
+    return {name: m.detach().cpu() for name, m in maps.items()}
 
 
 def _record(index: int, name: str, mask: np.ndarray, maps: dict[str, np.ndarray]) -> dict:

@@ -15,7 +15,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from dge_explain.data import ImagenetSegMat, MaskFolder, segmentation_dataset
-from dge_explain.evaluate import evaluate
+from dge_explain.evaluate import batch_maps, build_explainers, evaluate
 from dge_explain.explain import GatingMaps, GradCAMMaps, RandomMaps
 from dge_explain.metrics import aggregate, score_image
 
@@ -123,6 +123,23 @@ def test_explainers_give_maps_at_input_resolution(dge_model, generator):
     assert torch.equal(first[1], RandomMaps(3)(images[:1], [6])["random"][0])
     with pytest.raises(ValueError, match=r"layers \[5\] out of range: the model has DGE layers 1..4"):
         GatingMaps(dge_model, layers=[5])
+
+
+def test_gating_maps_ride_along_gradcams_forward(dge_model, generator):
+    images = torch.randn(2, 3, 224, 224, generator=generator)
+    explainers = build_explainers(dge_model, ["gradcam", "gating:1,3", "gating-density:2", "random"])
+    calls = []
+    handle = dge_model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        shared = batch_maps(explainers, images, [0, 1])
+    finally:
+        handle.remove()
+    assert len(calls) == 1, "one forward (GradCAM's) should serve the gating maps"
+    assert sorted(shared) == ["gradcam", "layer1", "layer2", "layer3", "random"]
+    alone = {**GatingMaps(dge_model, [1, 3])(images), **GatingMaps(dge_model, [2], "density")(images)}
+    for name, maps in alone.items():
+        torch.testing.assert_close(shared[name], maps, rtol=0, atol=1e-6)
+    assert not any(router._forward_hooks for router in (d.router for d in explainers[1].dges))
 
 
 def test_gating_maps_of_pvt_and_density(generator):

@@ -9,6 +9,8 @@ hooks on the routers: the model is not modified.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -43,23 +45,35 @@ class GatingMaps:
                                device=logits.device)
         return (probabilities * weights).sum(-1)
 
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor, indices=None) -> dict[str, torch.Tensor]:
+    @contextmanager
+    def capturing(self):
+        """Records the router logits of the chosen layers during any forward pass run
+        inside the block (so another explainer's forward can serve this one too)."""
         captured: dict[int, torch.Tensor] = {}
         handles = [self.dges[l - 1].router.register_forward_hook(
-            lambda module, args, out, l=l: captured.__setitem__(l, out)) for l in self.layers]
-        was_training = self.model.training
+            lambda module, args, out, l=l: captured.__setitem__(l, out.detach())) for l in self.layers]
         try:
-            self.model.eval()
-            self.model(images)
+            yield captured
         finally:
-            self.model.train(was_training)
             for handle in handles:
                 handle.remove()
-        size = images.shape[-2:]
+
+    def maps_from(self, captured: dict[int, torch.Tensor], size) -> dict[str, torch.Tensor]:
+        """Maps at the input size [H, W] from the logits ``capturing`` recorded."""
         maps = {}
         for layer in self.layers:
             region = self._score(captured[layer], self.dges[layer - 1])   # [B, Hr, Wr]
-            maps[f"layer{layer}"] = F.interpolate(region[:, None], size=size, mode="bilinear",
+            maps[f"layer{layer}"] = F.interpolate(region[:, None], size=tuple(size), mode="bilinear",
                                                   align_corners=False)[:, 0]
         return maps
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, indices=None) -> dict[str, torch.Tensor]:
+        was_training = self.model.training
+        with self.capturing() as captured:
+            try:
+                self.model.eval()
+                self.model(images)
+            finally:
+                self.model.train(was_training)
+        return self.maps_from(captured, images.shape[-2:])
