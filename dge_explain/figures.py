@@ -194,6 +194,25 @@ def runtime_figure(bench: dict):
     return figure
 
 
+def budget_figure(points: dict[str, dict], dense_top1: float | None = None):
+    """Top-1 against complexity ratio (dynamic / static MACs), one labelled point
+    per budget, the dense model at ratio 1 when given."""
+    figure, axis = plt.subplots(figsize=(3.6, 3.0))
+    ordered = sorted(points.items(), key=lambda item: item[1]["ratio"])
+    axis.plot([p["ratio"] for _, p in ordered], [100 * p["top1"] for _, p in ordered], "-o", markersize=3,
+              label="DGE")
+    for label, point in ordered:
+        axis.annotate(label, (point["ratio"], 100 * point["top1"]), textcoords="offset points",
+                      xytext=(4, -9), fontsize=6)
+    if dense_top1 is not None:
+        axis.plot([1.0], [100 * dense_top1], "s", color="black", markersize=4, label="dense")
+    axis.set_xlabel("complexity ratio (dynamic / static MACs)")
+    axis.set_ylabel("top-1 (%)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=6)
+    return figure
+
+
 def pr_figure(histograms: dict[str, np.ndarray]):
     """Dataset precision-recall curves of each method (two-channel protocol)."""
     figure, axis = plt.subplots(figsize=(3.6, 3.2))

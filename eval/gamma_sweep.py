@@ -5,7 +5,7 @@ half).  Resumable: finished runs are reused.
 
     DGE_EXPLAIN_HOME=../shared .venv/bin/python eval/gamma_sweep.py [--epochs 6] [--gammas 0.4 0.5 0.6 0.7]
 
-Writes runs/gamma-sweep/summary.{json,md}.
+Writes runs/gamma-sweep/summary.{json,md,png,pdf}.
 """
 import argparse
 import json
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from dge_explain import paths, zoo
 from dge_explain.classify import evaluate_classification
+from dge_explain.figures import budget_figure, save
 from dge_explain.train import TrainConfig, train
 
 
@@ -22,6 +23,7 @@ def main(argv=None) -> int:
     parser.add_argument("--gammas", type=float, nargs="+", default=[0.4, 0.5, 0.6, 0.7])
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--out", default="runs/gamma-sweep")
+    parser.add_argument("--dpi", type=int, default=150)
     args = parser.parse_args(argv)
     out = Path(args.out)
     held_out = str(paths.home() / "data" / "imagenet-sample") + ":odd"
@@ -45,6 +47,8 @@ def main(argv=None) -> int:
     lines += [f"| {g} | {r['ratio']:.3f} | {100 * r['top1']:.1f} | {100 * r['top5']:.1f} |" for g, r in rows]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     (out / "summary.json").write_text(json.dumps({str(g): r for g, r in rows}, indent=2))
+    figure = budget_figure({f"γ {g}": r for g, r in rows}, dense["dense_top1"] if dense else None)
+    save(figure, out / "summary", dpi=args.dpi)
     print("\n".join(lines))
     return 0
 

@@ -13,22 +13,29 @@ from dge_explain.models import CheckpointError, load_checkpoint, read_state_dict
 from helpers import small_vit
 
 
+def _block_keys(b: str, c: int, hidden: int) -> dict[str, tuple]:
+    """A pre-norm transformer block with separate q and kv projections."""
+    return {f"{b}.norm1.weight": (c,), f"{b}.norm1.bias": (c,),
+            f"{b}.attn.q.weight": (c, c), f"{b}.attn.q.bias": (c,),
+            f"{b}.attn.kv.weight": (2 * c, c), f"{b}.attn.kv.bias": (2 * c,),
+            f"{b}.attn.proj.weight": (c, c), f"{b}.attn.proj.bias": (c,),
+            f"{b}.norm2.weight": (c,), f"{b}.norm2.bias": (c,),
+            f"{b}.mlp.fc1.weight": (hidden, c), f"{b}.mlp.fc1.bias": (hidden,),
+            f"{b}.mlp.fc2.weight": (c, hidden), f"{b}.mlp.fc2.bias": (c,)}
+
+
+def _router_keys(b: str, c: int) -> dict[str, tuple]:
+    """Φ = {1, 2, 4}: three options."""
+    return {f"{b}.dge.splits": (3,), f"{b}.dge.router.gate.weight": (3, c), f"{b}.dge.router.gate.bias": (3,)}
+
+
 def deit_dge_keys(dim: int, depth: int = 12, classes: int = 1000) -> dict[str, tuple]:
     """deit_dge_s124_*_patch16_256, written from §3.2."""
     keys = {"cls_token": (1, 1, dim), "pos_embed": (1, 257, dim),
             "patch_embed.proj.weight": (dim, 3, 16, 16), "patch_embed.proj.bias": (dim,)}
     for i in range(depth):
-        b = f"blocks.{i}"
-        keys.update({
-            f"{b}.norm1.weight": (dim,), f"{b}.norm1.bias": (dim,),
-            f"{b}.attn.q.weight": (dim, dim), f"{b}.attn.q.bias": (dim,),
-            f"{b}.attn.kv.weight": (2 * dim, dim), f"{b}.attn.kv.bias": (2 * dim,),
-            f"{b}.attn.proj.weight": (dim, dim), f"{b}.attn.proj.bias": (dim,),
-            f"{b}.norm2.weight": (dim,), f"{b}.norm2.bias": (dim,),
-            f"{b}.mlp.fc1.weight": (4 * dim, dim), f"{b}.mlp.fc1.bias": (4 * dim,),
-            f"{b}.mlp.fc2.weight": (dim, 4 * dim), f"{b}.mlp.fc2.bias": (dim,),
-            f"{b}.dge.splits": (3,), f"{b}.dge.router.gate.weight": (3, dim),
-            f"{b}.dge.router.gate.bias": (3,)})
+        keys.update(_block_keys(f"blocks.{i}", dim, 4 * dim))
+        keys.update(_router_keys(f"blocks.{i}", dim))
     keys.update({"norm.weight": (dim,), "norm.bias": (dim,), "head.weight": (classes, dim),
                  "head.bias": (classes,)})
     return keys
@@ -45,21 +52,13 @@ def pvt_keys(depths, dge: bool = True) -> dict[str, tuple]:
         keys.update({f"{e}.proj.weight": (c, prev, p, p), f"{e}.proj.bias": (c,),
                      f"{e}.norm.weight": (c,), f"{e}.norm.bias": (c,)})
         for j in range(depths[s]):
-            b, h = f"block{s + 1}.{j}", ratios[s] * c
-            keys.update({
-                f"{b}.norm1.weight": (c,), f"{b}.norm1.bias": (c,),
-                f"{b}.attn.q.weight": (c, c), f"{b}.attn.q.bias": (c,),
-                f"{b}.attn.kv.weight": (2 * c, c), f"{b}.attn.kv.bias": (2 * c,),
-                f"{b}.attn.proj.weight": (c, c), f"{b}.attn.proj.bias": (c,),
-                f"{b}.norm2.weight": (c,), f"{b}.norm2.bias": (c,),
-                f"{b}.mlp.fc1.weight": (h, c), f"{b}.mlp.fc1.bias": (h,),
-                f"{b}.mlp.fc2.weight": (c, h), f"{b}.mlp.fc2.bias": (c,)})
+            b = f"block{s + 1}.{j}"
+            keys.update(_block_keys(b, c, ratios[s] * c))
             if srs[s] > 1:
                 keys.update({f"{b}.attn.sr.weight": (c, c, srs[s], srs[s]), f"{b}.attn.sr.bias": (c,),
                              f"{b}.attn.norm.weight": (c,), f"{b}.attn.norm.bias": (c,)})
             if dge:
-                keys.update({f"{b}.dge.splits": (3,), f"{b}.dge.router.gate.weight": (3, c),
-                             f"{b}.dge.router.gate.bias": (3,)})
+                keys.update(_router_keys(b, c))
     keys.update({"norm.weight": (512,), "norm.bias": (512,), "head.weight": (1000, 512),
                  "head.bias": (1000,)})
     return keys

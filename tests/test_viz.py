@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from dge_explain.data.annotations import CocoInstances, coco_json_from_yolo, read_label_map, yolo_instances
-from dge_explain.figures import (instance_grid, map_grid, pr_figure, runtime_figure, save,
+from dge_explain.figures import (budget_figure, instance_grid, map_grid, pr_figure, runtime_figure, save,
                                  semantic_grid)
 from dge_explain.viz import (ADE20K_CLASSES, Instance, draw_granularity, draw_instances,
                              heatmap_overlay, mask_contours, semantic_overlay, voc_palette)
@@ -103,6 +103,15 @@ def test_runtime_figure_panels_and_speedups(tmp_path):
     assert [axis.get_title() for axis in figure.axes] == ["CPU: test CPU, 2 threads", "CUDA: test GPU"]
     assert {t.get_text() for t in figure.axes[0].texts} == {"1.67x"}
     assert _not_blank(save(figure, tmp_path / "runtime", dpi=80)[0])
+
+
+def test_budget_figure_points_and_labels(tmp_path):
+    points = {"γ 0.4": {"ratio": 0.55, "top1": 0.77}, "γ 0.6": {"ratio": 0.66, "top1": 0.79}}
+    figure = budget_figure(points, dense_top1=0.80)
+    axis = figure.axes[0]
+    assert [t.get_text() for t in axis.texts] == ["γ 0.4", "γ 0.6"]
+    assert list(axis.lines[0].get_xdata()) == [0.55, 0.66] and list(axis.lines[1].get_ydata()) == [80.0]
+    assert _not_blank(save(figure, tmp_path / "budget", dpi=80)[0])
 
 
 def test_yolo_and_coco_annotations(tmp_path):
