@@ -48,6 +48,9 @@ readme-figures: build
 	$(PY) figures/detection.py --out docs/figures/detection --dpi 80
 	$(PY) figures/semantic.py --out docs/figures/semantic --dpi 80
 	$(PY) figures/runtime.py runs/bench-cpu.json --out docs/figures/runtime --dpi 80
+	# reuses the finished runs of runs/gamma-sweep (trains the missing ones: ~13 min per gamma)
+	$(PY) eval/gamma_sweep.py --dpi 80
+	cp runs/gamma-sweep/summary.png docs/figures/gamma_sweep.png
 
 bench-ops: build
 	$(PY) -m dge_explain.bench.ops
