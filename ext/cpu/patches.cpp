@@ -74,13 +74,13 @@ inline void decompress_line_impl(T* __restrict__ out, const T* __restrict__ src,
     const int64_t k = k_of[rx], step = region_size / k;
     const T a = divide_by_area ? T(1) / static_cast<T>(step * step) : T(1);
     const int64_t first = start[rx] + (y_in / step) * k;
-    // finest: the k rows cover k consecutive tokens, one contiguous block
+    // finest (step 1): the k rows cover k consecutive tokens, one contiguous run
     const int64_t run = step == 1 ? k * channels : channels;
-    const int64_t repeats = step == 1 ? 1 : step;
-    for (int64_t sx = 0; sx < (step == 1 ? 1 : k); ++sx) {
+    const int64_t runs = step == 1 ? 1 : k;
+    for (int64_t sx = 0; sx < runs; ++sx) {
       const T* s = src + (first + sx) * channels;
       const T* m = subtract != nullptr ? subtract + (first + sx) * channels : nullptr;
-      for (int64_t dx = 0; dx < repeats; ++dx, out += run) {
+      for (int64_t dx = 0; dx < step; ++dx, out += run) {
         if (reference != nullptr) {
           if (m != nullptr) {
             for (int64_t c = 0; c < run; ++c) out[c] = a * (s[c] - m[c]) + reference[c];
