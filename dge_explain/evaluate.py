@@ -151,6 +151,8 @@ def evaluate(model: nn.Module, dataset_spec: str, methods: list[str], out, limit
     dataset = segmentation_dataset(dataset_spec, image_size)
     count = len(dataset) if limit is None else min(limit, len(dataset))
     done = _read_records(records_dir)
+    if world > 1:  # every rank has read (and mended) the record files before any appends
+        dist.barrier()
     mine = [i for i in range(count) if i % world == rank and i not in done]
     model = model.to(device).eval()
     explainers = build_explainers(model, methods, seed)

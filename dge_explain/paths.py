@@ -42,7 +42,14 @@ def read_json_lines(path: Path) -> list[dict]:
     if end < len(raw):
         with path.open("r+b") as handle:
             handle.truncate(end)
-    return [json.loads(line) for line in raw[:end].decode().splitlines() if line.strip()]
+    entries = []
+    for number, line in enumerate(raw[:end].decode().splitlines(), 1):
+        if line.strip():
+            try:
+                entries.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not a JSON line ({error})") from None
+    return entries
 
 
 def home_file(relative: str, override: str | os.PathLike | None = None) -> Path:

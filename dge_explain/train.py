@@ -87,6 +87,11 @@ class TrainConfig:
             str(paths.home_file(DEFAULT_WEIGHTS, self.home))
         images = self.images or tuple(str(paths.home(self.home) / spec) for spec in DEFAULT_IMAGES)
         images = [_absolute_spec(spec) for spec in images]
+        too_small = {name: getattr(self, name) for name in ("epochs", "batch_size", "checkpoint_every",
+                                                             "max_steps", "image_size")
+                     if getattr(self, name) is not None and getattr(self, name) < 1}
+        if too_small:
+            raise ValueError(f"these settings must be at least 1: {too_small}")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule must be cosine or constant, got {self.schedule!r}")
         if self.amp and not self.device.startswith("cuda"):

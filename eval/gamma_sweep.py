@@ -33,10 +33,9 @@ def main(argv=None) -> int:
         result_file = run / "heldout.json"
         if not result_file.exists():
             if not (run / "trained.safetensors").exists():
-                train(TrainConfig(out=str(run), gamma=gamma, epochs=args.epochs),
-                      resume=(run / "checkpoint.pt").exists())
+                train(TrainConfig(out=str(run), gamma=gamma, epochs=args.epochs), resume=True)
             model = zoo.load_model("deit_tiny_dge_s12", trained=str(run / "trained.safetensors"))
-            dense = None if rows else _dense()
+            dense = None if rows else zoo.dense_teacher("deit_tiny_dge_s12")
             result = evaluate_classification(model, held_out, dense)
             result_file.write_text(json.dumps(result.to_dict(), indent=2))
         rows.append((gamma, json.loads(result_file.read_text())))
@@ -51,17 +50,6 @@ def main(argv=None) -> int:
     save(figure, out / "summary", dpi=args.dpi)
     print("\n".join(lines))
     return 0
-
-
-def _dense():
-    import timm
-
-    from dge_explain.models import load_checkpoint
-
-    entry = zoo.MODELS["deit_tiny_dge_s12"]
-    dense = timm.create_model(entry.dense_model)
-    load_checkpoint(dense, paths.home_file(entry.dense_weights))
-    return dense
 
 
 if __name__ == "__main__":

@@ -119,6 +119,10 @@ def test_explainers_give_maps_at_input_resolution(dge_model, generator):
     cam = GradCAMMaps(dge_model)(images)["gradcam"]
     assert cam.shape == (3, 224, 224) and torch.isfinite(cam).all() and cam.amax() > 0
     assert all(not block._forward_hooks for block in dge_model.blocks), "GradCAM hooks left behind"
+    predicted = dge_model(images).argmax(1)
+    assert torch.equal(GradCAMMaps(dge_model)(images, labels=predicted)["gradcam"], cam)
+    other = GradCAMMaps(dge_model)(images, labels=(predicted + 1) % 10)["gradcam"]
+    assert not torch.allclose(other, cam), "a given target class changes the map"
     first = RandomMaps(3)(images, [5, 6, 7])["random"]
     assert torch.equal(first[1], RandomMaps(3)(images[:1], [6])["random"][0])
     with pytest.raises(ValueError, match=r"layers \[5\] out of range: the model has DGE layers 1..4"):

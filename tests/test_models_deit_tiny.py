@@ -47,6 +47,11 @@ def test_labelled_folder_fixture(tmp_path):
     assert data.labels == [0, 1, 2]
     image, label = data[1]
     assert image.shape == (3, 224, 224) and label == 1
+    full = ["n00000000_a", "n00000001_other", "n01440764_tench", "n01443537_goldfish"]
+    assert LabelledImageFolder(tmp_path, synsets=[s.split("_")[0] for s in full]).labels == [1, 2, 3]
+    assert LabelledImageFolder(f"{tmp_path}:odd").labels == [1], "a half keeps the folder's class list"
+    with pytest.raises(ValueError, match=r"synsets \['n01443537'\] are not in the given synset list"):
+        LabelledImageFolder(tmp_path, synsets=["n00000001", "n01440764"])
     (tmp_path / "unlabelled.jpg").write_bytes(b"")
     with pytest.raises(ValueError, match=r"do not start with a synset id.*unlabelled.jpg"):
         LabelledImageFolder(tmp_path)

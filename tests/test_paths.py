@@ -22,3 +22,6 @@ def test_json_lines_survive_a_cut_off_line(tmp_path):
     assert paths.read_json_lines(log) == [{"step": 1}, {"step": 2}]
     assert log.read_text() == '{"step": 1}\n{"step": 2}\n'
     assert paths.read_json_lines(tmp_path / "missing.jsonl") == []
+    log.write_text('{"step": 1}\n{"st{"step": 3}\n')
+    with pytest.raises(ValueError, match=r"log.jsonl:2: not a JSON line"):
+        paths.read_json_lines(log)

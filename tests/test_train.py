@@ -88,6 +88,9 @@ def test_unknown_group_is_refused(setup, tmp_path, monkeypatch):
     _teacher_depth2(monkeypatch)
     with pytest.raises(ValueError, match=r"selects no parameter"):
         train(_config(setup, tmp_path / "bad", train=("nothing-matches-this",)), progress=False)
+    with pytest.raises(ValueError, match=r"at least 1: \{'epochs': 0, 'batch_size': 0\}"):
+        train(_config(setup, tmp_path / "zero", epochs=0, batch_size=0), progress=False)
+    assert not (tmp_path / "zero").exists(), "refused before any work or output"
 
 
 @pytest.mark.parametrize("processes", [1, 2])

@@ -134,6 +134,9 @@ def test_yolo_and_coco_annotations(tmp_path):
     (labels / "bad.txt").write_text("3 0.1 0.2\n")
     with pytest.raises(ValueError, match=r"bad.txt:1: expected a class id"):
         yolo_instances(labels / "bad.txt", 10, 10)
+    Image.new("RGB", (10, 10)).save(tmp_path / "bad.jpg")
+    with pytest.raises(ValueError, match=r"bad.txt:1: expected a class id"):
+        coco_json_from_yolo([tmp_path / "bad.jpg"], labels, tmp_path / "bad.json")
     Image.fromarray(np.full((4, 4), 7, dtype=np.uint8)).save(tmp_path / "labels.png")
     assert read_label_map(tmp_path / "labels.png")[0, 0] == 7
     Image.new("RGB", (4, 4)).save(tmp_path / "rgb.png")

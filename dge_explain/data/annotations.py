@@ -20,9 +20,9 @@ from dge_explain.viz.detection import Instance
 from dge_explain.viz.palettes import COCO_CLASSES
 
 
-def yolo_instances(label_file, width: int, height: int, classes=COCO_CLASSES) -> list[Instance]:
-    """Instances of one YOLO segmentation label file for a width x height image."""
-    instances = []
+def yolo_polygons(label_file, width: int, height: int, classes=COCO_CLASSES) -> list[tuple[int, np.ndarray]]:
+    """(class id, polygon [P, 2] in pixels) per line of a YOLO segmentation label file."""
+    polygons = []
     for number, line in enumerate(Path(label_file).read_text().splitlines(), 1):
         values = line.split()
         if not values:
@@ -34,7 +34,14 @@ def yolo_instances(label_file, width: int, height: int, classes=COCO_CLASSES) ->
         if len(coords) < 6 or len(coords) % 2 or not 0 <= class_id < len(classes):
             raise ValueError(f"{label_file}:{number}: expected a class id < {len(classes)} and at "
                              f"least 3 x y pairs, got {len(values)} values")
-        points = coords.reshape(-1, 2) * [width, height]
+        polygons.append((class_id, coords.reshape(-1, 2) * [width, height]))
+    return polygons
+
+
+def yolo_instances(label_file, width: int, height: int, classes=COCO_CLASSES) -> list[Instance]:
+    """Instances of one YOLO segmentation label file for a width x height image."""
+    instances = []
+    for class_id, points in yolo_polygons(label_file, width, height, classes):
         x0, y0 = points.min(0)
         x1, y1 = points.max(0)
         instances.append(Instance((x0, y0, x1, y1), classes[class_id], None,
@@ -102,15 +109,11 @@ def coco_json_from_yolo(image_files, label_dir, out_file, classes=COCO_CLASSES) 
         label_file = Path(label_dir) / (Path(image_file).stem + ".txt")
         if not label_file.exists():
             continue
-        for line in label_file.read_text().splitlines():
-            values = line.split()
-            if not values:
-                continue
-            points = (np.array(values[1:], dtype=np.float64).reshape(-1, 2) * [width, height])
+        for class_id, points in yolo_polygons(label_file, width, height, classes):
             x0, y0 = points.min(0)
             x1, y1 = points.max(0)
             annotations.append({"id": len(annotations) + 1, "image_id": image_id,
-                                "category_id": int(values[0]) + 1, "iscrowd": 0,
+                                "category_id": class_id + 1, "iscrowd": 0,
                                 "bbox": [x0, y0, x1 - x0, y1 - y0], "area": float((x1 - x0) * (y1 - y0)),
                                 "segmentation": [points.ravel().round(2).tolist()]})
     categories = [{"id": i + 1, "name": name} for i, name in enumerate(classes)]
