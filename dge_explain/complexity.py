@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from dge_explain.models.attention import SpatialReductionAttention
-from dge_explain.models.blocks import DGEBlock, DenseBlock
+from dge_explain.models.blocks import DGEBlock
 from dge_explain.models.pvt import STRIDES, PyramidVisionTransformer
 
 ACCOUNTINGS = ("corrected", "original")

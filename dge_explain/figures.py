@@ -20,6 +20,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from dge_explain.data import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from dge_explain.evaluate import method_title  # noqa: E402
 from dge_explain.metrics import pr_curve  # noqa: E402
+from dge_explain.models import dge_modules  # noqa: E402
 from dge_explain.viz import (draw_granularity, draw_instances, heatmap_overlay,  # noqa: E402
                              mask_contours, semantic_overlay)
 
@@ -95,7 +96,7 @@ def granularity_grid(model, batch: torch.Tensor, layers: Sequence[int]):
     """The mixed-grained patches each chosen layer's router picked (eval mode):
     rows are images, columns layers; finest regions are split into their k x k
     query patches, coarser ones tinted."""
-    dges = model.dge_modules
+    dges = dge_modules(model)
     with torch.no_grad():
         model.eval()(batch)
     choices = {layer: dges[layer - 1].routing.choice.cpu() for layer in layers}

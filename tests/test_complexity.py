@@ -8,7 +8,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from dge_explain.complexity import budget_loss, dense_macs, dge_complexity
-from dge_explain.models import force_gates, from_dense
+from dge_explain.models import dge_modules, force_gates, from_dense
 
 from helpers import small_vit
 
@@ -78,7 +78,7 @@ def test_budget_loss_is_differentiable_through_the_gates(generator):
     torch.testing.assert_close(loss, expected)
     loss.backward()
     assert all(dge.router.gate.bias.grad is not None and dge.router.gate.bias.grad.abs().sum() > 0
-               for dge in model.dge_modules)
+               for dge in dge_modules(model))
     assert len(result.fine_fraction) == 2 and all(f.shape == (4,) for f in result.fine_fraction)
 
 

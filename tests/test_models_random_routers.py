@@ -5,7 +5,7 @@ import timm
 import torch
 
 from dge_explain import ops
-from dge_explain.models import from_dense
+from dge_explain.models import dge_modules, from_dense
 
 from conftest import requires_cuda
 from helpers import randomise_routers, used_options
@@ -20,7 +20,7 @@ def _compare(model, images):
         options = used_options(model)
         with ops.use_backend("reference"):
             reference = model(images)
-    assert options == set(range(len(model.dge_modules[0].split_sizes))), "gates are not mixed"
+    assert options == set(range(len(dge_modules(model)[0].split_sizes))), "gates are not mixed"
     torch.testing.assert_close(compiled, reference, rtol=1e-9, atol=1e-9)
 
 

@@ -4,7 +4,7 @@ import torch
 from safetensors.torch import load_file
 
 from dge_explain import zoo
-from dge_explain.models import CheckpointError
+from dge_explain.models import CheckpointError, dge_modules
 
 from conftest import shared_file
 
@@ -27,7 +27,7 @@ def test_load_model_with_the_shared_weights():
     with torch.no_grad():
         logits = model(torch.zeros(2, 3, 224, 224))
     assert logits.shape == (2, 1000)
-    fine = [dge.routing.gates[..., 0].mean().item() for dge in model.dge_modules]
+    fine = [dge.routing.gates[..., 0].mean().item() for dge in dge_modules(model)]
     assert fine[0] > fine[-1], "the trained routers keep early layers finer than late ones"
 
 
@@ -42,3 +42,8 @@ def test_unknown_model_and_broken_trained_file(tmp_path):
     save_file(trained, str(tmp_path / "partial.safetensors"))
     with pytest.raises(CheckpointError, match="lacks router parameters: \\['blocks.3.dge.router.gate.bias'\\]"):
         zoo.load_model("deit_tiny_dge_s12", weights=weights, trained=str(tmp_path / "partial.safetensors"))
+    (tmp_path / "corrupt.safetensors").write_bytes(b"abc")
+    with pytest.raises(CheckpointError, match=r"corrupt.safetensors is not a readable safetensors file"):
+        zoo.load_model("deit_tiny_dge_s12", home=str(tmp_path), trained=str(tmp_path / "corrupt.safetensors"))
+    with pytest.raises(CheckpointError, match=r"checkpoint .*none.safetensors does not exist"):
+        zoo.load_model("deit_tiny_dge_s12", trained=str(tmp_path / "none.safetensors"))

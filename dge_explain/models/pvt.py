@@ -23,6 +23,7 @@ from torch.nn.init import trunc_normal_
 from .attention import SpatialReductionAttention
 from .blocks import DenseBlock, DGEBlock
 from .encoder import DynamicGrainedEncoder, split_sizes_for
+from .gating import dge_modules
 from .vit import TIMM_FACTORY_KWARGS
 
 EMBED_DIMS = (64, 128, 320, 512)
@@ -106,12 +107,9 @@ class PyramidVisionTransformer(nn.Module):
             elif isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
-        for dge in self.dge_modules:
+        for dge in dge_modules(self):
             dge.router.reset_parameters()
 
-    @property
-    def dge_modules(self) -> list[DynamicGrainedEncoder]:
-        return [block.dge for block in self.blocks() if isinstance(block, DGEBlock)]
 
     def blocks(self):
         for stage in range(4):

@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn.init import trunc_normal_
 
 from dge_explain.ops import region_grid
+from dge_explain.ops.multigrain import grid_image
 
 
 def finest_bias(options: int, init_gate: float) -> float:
@@ -19,16 +20,6 @@ def finest_bias(options: int, init_gate: float) -> float:
     if not 0.0 < init_gate < 1.0:
         raise ValueError(f"init_gate must be in (0, 1), got {init_gate}")
     return 0.5 * math.log(init_gate * (options - 1) / (1.0 - init_gate))
-
-
-def pool_tokens(tokens: torch.Tensor, grid: tuple[int, int], size: int) -> torch.Tensor:
-    """Mean over size x size windows of a token grid [B, H*W, C] -> [B, H/size, W/size, C].
-
-    The tokens are viewed as a channels-last image (no copy), where avg_pool2d
-    is fast; a mean over the split grid dimensions is an order of magnitude slower."""
-    batch, _, channels = tokens.shape
-    image = tokens.transpose(1, 2).reshape(batch, channels, *grid)
-    return F.avg_pool2d(image, size).permute(0, 2, 3, 1)
 
 
 class DynamicRouter(nn.Module):
@@ -51,7 +42,7 @@ class DynamicRouter(nn.Module):
     def pool(self, x: torch.Tensor, grid: tuple[int, int], num_extra: int) -> torch.Tensor:
         """Mean of each region's tokens: [B, Hr, Wr, C]."""
         region_grid(grid, self.region_size)
-        return pool_tokens(x[:, num_extra:], grid, self.region_size)
+        return F.avg_pool2d(grid_image(x[:, num_extra:], grid), self.region_size).permute(0, 2, 3, 1)
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int], num_extra: int) -> torch.Tensor:
         return self.gate(self.pool(x, grid, num_extra))

@@ -37,9 +37,6 @@ class _DGEForward:
             x = block(x, grid)
         return self.norm(x)
 
-    @property
-    def dge_modules(self) -> list[DynamicGrainedEncoder]:
-        return [block.dge for block in self.blocks]
 
 
 class DGEVisionTransformer(_DGEForward, VisionTransformer):

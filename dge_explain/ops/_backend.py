@@ -79,8 +79,13 @@ def build_info() -> dict:
     }
 
 
-def compiled_supports(device: torch.device) -> bool:
-    """Whether the compiled extension has kernels for this device type."""
-    if _EXTENSION is None:
+def compiled_on(device: torch.device) -> bool:
+    """Whether the ops run compiled kernels for tensors on this device."""
+    if active() != "compiled" or _EXTENSION is None:
         return False
     return device.type == "cpu" or (device.type == "cuda" and bool(_EXTENSION.with_cuda))
+
+
+def needs_grad(*tensors) -> bool:
+    """Whether autograd must record an op (else its kernel is called directly)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)

@@ -64,9 +64,9 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 f"offsets must rise from 0 to L={q.shape[0]}, got {bounds}")
         offsets = offsets.to(device=q.device, dtype=torch.long)
     scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
-    if not (_backend.active() == "compiled" and _backend.compiled_supports(q.device)):
+    if not _backend.compiled_on(q.device):
         return reference.varlen_attention(q, k, v, offsets, scale)
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+    if _backend.needs_grad(q, k, v):
         return _VarlenAttention.apply(q, k, v, offsets, scale)
     return torch.ops.dge_explain.varlen_attention_forward(q, k, v, offsets, scale, False)[0]

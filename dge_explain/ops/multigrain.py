@@ -28,6 +28,13 @@ def _check(x: torch.Tensor, split_sizes, region_size, num_extra: int, grid):
     return splits, size, height, width
 
 
+def grid_image(tokens: torch.Tensor, grid) -> torch.Tensor:
+    """Tokens [B, H*W, C] as a channels-last image [B, C, H, W], a view (no copy).
+    Window means belong there (avg_pool2d): a mean over split grid dimensions of
+    [B, H/s, s, W/s, s, C] is an order of magnitude slower."""
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *grid)
+
+
 def multigrain_queries(split_sizes, region_size: int, num_extra: int, grid) -> int:
     """Queries per sample of the dense path: E + sum_k (Hr k)(Wr k)."""
     splits, size = check_split_sizes(split_sizes, region_size)
@@ -40,9 +47,7 @@ def multigrain_compress(x: torch.Tensor, split_sizes, region_size: int | None, n
     """[B, Lq, C]: the extra tokens, then for each k in split_sizes order the grid
     average-pooled with a (S/k) x (S/k) window, flattened in global raster order."""
     splits, size, height, width = _check(x, split_sizes, region_size, num_extra, grid)
-    batch, _, channels = x.shape
-    # The grid as a channels-last image (a view): avg_pool2d there is fast.
-    image = x[:, num_extra:].transpose(1, 2).reshape(batch, channels, height, width)
+    image = grid_image(x[:, num_extra:], (height, width))
     parts = [x[:, :num_extra]]
     for k in splits:
         step = size // k

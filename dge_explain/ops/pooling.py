@@ -16,15 +16,6 @@ from .checks import check_float, check_same, check_tensor, require
 from .table import PatchTable
 
 
-def _compiled(table: PatchTable) -> bool:
-    return _backend.active() == "compiled" and _backend.compiled_supports(table.device)
-
-
-def _needs_grad(*tensors) -> bool:
-    """Whether autograd must record the op (else the kernel is called directly)."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
 def _block_pool(x: torch.Tensor, table: PatchTable, average: bool) -> torch.Tensor:
     height, width = table.grid
     return torch.ops.dge_explain.compress(x, table.rows, table.region_start, table.region_k,
@@ -99,9 +90,9 @@ def _check_packed(name: str, q: torch.Tensor, table: PatchTable) -> None:
 def compress(x: torch.Tensor, table: PatchTable) -> torch.Tensor:
     """Packed queries [L, C]: the mean of each patch's tokens; extra tokens copied."""
     _check_dense("x", x, table)
-    if not _compiled(table):
+    if not _backend.compiled_on(table.device):
         return oracle.compress(x, table)
-    return _Compress.apply(x, table) if _needs_grad(x) else _block_pool(x, table, average=True)
+    return _Compress.apply(x, table) if _backend.needs_grad(x) else _block_pool(x, table, average=True)
 
 
 def decompress(delta: torch.Tensor, table: PatchTable, reference: torch.Tensor | None = None,
@@ -116,9 +107,9 @@ def decompress(delta: torch.Tensor, table: PatchTable, reference: torch.Tensor |
                 f"reference has {reference.shape[2]} channels but delta has {delta.shape[1]}")
         if not add_reference:
             reference = None
-    if not _compiled(table):
+    if not _backend.compiled_on(table.device):
         return oracle.decompress(delta, table, reference)
-    if _needs_grad(delta, reference):
+    if _backend.needs_grad(delta, reference):
         return _Decompress.apply(delta, reference, table)
     return _scatter(delta, None, reference, table, divide_by_area=False)
 
@@ -133,8 +124,8 @@ def restore(x: torch.Tensor, q2: torch.Tensor, comp: torch.Tensor, table: PatchT
     check_same("comp", comp, "x", x)
     require(q2.shape[1] == x.shape[2] and comp.shape[1] == x.shape[2],
             f"channel mismatch: x {tuple(x.shape)}, q2 {tuple(q2.shape)}, comp {tuple(comp.shape)}")
-    if not _compiled(table):
+    if not _backend.compiled_on(table.device):
         return oracle.restore(x, q2, comp, table)
-    if _needs_grad(x, q2, comp):
+    if _backend.needs_grad(x, q2, comp):
         return _Restore.apply(x, q2, comp, table)
     return _scatter(q2, comp, x, table, divide_by_area=False)

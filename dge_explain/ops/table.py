@@ -61,7 +61,7 @@ def route_to_patches(indices: torch.Tensor, split_sizes, region_size: int | None
     splits, size = check_split_sizes(split_sizes, region_size)
     require(int(num_extra) >= 0, f"num_extra must be >= 0, got {num_extra}")
     indices = indices.long()
-    if _backend.active() == "compiled" and _backend.compiled_supports(indices.device):
+    if _backend.compiled_on(indices.device):
         fields = torch.ops.dge_explain.route_to_patches(indices, list(splits), size, int(num_extra))
     else:
         fields = reference.route_fields(indices, splits, size, int(num_extra))

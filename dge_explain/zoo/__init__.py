@@ -11,10 +11,9 @@ from pathlib import Path
 import timm
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
 
 from dge_explain import paths
-from dge_explain.models import CheckpointError, from_dense, load_checkpoint
+from dge_explain.models import CheckpointError, from_dense, load_checkpoint, read_state_dict
 
 
 @dataclass(frozen=True)
@@ -38,8 +37,12 @@ def trained_file(name: str) -> Path:
 
 def recipe(name: str) -> dict:
     """The training configuration stored with a shipped file."""
-    with safe_open(str(trained_file(name)), "pt") as handle:
-        return json.loads(handle.metadata()["config"])
+    path = trained_file(name)
+    try:
+        with safe_open(str(path), "pt") as handle:
+            return json.loads(handle.metadata()["config"])
+    except Exception as error:  # safetensors and json raise their own types
+        raise CheckpointError(f"{path} carries no readable training configuration: {error}") from error
 
 
 def _entry(name: str) -> ZooEntry:
@@ -75,19 +78,19 @@ def load_model(name: str, weights: str | None = None, home: str | None = None,
     trained.safetensors of `dge-explain train` instead of the shipped file."""
     entry = _entry(name)
     path = Path(trained) if trained else trained_file(name)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist" + ("" if trained else
-                                " (missing from the package: reinstall dge-explain)"))
+    if not path.is_file() and not trained:
+        raise FileNotFoundError(f"{path} is missing from the package: reinstall dge-explain")
+    state = read_state_dict(path)  # before the teacher is built: a bad file fails fast, named
     model = from_dense(dense_teacher(name, weights, home), phi=entry.phi)
-    trained = load_file(str(path))
-    unknown = sorted(set(trained) - set(model.state_dict()))
+    expected = model.state_dict()
+    unknown = sorted(set(state) - set(expected))
     if unknown:
         raise CheckpointError(f"{path} holds keys the model lacks: {unknown[:5]}")
-    missing_routers = [k for k in model.state_dict() if ".dge.router." in k and k not in trained]
+    missing_routers = [k for k in expected if ".dge.router." in k and k not in state]
     if missing_routers:
         raise CheckpointError(f"{path} lacks router parameters: {missing_routers[:5]}")
     try:
-        model.load_state_dict(trained, strict=False)
+        model.load_state_dict(state, strict=False)
     except RuntimeError as error:
         raise CheckpointError(f"{path} does not fit {name}: {error}") from error
     return model.eval().to(device)
