@@ -1,8 +1,8 @@
 """Figure (appendix Fig. 7 layout): detection and instance-segmentation overlays.
 
-Columns: ground truth (YOLO polygon labels, e.g. coco128-seg, or a COCO
+Rows: ground truth (YOLO polygon labels, e.g. coco128-seg, or a COCO
 annotation JSON) and any number of COCO results JSONs (NAME=FILE), one per
-backbone; rows: images.  No detector ships with dge-explain: pass the results
+backbone; columns: images.  No detector ships with dge-explain: pass the results
 of yours to compare backbones.
 """
 import sys

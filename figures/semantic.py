@@ -1,7 +1,7 @@
 """Figure (appendix Fig. 8 layout): semantic-segmentation overlays.
 
-Columns: the image, then one label map per source (NAME=FOLDER of PNG label
-maps named like the images); palette ade20k (150 classes), coco, voc.  Without
+Rows: the images, then one row per source (NAME=FOLDER of PNG label maps
+named like the images) with its label map over each image; columns: images; palette ade20k (150 classes), coco, voc.  Without
 sources it draws the ground truth of coco128-seg (instance polygons rasterised
 into a COCO-class label map), as a demonstration of the layout.
 """

@@ -40,8 +40,11 @@ def test_original_accounting_reproduces_the_published_table(name):
 
 
 def test_corrected_constant_matches_the_notes():
-    # DeiT: only the patch-embedding constant changes (1.717 / 6.163 G at 256).
-    for name, static in [("deit_dge_s124_tiny_patch16_256", 1.718), ("deit_dge_s124_small_patch16_256", 6.164)]:
+    # The README's "static, corrected" column (for DeiT only the patch-embedding constant changes).
+    for name, static in [("deit_dge_s124_tiny_patch16_256", 1.718), ("deit_dge_s124_small_patch16_256", 6.164),
+                         ("deit_dge_s124_base_patch16_256", 23.243), ("pvt_dge_s124_tiny_256", 2.567),
+                         ("pvt_dge_s124_small_256", 5.063), ("pvt_dge_s124_medium_256", 8.817),
+                         ("pvt_dge_s124_large_256", 12.990)]:
         assert _gmacs(timm.create_model(name).eval(), "finest", "corrected")[0] == static
     for name, macs in [("deit_tiny_patch16_224", 1.261), ("deit_small_patch16_224", 4.613),
                        ("deit_base_patch16_224", 17.591)]:

@@ -40,7 +40,11 @@ def test_runtime_and_pr_scripts(tmp_path):
              "cases": [{"model": "m", "resolution": r, "batch": 1, "device": "cpu", "dense_ms": r / 10,
                         "dge_ms": r / 20} for r in (256, 512)]}
     (tmp_path / "bench.json").write_text(json.dumps(bench))
-    assert _run("runtime.py", tmp_path / "bench.json", "--out", tmp_path / "runtime")[0].endswith(".png")
+    written = _run("runtime.py", tmp_path / "bench.json", "--out", tmp_path / "runtime")
+    assert written == [str(tmp_path / "runtime.png"), str(tmp_path / "runtime.pdf")]
+    assert all(Path(p).stat().st_size > 5_000 for p in written)
     np.savez(tmp_path / "pr_histograms.npz", random=np.ones((2, 100)), layer8=np.stack([np.arange(100),
                                                                                          np.arange(100)[::-1]]))
-    assert _run("pr_curves.py", "--run", tmp_path, "--out", tmp_path / "pr")[0].endswith(".png")
+    written = _run("pr_curves.py", "--run", tmp_path, "--out", tmp_path / "pr")
+    assert written == [str(tmp_path / "pr.png"), str(tmp_path / "pr.pdf")]
+    assert all(Path(p).stat().st_size > 5_000 for p in written)
