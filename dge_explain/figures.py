@@ -18,7 +18,7 @@ import torch  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from dge_explain.data import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from dge_explain.evaluate import method_title  # noqa: E402
+from dge_explain.evaluate import batch_maps, build_explainers, method_title  # noqa: E402
 from dge_explain.metrics import pr_curve  # noqa: E402
 from dge_explain.models import dge_modules  # noqa: E402
 from dge_explain.viz import (draw_granularity, draw_instances, heatmap_overlay,  # noqa: E402
@@ -81,14 +81,12 @@ def map_grid(images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
     return figure
 
 
-def collect_maps(model, dataset, explainers, indices: Sequence[int]):
-    """Images (uint8), masks and every explainer's maps for the given dataset items."""
+def collect_maps(dataset, explainers, indices: Sequence[int]):
+    """Images (uint8), masks and every explainer's maps for the given dataset items
+    (one batch, as the evaluation computes them)."""
     items = [dataset[i] for i in indices]
     batch = torch.stack([item[0] for item in items])
-    maps: dict[str, list[np.ndarray]] = {}
-    for explainer in explainers:
-        for name, values in explainer(batch, list(indices)).items():
-            maps[name] = [v.detach().cpu().numpy() for v in values]
+    maps = {name: list(values.numpy()) for name, values in batch_maps(explainers, batch, list(indices)).items()}
     return [to_uint8(item[0]) for item in items], [item[1].numpy() for item in items], maps
 
 
@@ -233,7 +231,6 @@ def figures_for_run(run, out, images: int = 4, home=None, dpi: int = 150) -> lis
     """Every figure an evaluation run (and a bench JSON inside it) supports."""
     from dge_explain.cli import load_model_by_name
     from dge_explain.data import segmentation_dataset
-    from dge_explain.evaluate import build_explainers
 
     run, out = Path(run), Path(out)
     results = json.loads((run / "results.json").read_text())
@@ -250,18 +247,19 @@ def figures_for_run(run, out, images: int = 4, home=None, dpi: int = 150) -> lis
     indices = list(range(min(images, count)))
     gating = [m for m in info["methods"] if m.startswith("gating")]
     if gating:
-        images_, masks, maps = collect_maps(model, dataset, build_explainers(model, gating), indices)
-        written += save(map_grid(images_, masks, maps), out / "gating_layers", dpi)
+        with_gradcam = "gradcam" in info["methods"]
+        explainers = build_explainers(model, ["gradcam", *gating] if with_gradcam else gating)
+        images_, masks, maps = collect_maps(dataset, explainers, indices)
+        layers = {name: values for name, values in maps.items() if name.startswith("layer")}
+        written += save(map_grid(images_, masks, layers), out / "gating_layers", dpi)
         if hasattr(model, "patch_embed"):  # token grid of a ViT: one patch size
-            layers = [int(name[5:]) for name in maps]
             batch = torch.stack([dataset[i][0] for i in indices])
-            written += save(granularity_grid(model, batch, layers), out / "granularity", dpi)
-    if any(m == "gradcam" for m in info["methods"]) and gating:
-        images_, masks, maps = collect_maps(model, dataset, build_explainers(model, ["gradcam", *gating]),
-                                            indices)
-        scores = per_image_miou(run)
-        notes = [{name: f"mIoU {100 * scores[(i, name)]:.0f}" for name in maps} for i in indices]
-        written += save(map_grid(images_, masks, maps, notes), out / "gradcam_comparison", dpi)
+            written += save(granularity_grid(model, batch, [int(name[5:]) for name in layers]),
+                            out / "granularity", dpi)
+        if with_gradcam:
+            scores = per_image_miou(run)
+            notes = [{name: f"mIoU {100 * scores[(i, name)]:.0f}" for name in maps} for i in indices]
+            written += save(map_grid(images_, masks, maps, notes), out / "gradcam_comparison", dpi)
     for bench in sorted(run.glob("*bench*.json")):
         written += save(runtime_figure(json.loads(bench.read_text())), out / f"runtime_{bench.stem}", dpi)
     return written

@@ -11,7 +11,7 @@ def main(argv=None):
     args = map_parser(__doc__, "figs/gating_layers", None).parse_args(argv)
     model, dataset = model_and_dataset(args)
     layers = [int(v) for v in args.layers.split(",")] if args.layers else None
-    images, masks, maps = collect_maps(model, dataset, [GatingMaps(model, layers)], args.images)
+    images, masks, maps = collect_maps(dataset, [GatingMaps(model, layers)], args.images)
     for path in save(map_grid(images, masks, maps), args.out, args.dpi):
         print(path)
 

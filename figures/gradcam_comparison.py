@@ -12,7 +12,7 @@ def main(argv=None):
     args = map_parser(__doc__, "figs/gradcam_comparison", "1,4,8,12").parse_args(argv)
     model, dataset = model_and_dataset(args)
     explainers = build_explainers(model, ["gradcam", f"gating:{args.layers}"])
-    images, masks, maps = collect_maps(model, dataset, explainers, args.images)
+    images, masks, maps = collect_maps(dataset, explainers, args.images)
     notes = [{name: f"mIoU {aggregate([score_image(maps[name][row], masks[row])]).miou * 100:.0f}"
               for name in maps} for row in range(len(images))]
     for path in save(map_grid(images, masks, maps, notes), args.out, args.dpi):

@@ -91,6 +91,7 @@ class ImagenetSegMat(_Resized):
         import h5py
 
         self.path = Path(path)
+        self._file = None
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path} does not exist")
         try:
@@ -102,7 +103,6 @@ class ImagenetSegMat(_Resized):
         except (OSError, KeyError) as error:
             raise ValueError(f"{self.path} is not an ImageNet-segmentation .mat file (HDF5 with "
                              f"/value/img and /value/gt): {error}") from error
-        self._file = None
 
     def __len__(self) -> int:
         return self.count
