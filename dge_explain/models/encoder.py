@@ -30,10 +30,10 @@ def split_sizes_for(phi) -> tuple[tuple[int, ...], int]:
     """Candidate patch sizes Phi (in tokens, e.g. (1, 2)) -> (split sizes k = S/phi,
     finest first; region size S = max Phi)."""
     patch_sizes = sorted({int(p) for p in phi})
-    require(len(patch_sizes) > 0 and patch_sizes[0] >= 1, f"phi must hold positive sizes, got {phi}")
+    require(len(patch_sizes) > 0 and patch_sizes[0] >= 1, lambda: f"phi must hold positive sizes, got {phi}")
     region_size = patch_sizes[-1]
     require(all(region_size % p == 0 for p in patch_sizes),
-            f"every candidate granularity must divide the largest, got phi={tuple(phi)}")
+            lambda: f"every candidate granularity must divide the largest, got phi={tuple(phi)}")
     return tuple(region_size // p for p in patch_sizes), region_size
 
 
@@ -97,7 +97,7 @@ class DynamicGrainedEncoder(nn.Module):
     def forward(self, x: torch.Tensor, grid: tuple[int, int], encode: Encode) -> torch.Tensor:
         height, width = grid
         num_extra = x.shape[1] - height * width
-        require(num_extra >= 0, f"x has {x.shape[1]} tokens, fewer than the {height}x{width} grid")
+        require(num_extra >= 0, lambda: f"x has {x.shape[1]} tokens, fewer than the {height}x{width} grid")
         logits = self.router(x, grid, num_extra)
         options = len(self.split_sizes)
         gates = None

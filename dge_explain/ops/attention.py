@@ -43,25 +43,25 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     check_float("q", q)
     check_same("k", k, "q", q)
     check_same("v", v, "q", q)
-    require(k.shape == v.shape, f"k {tuple(k.shape)} and v {tuple(v.shape)} differ in shape")
+    require(k.shape == v.shape, lambda: f"k {tuple(k.shape)} and v {tuple(v.shape)} differ in shape")
     require(k.shape[1] == q.shape[1] and k.shape[3] == q.shape[2],
-            f"q {tuple(q.shape)} and k {tuple(k.shape)} disagree on heads or head dim")
-    require(k.shape[2] > 0, f"k {tuple(k.shape)} has no keys")
-    require(q.shape[2] > 0, f"q {tuple(q.shape)} has an empty head dim")
+            lambda: f"q {tuple(q.shape)} and k {tuple(k.shape)} disagree on heads or head dim")
+    require(k.shape[2] > 0, lambda: f"k {tuple(k.shape)} has no keys")
+    require(q.shape[2] > 0, lambda: f"q {tuple(q.shape)} has an empty head dim")
     if isinstance(offsets, PatchTable):
         require(offsets.batch == k.shape[0] and offsets.total == q.shape[0],
-                f"patch table (B={offsets.batch}, L={offsets.total}) does not match q "
-                f"{tuple(q.shape)} and k {tuple(k.shape)}")
+                lambda: f"patch table (B={offsets.batch}, L={offsets.total}) does not match q "
+                        f"{tuple(q.shape)} and k {tuple(k.shape)}")
         offsets = offsets.offsets
     else:
         check_tensor("offsets", offsets, 1, "[B+1]")
         require(offsets.shape[0] == k.shape[0] + 1,
-                f"offsets has shape {tuple(offsets.shape)} but k has batch {k.shape[0]}: "
-                f"expected [{k.shape[0] + 1}]")
+                lambda: f"offsets has shape {tuple(offsets.shape)} but k has batch {k.shape[0]}: "
+                        f"expected [{k.shape[0] + 1}]")
         bounds = offsets.tolist()
         require(bounds[0] == 0 and bounds[-1] == q.shape[0]
                 and all(a <= b for a, b in zip(bounds, bounds[1:])),
-                f"offsets must rise from 0 to L={q.shape[0]}, got {bounds}")
+                lambda: f"offsets must rise from 0 to L={q.shape[0]}, got {bounds}")
         offsets = offsets.to(device=q.device, dtype=torch.long)
     scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
     if not _backend.compiled_on(q.device):

@@ -2,48 +2,53 @@
 the argument at fault and the shapes involved."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 CPU_DTYPES = (torch.float32, torch.float64)
 CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-def require(condition: bool, message: str) -> None:
+def require(condition: bool, message: str | Callable[[], str]) -> None:
+    """Raise ValueError(message) unless condition.  The ops run these checks on
+    every call, so a message that formats shapes is passed as a callable and
+    only built on failure (eager f-strings cost ~8 us per op call)."""
     if not condition:
-        raise ValueError(message)
+        raise ValueError(message() if callable(message) else message)
 
 
 def check_tensor(name: str, tensor, ndim: int, layout: str) -> None:
     """`tensor` must be a torch.Tensor with `ndim` dims; `layout` names them."""
     require(isinstance(tensor, torch.Tensor),
-            f"{name} must be a torch.Tensor {layout}, got {type(tensor).__name__}")
+            lambda: f"{name} must be a torch.Tensor {layout}, got {type(tensor).__name__}")
     require(tensor.dim() == ndim,
-            f"{name} must be {layout} ({ndim}-D), got shape {tuple(tensor.shape)}")
+            lambda: f"{name} must be {layout} ({ndim}-D), got shape {tuple(tensor.shape)}")
 
 
 def check_float(name: str, tensor: torch.Tensor) -> None:
     allowed = CUDA_DTYPES if tensor.device.type == "cuda" else CPU_DTYPES
     require(tensor.dtype in allowed,
-            f"{name} has dtype {tensor.dtype}; on {tensor.device.type} the ops support "
-            f"{', '.join(str(d).replace('torch.', '') for d in allowed)}")
+            lambda: f"{name} has dtype {tensor.dtype}; on {tensor.device.type} the ops support "
+                    f"{', '.join(str(d).replace('torch.', '') for d in allowed)}")
 
 
 def check_same(name: str, tensor: torch.Tensor, other_name: str, other: torch.Tensor) -> None:
     """Same device and dtype as `other`."""
     require(tensor.device == other.device,
-            f"{name} is on {tensor.device} but {other_name} is on {other.device}")
+            lambda: f"{name} is on {tensor.device} but {other_name} is on {other.device}")
     require(tensor.dtype == other.dtype,
-            f"{name} has dtype {tensor.dtype} but {other_name} has {other.dtype}")
+            lambda: f"{name} has dtype {tensor.dtype} but {other_name} has {other.dtype}")
 
 
 def region_grid(grid: tuple[int, int], region_size: int) -> tuple[int, int]:
     """(Hr, Wr) of a token grid tiled by square regions; refuses a ragged tiling."""
     height, width = (int(v) for v in grid)
-    require(region_size >= 1, f"region_size must be >= 1, got {region_size}")
+    require(region_size >= 1, lambda: f"region_size must be >= 1, got {region_size}")
     require(height > 0 and width > 0 and height % region_size == 0 and width % region_size == 0,
-            f"token grid {height}x{width} is not divisible by region size {region_size}; "
-            f"use an input whose token grid is a multiple of {region_size} "
-            f"(e.g. {_round_up(height, region_size)}x{_round_up(width, region_size)})")
+            lambda: f"token grid {height}x{width} is not divisible by region size {region_size}; "
+                    f"use an input whose token grid is a multiple of {region_size} "
+                    f"(e.g. {_round_up(height, region_size)}x{_round_up(width, region_size)})")
     return height // region_size, width // region_size
 
 
@@ -51,11 +56,11 @@ def check_split_sizes(split_sizes, region_size: int | None) -> tuple[tuple[int, 
     """Normalise split sizes (sub-patches per region side, finest first) and S."""
     splits = tuple(int(k) for k in split_sizes)
     require(len(splits) > 0, "split_sizes must not be empty")
-    require(all(k >= 1 for k in splits), f"split_sizes must be positive, got {splits}")
+    require(all(k >= 1 for k in splits), lambda: f"split_sizes must be positive, got {splits}")
     size = max(splits) if region_size is None else int(region_size)
     require(all(size % k == 0 for k in splits),
-            f"every split size must divide region_size {size}, got split_sizes {splits}")
-    require(len(set(splits)) == len(splits), f"split_sizes has duplicates: {splits}")
+            lambda: f"every split size must divide region_size {size}, got split_sizes {splits}")
+    require(len(set(splits)) == len(splits), lambda: f"split_sizes has duplicates: {splits}")
     return splits, size
 
 

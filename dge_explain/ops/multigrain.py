@@ -23,8 +23,8 @@ def _check(x: torch.Tensor, split_sizes, region_size, num_extra: int, grid):
     height, width = (int(v) for v in grid)
     region_grid((height, width), size)
     require(x.shape[1] == num_extra + height * width,
-            f"x has shape {tuple(x.shape)} but num_extra={num_extra} plus grid "
-            f"{height}x{width} gives N={num_extra + height * width}")
+            lambda: f"x has shape {tuple(x.shape)} but num_extra={num_extra} plus grid "
+                    f"{height}x{width} gives N={num_extra + height * width}")
     return splits, size, height, width
 
 
@@ -67,9 +67,9 @@ def multigrain_restore(x: torch.Tensor, delta: torch.Tensor, gates: torch.Tensor
     check_tensor("gates", gates, 4, "[B, Hr, Wr, K]")
     expected = multigrain_queries(splits, size, num_extra, (height, width))
     require(delta.shape == (batch, expected, channels),
-            f"delta has shape {tuple(delta.shape)}, expected {(batch, expected, channels)}")
+            lambda: f"delta has shape {tuple(delta.shape)}, expected {(batch, expected, channels)}")
     require(gates.shape == (batch, region_h, region_w, len(splits)),
-            f"gates has shape {tuple(gates.shape)}, expected {(batch, region_h, region_w, len(splits))}")
+            lambda: f"gates has shape {tuple(gates.shape)}, expected {(batch, region_h, region_w, len(splits))}")
 
     mixed = None
     start = num_extra

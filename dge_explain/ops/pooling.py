@@ -71,20 +71,20 @@ class _Restore(torch.autograd.Function):
 def _check_dense(name: str, x: torch.Tensor, table: PatchTable) -> None:
     check_tensor(name, x, 3, "[B, N, C]")
     check_float(name, x)
-    require(x.device == table.device, f"{name} is on {x.device} but the patch table is on "
-                                      f"{table.device}")
+    require(x.device == table.device, lambda: f"{name} is on {x.device} but the patch table is on "
+                                              f"{table.device}")
     require(x.shape[0] == table.batch and x.shape[1] == table.tokens,
-            f"{name} has shape {tuple(x.shape)} but the patch table expects [B={table.batch}, "
-            f"N={table.tokens} (= {table.num_extra} extra + {table.grid[0]}x{table.grid[1]} grid), C]")
+            lambda: f"{name} has shape {tuple(x.shape)} but the patch table expects [B={table.batch}, "
+                    f"N={table.tokens} (= {table.num_extra} extra + {table.grid[0]}x{table.grid[1]} grid), C]")
 
 
 def _check_packed(name: str, q: torch.Tensor, table: PatchTable) -> None:
     check_tensor(name, q, 2, "[L, C]")
     check_float(name, q)
-    require(q.device == table.device, f"{name} is on {q.device} but the patch table is on "
-                                      f"{table.device}")
+    require(q.device == table.device, lambda: f"{name} is on {q.device} but the patch table is on "
+                                              f"{table.device}")
     require(q.shape[0] == table.total,
-            f"{name} has shape {tuple(q.shape)} but the patch table has L={table.total} rows")
+            lambda: f"{name} has shape {tuple(q.shape)} but the patch table has L={table.total} rows")
 
 
 def compress(x: torch.Tensor, table: PatchTable) -> torch.Tensor:
@@ -104,7 +104,7 @@ def decompress(delta: torch.Tensor, table: PatchTable, reference: torch.Tensor |
         _check_dense("reference", reference, table)
         check_same("reference", reference, "delta", delta)
         require(reference.shape[2] == delta.shape[1],
-                f"reference has {reference.shape[2]} channels but delta has {delta.shape[1]}")
+                lambda: f"reference has {reference.shape[2]} channels but delta has {delta.shape[1]}")
         if not add_reference:
             reference = None
     if not _backend.compiled_on(table.device):
@@ -123,7 +123,7 @@ def restore(x: torch.Tensor, q2: torch.Tensor, comp: torch.Tensor, table: PatchT
     check_same("q2", q2, "x", x)
     check_same("comp", comp, "x", x)
     require(q2.shape[1] == x.shape[2] and comp.shape[1] == x.shape[2],
-            f"channel mismatch: x {tuple(x.shape)}, q2 {tuple(q2.shape)}, comp {tuple(comp.shape)}")
+            lambda: f"channel mismatch: x {tuple(x.shape)}, q2 {tuple(q2.shape)}, comp {tuple(comp.shape)}")
     if not _backend.compiled_on(table.device):
         return oracle.restore(x, q2, comp, table)
     if _backend.needs_grad(x, q2, comp):

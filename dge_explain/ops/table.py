@@ -57,9 +57,9 @@ def route_to_patches(indices: torch.Tensor, split_sizes, region_size: int | None
     check_tensor("indices", indices, 3, "[B, Hr, Wr]")
     require(not indices.is_floating_point() and not indices.is_complex()
             and indices.dtype != torch.bool,
-            f"indices must hold integer gate indices, got dtype {indices.dtype}")
+            lambda: f"indices must hold integer gate indices, got dtype {indices.dtype}")
     splits, size = check_split_sizes(split_sizes, region_size)
-    require(int(num_extra) >= 0, f"num_extra must be >= 0, got {num_extra}")
+    require(int(num_extra) >= 0, lambda: f"num_extra must be >= 0, got {num_extra}")
     indices = indices.long()
     if _backend.compiled_on(indices.device):
         fields = torch.ops.dge_explain.route_to_patches(indices, list(splits), size, int(num_extra))
