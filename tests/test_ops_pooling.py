@@ -12,6 +12,7 @@ from conftest import poisoned_outputs
 SPLITS = [((2, 1), 2), ((4, 2, 1), 4), ((4, 1), 4), ((2, 1), 4)]
 SHAPES = [  # batch, region grid, num_extra, channels
     (1, (1, 1), 0, 5), (2, (2, 3), 1, 13), (3, (3, 1), 2, 21), (4, (2, 2), 1, 64),
+    # a region's segment of a grid line over a page: compress walks region by region
     (2, (2, 9), 1, 1001),
 ]
 

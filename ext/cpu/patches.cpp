@@ -21,14 +21,64 @@ int64_t grain_for(int64_t work_per_item) {
 }
 
 // Per-region-row kernels: plain loops, instantiated per ISA below so that the
-// compiler vectorises them for the running CPU.  Both walk a region row region
-// by region so that the packed side is read or written once and in order; the
-// dense side is then region_size streams, one per grid line.  (Walking grid
-// line by grid line instead visits a slice of every region's packed block per
-// line, a page-sized stride: measured interleaved in one process, compress
-// took up to 1.4x and decompress up to 1.8x as long on the bench-ops shapes.)
-// STEP > 0 fixes the patch side at compile time so that the token loops
-// unroll; STEP == 0 is the generic case.
+// compiler vectorises them for the running CPU.  Coarse patches are summed in
+// registers (each packed value is stored once per grid line or once), never
+// token by token in memory.  STEP > 0 fixes the patch side at compile time so
+// that the token loops unroll; STEP == 0 is the generic case.
+//
+// Walk order.  Region order touches each region's packed rows once and in
+// order, and reads or writes the dense side as region_size streams (one per
+// grid line), switching stream after each region's segment of a line.  Line
+// order streams the dense side but visits a slice of every region's packed
+// block per line.  Measured interleaved in one process on the bench-ops shapes
+// and others (docs/results/bench-ops.txt): decompress is up to 1.8x faster in
+// region order on every shape; compress is up to 1.6x faster in line order
+// while a segment is shorter than a page, and up to 1.3x slower beyond.
+constexpr int64_t kLineOrderSegmentBytes = 4096;
+
+// dst = ((first ? 0 : dst) + the sum of `step` consecutive tokens) * scale.
+template <int STEP, typename T>
+inline void pool_line(T* __restrict__ dst, const T* __restrict__ token, int64_t step,
+                      int64_t channels, bool first, T scale) {
+  const int64_t n = STEP > 0 ? STEP : step;
+  for (int64_t c = 0; c < channels; ++c) {
+    T sum = token[c];
+    for (int64_t dx = 1; dx < n; ++dx) sum += token[dx * channels + c];
+    dst[c] = (first ? sum : dst[c] + sum) * scale;
+  }
+}
+
+// Line order: the region row's grid lines are read one after another as single
+// sequential streams; each line adds its part to the packed rows it meets.
+template <typename T>
+inline void compress_by_lines_impl(const T* __restrict__ x, T* __restrict__ out,
+                                   const int32_t* __restrict__ start,
+                                   const int32_t* __restrict__ k_of, int64_t region_w,
+                                   int64_t region_size, int64_t grid_w, int64_t channels,
+                                   bool average) {
+  for (int64_t y_in = 0; y_in < region_size; ++y_in) {
+    const T* token = x + y_in * grid_w * channels;
+    for (int64_t rx = 0; rx < region_w; ++rx) {
+      const int64_t k = k_of[rx], step = region_size / k;
+      T* dst = out + (start[rx] + (y_in / step) * k) * channels;
+      if (step == 1) {  // finest: the line's k tokens are the k rows, one contiguous block
+        for (int64_t c = 0; c < k * channels; ++c) dst[c] = token[c];
+        token += k * channels;
+        continue;
+      }
+      const bool first = y_in % step == 0;
+      // the patch's last line turns the sum into a mean while it is in cache
+      const T scale = average && y_in % step == step - 1 ? T(1) / static_cast<T>(step * step) : T(1);
+      for (int64_t sx = 0; sx < k; ++sx, dst += channels, token += step * channels) {
+        switch (step) {
+          case 2: pool_line<2>(dst, token, step, channels, first, scale); break;
+          case 4: pool_line<4>(dst, token, step, channels, first, scale); break;
+          default: pool_line<0>(dst, token, step, channels, first, scale);
+        }
+      }
+    }
+  }
+}
 
 // dst = the sum of one step x step patch of tokens * scale.
 template <int STEP, typename T>
@@ -43,9 +93,10 @@ inline void pool_patch(T* __restrict__ dst, const T* __restrict__ patch, int64_t
   }
 }
 
-// Coarse patches are summed in registers: each packed value is stored once.
+// Region order: each region's packed rows are written once and in order, while
+// its region_size grid lines are read as that many streams.
 template <typename T>
-inline void compress_region_row_impl(const T* __restrict__ x, T* __restrict__ out,
+inline void compress_by_regions_impl(const T* __restrict__ x, T* __restrict__ out,
                                      const int32_t* __restrict__ start,
                                      const int32_t* __restrict__ k_of, int64_t region_w,
                                      int64_t region_size, int64_t grid_w, int64_t channels,
@@ -120,9 +171,14 @@ inline void decompress_region_row_impl(T* __restrict__ out, const T* __restrict_
   ATTRIBUTES void compress_region_row(const T* x, T* out, const int32_t* start,               \
                                       const int32_t* k_of, int64_t region_w,                  \
                                       int64_t region_size, int64_t grid_w, int64_t channels,  \
-                                      bool average) {                                         \
-    compress_region_row_impl(x, out, start, k_of, region_w, region_size, grid_w, channels,    \
+                                      bool average, bool by_lines) {                          \
+    if (by_lines) {                                                                           \
+      compress_by_lines_impl(x, out, start, k_of, region_w, region_size, grid_w, channels,    \
                              average);                                                        \
+    } else {                                                                                  \
+      compress_by_regions_impl(x, out, start, k_of, region_w, region_size, grid_w, channels,  \
+                               average);                                                      \
+    }                                                                                         \
   }                                                                                           \
   ATTRIBUTES void decompress_region_row(T* out, const T* src, const T* subtract,              \
                                         const T* reference, const int32_t* start,             \
@@ -238,6 +294,8 @@ at::Tensor compress_cpu(const at::Tensor& x_in, const at::Tensor& rows,
     // Items: the region rows of every sample, plus one per sample for its
     // extra tokens; each item owns a disjoint block of output rows.
     const int64_t items = rh + 1;
+    const bool by_lines = region_size * channels * static_cast<int64_t>(sizeof(scalar_t)) <
+                          kLineOrderSegmentBytes;
     at::parallel_for(0, batch * items, grain_for(region_size * grid_w * channels),
                      [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
@@ -250,7 +308,7 @@ at::Tensor compress_cpu(const at::Tensor& x_in, const at::Tensor& rows,
         const int64_t region = (b * rh + ry) * rw;
         compress_region_row(sample + (num_extra + ry * region_size * grid_w) * channels, out_p,
                             start_p + region, k_p + region, rw, region_size, grid_w, channels,
-                            average);
+                            average, by_lines);
       }
     });
   });
