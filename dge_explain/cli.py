@@ -2,30 +2,25 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
-from pathlib import Path
 
-import torch
+from dge_explain.methods import METHOD_HELP
+from dge_explain.tables import format_table
+from dge_explain.train_config import TrainConfig
 
-from dge_explain.train import TrainConfig
-
+# The parser imports nothing heavy (torch, timm, grad-cam load in the commands),
+# so that `dge-explain --help` answers at once.
 TrainDefaults = TrainConfig(out="")
 
 
-def _format_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
-    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|",
-                      *map(line, rows)])
-
-
 def cmd_info(args: argparse.Namespace) -> int:
+    import torch
+
     from dge_explain import ops
     from dge_explain.ops.selfcheck import check_all
 
     info = ops.build_info()
-    print(_format_table(["build", "value"], [[key, str(value)] for key, value in info.items()]))
+    print(format_table(["build", "value"], [[key, str(value)] for key, value in info.items()]))
     targets = [("cpu", torch.float32), ("cpu", torch.float64)]
     if info["compiled_cuda"] and torch.cuda.is_available():
         targets += [("cuda", dtype) for dtype in
@@ -34,7 +29,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print()
     print(f"Self-check of the '{info['active_backend']}' ops against the pure-PyTorch reference "
           "(fresh random inputs; backward = input gradients; error relative to max(1, |reference|)):")
-    print(_format_table(
+    print(format_table(
         ["op", "device", "dtype", "max error", "tolerance", "ok"],
         [[r.op, r.device, r.dtype, f"{r.max_error:.2e}", f"{r.tolerance:.0e}",
           "yes" if r.passed else "NO"] for r in results]))
@@ -44,71 +39,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def load_model_by_name(name: str, checkpoint=None, home=None, weights=None, trained=None):
-    """A shipped zoo name (with optional dense weights / trained file), or a timm
-    name with an optional checkpoint."""
-    from dge_explain import zoo
-    from dge_explain.models import load_checkpoint
-
-    if name in zoo.MODELS:
-        if checkpoint:
-            raise ValueError(f"--checkpoint applies to timm model names; {name} is shipped "
-                             "(use --weights for its dense teacher, --trained for other parameters)")
-        return zoo.load_model(name, weights=weights, home=home, trained=trained)
-    if trained or weights:
-        raise ValueError("--trained and --weights apply to shipped models "
-                         f"({', '.join(zoo.MODELS)}); give a timm model --checkpoint")
-    import timm
-
-    model = timm.create_model(name)
-    if checkpoint:
-        load_checkpoint(model, checkpoint)
-    return model.eval()
-
-
-def _load_model(args) -> "torch.nn.Module":
-    return load_model_by_name(args.model, args.checkpoint, args.home, args.weights, args.trained)
-
-
-def model_identity(args) -> dict:
-    """What decides the model: names and resolved files with their SHA-256, so that
-    a run folder can refuse to mix two models."""
-    from dge_explain import zoo
-
-    files = {"checkpoint": args.checkpoint, "trained": args.trained}
-    if args.model in zoo.MODELS:
-        files["trained"] = args.trained or str(zoo.trained_file(args.model))
-        weights = zoo.dense_weights_path(args.model, args.weights, args.home)
-        files["weights"] = None if weights == "timm" else weights
-    identity = {"model": args.model, "weights": "timm" if args.weights == "timm" else files.get("weights")}
-    for key, value in files.items():
-        if value:
-            path = Path(value).resolve()
-            identity[key] = str(path)
-            identity[f"{key}_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
-        else:
-            identity.setdefault(key, None)
-    return identity
-
-
-def _device(requested: str) -> str:
-    """Under torchrun on CUDA every rank takes its own GPU (LOCAL_RANK)."""
-    import os
-
-    if requested.startswith("cuda") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        return f"cuda:{local}"
-    return requested
-
-
-def _init_distributed(device: str) -> None:
-    import os
-
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+def _model_choice(args) -> dict:
+    return dict(name=args.model, checkpoint=args.checkpoint, home=args.home, weights=args.weights,
+                trained=args.trained)
 
 
 def cmd_figures(args: argparse.Namespace) -> int:
@@ -120,17 +53,16 @@ def cmd_figures(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from dge_explain import paths, zoo
+    from dge_explain.distributed import Distributed
     from dge_explain.evaluate import evaluate, markdown_table
 
-    from dge_explain import paths
-
-    device = _device(args.device)
-    _init_distributed(device)
-    model = _load_model(args)
+    device = Distributed(args.device).device
+    model = zoo.load_by_name(**_model_choice(args))
     result = evaluate(model, paths.expand(args.dataset, args.home), args.methods, args.out,
                       limit=args.limit, batch_size=args.batch_size, device=device,
                       image_size=args.image_size, seed=args.seed, workers=args.workers,
-                      info=model_identity(args))
+                      info=zoo.identity(**_model_choice(args)))
     if result is not None:
         print(f"{result.images} images, {args.dataset}")
         print(markdown_table(result))
@@ -144,7 +76,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from dge_explain import paths, zoo
     from dge_explain.classify import evaluate_classification
 
-    model = _load_model(args)
+    model = zoo.load_by_name(**_model_choice(args))
     dense = None
     if args.model in zoo.MODELS and not args.no_dense:
         dense = zoo.dense_teacher(args.model, args.weights, args.home)
@@ -154,7 +86,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     print(json.dumps(result.to_dict(), indent=2))
     if args.out:
         with open(args.out, "w") as handle:
-            json.dump({**model_identity(args), "image_folder": folder, **result.to_dict()}, handle,
+            json.dump({**zoo.identity(**_model_choice(args)), "image_folder": folder, **result.to_dict()}, handle,
                       indent=2)
     return 0
 
@@ -178,6 +110,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
     from dge_explain.bench.runtime import HEADER, build_pair, cases_to_json, environment, run_case, trained_pair
 
     if args.gates == "forced" and not 0 < args.ratio < 1:
@@ -199,9 +133,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
                     continue
                 cases.append(case)
                 rows.append(case.row())
-                print(_format_table(HEADER, rows[-1:]).splitlines()[-1], flush=True)
+                print(format_table(HEADER, rows[-1:]).splitlines()[-1], flush=True)
     print(f"\n{environment(device)}")
-    print(_format_table(HEADER, rows))
+    print(format_table(HEADER, rows))
     if args.json:
         cases_to_json(cases, device, args.json)
     return 0
@@ -224,8 +158,6 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--seed", type=int, default=None,
                       help="seed of the random inputs (default: fresh each run)")
     info.set_defaults(handler=cmd_info)
-
-    from dge_explain.evaluate import METHOD_HELP
 
     evaluate = commands.add_parser("evaluate", help="score gating maps, GradCAM and random maps as "
                                                      "soft segmentations (Tables 5 and 6)")

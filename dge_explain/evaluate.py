@@ -27,28 +27,20 @@ from tqdm import tqdm
 from dge_explain.data import canonical_spec, segmentation_dataset
 from dge_explain.paths import read_json_lines
 from dge_explain.explain import GatingMaps, GradCAMMaps, RandomMaps
+from dge_explain.methods import parse_method
 from dge_explain.metrics import ImageScore, aggregate, score_image
-
-METHOD_HELP = "gating[:L1,L2,...] (default all layers), gating-density[:...], gradcam, random"
 
 
 def build_explainers(model: nn.Module, methods: list[str], seed: int = 0) -> list:
     explainers = []
     for method in methods:
-        kind, _, arg = method.partition(":")
+        kind, layers = parse_method(method)
         if kind in ("gating", "gating-density"):
-            try:
-                layers = [int(v) for v in arg.split(",")] if arg else None
-            except ValueError:
-                raise ValueError(f"method '{method}': layers must be comma-separated integers, "
-                                 f"e.g. gating:1,4,8 ({METHOD_HELP})") from None
             explainers.append(GatingMaps(model, layers, "density" if kind == "gating-density" else "fine"))
         elif kind == "gradcam":
             explainers.append(GradCAMMaps(model))
-        elif kind == "random":
-            explainers.append(RandomMaps(seed))
         else:
-            raise ValueError(f"unknown method '{method}'; methods: {METHOD_HELP}")
+            explainers.append(RandomMaps(seed))
     names = [n for e in explainers for n in e.names()]
     if len(set(names)) != len(names):
         raise ValueError(f"methods {methods} name the same map twice: {names}")

@@ -229,7 +229,7 @@ def pr_figure(histograms: dict[str, np.ndarray]):
 
 def figures_for_run(run, out, images: int = 4, home=None, dpi: int = 150) -> list[Path]:
     """Every figure an evaluation run (and a bench JSON inside it) supports."""
-    from dge_explain.cli import load_model_by_name
+    from dge_explain import zoo
     from dge_explain.data import segmentation_dataset
 
     run, out = Path(run), Path(out)
@@ -241,8 +241,8 @@ def figures_for_run(run, out, images: int = 4, home=None, dpi: int = 150) -> lis
             written += save(pr_figure({k: data[k] for k in data.files}), out / "pr_curves", dpi)
     if "model" not in info:
         return written  # a run made through the API without a model name: no map figures
-    model = load_model_by_name(info["model"], info.get("checkpoint"), home, info.get("weights"),
-                               info.get("trained"))
+    model = zoo.load_by_name(info["model"], info.get("checkpoint"), home, info.get("weights"),
+                             info.get("trained"))
     dataset = segmentation_dataset(info["dataset"], info["image_size"])
     indices = list(range(min(images, count)))
     gating = [m for m in info["methods"] if m.startswith("gating")]

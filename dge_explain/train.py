@@ -34,10 +34,11 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm import tqdm
 
-from dge_explain import paths
+from dge_explain.distributed import Distributed
+from dge_explain.train_config import TrainConfig
 from dge_explain.paths import read_json_lines
 from dge_explain.complexity import budget_loss, dge_complexity
-from dge_explain.data import IMAGENET_MEAN, IMAGENET_STD, list_images, load_rgb, parse_folder_spec
+from dge_explain.data import IMAGENET_MEAN, IMAGENET_STD, list_images, load_rgb
 from dge_explain.data.transforms import eval_transform
 from dge_explain.models import from_dense, load_checkpoint
 
@@ -50,61 +51,6 @@ PARAMETER_GROUPS = {
     "mlp": r"\.mlp\.",
     "attn": r"\.attn\.",
 }
-DEFAULT_IMAGES = ("data/ecssd/images", "data/imagenet-sample:even")
-DEFAULT_WEIGHTS = "weights/deit_tiny_patch16_224.safetensors"
-
-
-@dataclass
-class TrainConfig:
-    out: str
-    weights: str | None = None            # dense checkpoint; default $DGE_EXPLAIN_HOME/weights/...
-    dense_model: str = "deit_tiny_patch16_224"
-    phi: tuple[int, ...] = (1, 2)
-    images: tuple[str, ...] = ()          # folder specs; default ECSSD + imagenet-sample:even
-    image_size: int = 224
-    epochs: int = 12
-    batch_size: int = 32
-    lr: float = 2e-2                      # routers
-    backbone_lr: float = 3e-4             # any other trained group (pretrained weights)
-    schedule: str = "cosine"              # cosine | constant
-    warmup_steps: int = 20
-    weight_decay: float = 0.0
-    gamma: float = 0.5
-    budget_weight: float = 4.0
-    temperature: float = 1.0
-    train: tuple[str, ...] = ("routers", "norms", "biases")
-    flip: bool = True
-    seed: int = 0
-    checkpoint_every: int = 50
-    max_steps: int | None = None
-    device: str = "cpu"
-    amp: bool = False
-    home: str | None = None
-
-    def resolved(self) -> "TrainConfig":
-        """Defaults that depend on the data home filled in; paths made absolute."""
-        weights = str(Path(self.weights).resolve()) if self.weights else \
-            str(paths.home_file(DEFAULT_WEIGHTS, self.home))
-        images = self.images or tuple(str(paths.home(self.home) / spec) for spec in DEFAULT_IMAGES)
-        images = [_absolute_spec(spec) for spec in images]
-        too_small = {name: getattr(self, name) for name in ("epochs", "batch_size", "checkpoint_every",
-                                                             "max_steps", "image_size")
-                     if getattr(self, name) is not None and getattr(self, name) < 1}
-        if too_small:
-            raise ValueError(f"these settings must be at least 1: {too_small}")
-        if self.schedule not in ("cosine", "constant"):
-            raise ValueError(f"schedule must be cosine or constant, got {self.schedule!r}")
-        if self.amp and not self.device.startswith("cuda"):
-            raise ValueError("--amp needs a CUDA device")
-        return dataclasses.replace(self, weights=weights, images=tuple(images),
-                                   phi=tuple(self.phi), train=tuple(self.train))
-
-
-def _absolute_spec(spec: str) -> str:
-    folder, half = parse_folder_spec(spec)
-    return str(folder.resolve()) + (f":{half}" if half else "")
-
-
 @dataclass
 class TrainResult:
     out: Path
@@ -166,28 +112,6 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
                     reduction="batchmean", log_target=True) * temperature ** 2
 
 
-class _Distributed:
-    """The process group under torchrun (one GPU per rank on CUDA), else a no-op."""
-
-    def __init__(self, device: str):
-        self.enabled = int(os.environ.get("WORLD_SIZE", "1")) > 1
-        self.device = torch.device(device)
-        if self.enabled and self.device.type == "cuda":
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(self.device)
-        if self.enabled and not dist.is_initialized():
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-        self.rank = dist.get_rank() if self.enabled else 0
-        self.world = dist.get_world_size() if self.enabled else 1
-
-    def mean(self, value: float) -> float:
-        if not self.enabled:
-            return value
-        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
-        dist.all_reduce(tensor)
-        return float(tensor) / self.world
-
-
 def _rng_state() -> dict:
     state = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -220,7 +144,7 @@ def _truncate_log(log: Path, step: int) -> None:
 
 def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> TrainResult:
     config = config.resolved()
-    distributed = _Distributed(config.device)
+    distributed = Distributed(config.device)
     device = distributed.device
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)

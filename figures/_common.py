@@ -23,11 +23,10 @@ def map_parser(description: str, default_out: str, default_layers) -> argparse.A
 
 
 def model_and_dataset(args):
-    from dge_explain import paths
-    from dge_explain.cli import load_model_by_name
+    from dge_explain import paths, zoo
     from dge_explain.data import segmentation_dataset
 
-    model = load_model_by_name(args.model, home=args.home)
+    model = zoo.load_by_name(args.model, home=args.home)
     spec = paths.expand(args.dataset, args.home) if args.dataset else \
         f"ecssd:{paths.home(args.home) / 'data' / 'ecssd'}"
     dataset = segmentation_dataset(spec)

@@ -61,3 +61,16 @@ def test_info_command_self_checks_every_op(capsys):
                "multigrain_compress", "multigrain_restore"):
         assert f"| {op} " in out
     assert "| NO " not in out
+
+
+def test_command_line_help_imports_no_heavy_package():
+    """`dge-explain --help` and its subcommands' help answer without torch, timm or grad-cam."""
+    result = _python(
+        "import sys; from dge_explain.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in ('torch', 'timm', 'pytorch_grad_cam', 'cv2') if m in sys.modules))")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+    for command in ([], ["evaluate"], ["train"], ["bench"]):
+        help_run = subprocess.run([sys.executable, "-m", "dge_explain", *command, "--help"],
+                                  capture_output=True, text=True)
+        assert help_run.returncode == 0 and "usage: dge-explain" in help_run.stdout

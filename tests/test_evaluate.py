@@ -255,21 +255,23 @@ def test_a_record_cut_off_by_a_crash_is_dropped_on_resume(dge_model, pairs, tmp_
 
 
 def test_bad_arguments_are_named(dge_model, pairs, tmp_path):
-    from dge_explain.cli import load_model_by_name
     from dge_explain.evaluate import build_explainers
+    from dge_explain.zoo import load_by_name
 
     with pytest.raises(ValueError, match=r"method 'gating:1,,2': layers must be comma-separated"):
         build_explainers(dge_model, ["gating:1,,2"])
     with pytest.raises(ValueError, match=r"unknown method 'saliency'"):
         build_explainers(dge_model, ["saliency"])
+    with pytest.raises(ValueError, match=r"method 'gradcam:3' takes no layers"):
+        build_explainers(dge_model, ["gradcam:3"])
     with pytest.raises(ValueError, match=r"--limit must be at least 1"):
         evaluate(dge_model, f"ecssd:{pairs}", ["random"], tmp_path / "x", limit=0, workers=0)
     with pytest.raises(ValueError, match=r"dataset 'voc:/x' must be KIND:PATH"):
         segmentation_dataset("voc:/x")
     with pytest.raises(ValueError, match=r"--checkpoint applies to timm model names"):
-        load_model_by_name("deit_tiny_dge_s12", checkpoint="x.pth")
+        load_by_name("deit_tiny_dge_s12", checkpoint="x.pth")
     with pytest.raises(ValueError, match=r"--trained and --weights apply to shipped models"):
-        load_model_by_name("deit_tiny_patch16_224", weights="x.safetensors")
+        load_by_name("deit_tiny_patch16_224", weights="x.safetensors")
     Image.fromarray(np.zeros((4, 4), dtype=np.uint8)).save(pairs / "masks" / "0001.jpg")
     with pytest.raises(ValueError, match=r"several files per name, which cannot be paired: \['0001.jpg', '0001.png'\]"):
         segmentation_dataset(f"ecssd:{pairs}")

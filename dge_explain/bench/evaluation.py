@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from dge_explain import paths, zoo
-from dge_explain.cli import _format_table
+from dge_explain.tables import format_table
 from dge_explain.data import segmentation_dataset
 from dge_explain.evaluate import evaluate
 
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
         rows.append([name, f"{seconds:.2f} s", f"{seconds / reference:.2f}x"])
     print(f"{args.model}, {args.limit} images of {dataset}, batch {args.batch_size}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(_format_table(["run", "time", "vs model pass"], rows))
+    print(format_table(["run", "time", "vs model pass"], rows))
     return 0
 
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from dge_explain import ops
 from dge_explain.bench.timing import measure_interleaved
-from dge_explain.cli import _format_table
+from dge_explain.tables import format_table
 
 # name, batch, token grid (H, W), extra tokens, channels, split sizes
 POOL_SHAPES = [
@@ -109,9 +109,9 @@ def main(argv=None) -> int:
     attention_header = ["shape", "L x Nk", "varlen", "GFLOP/s", "dense SDPA", "GFLOP/s",
                         "time per FLOP vs dense"]
     pool, attention = bench_pooling(device, dtype, generator), bench_attention(device, dtype, generator)
-    print(_format_table(pool_header, pool))
+    print(format_table(pool_header, pool))
     print()
-    print(_format_table(attention_header, attention))
+    print(format_table(attention_header, attention))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"info": info, "pooling": [dict(zip(pool_header, r)) for r in pool],

@@ -3,6 +3,7 @@ package, combined with the dense weights they were distilled from, which are
 read from $DGE_EXPLAIN_HOME, from an explicit path, or downloaded by timm."""
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from importlib import resources
@@ -94,3 +95,41 @@ def load_model(name: str, weights: str | None = None, home: str | None = None,
     except RuntimeError as error:
         raise CheckpointError(f"{path} does not fit {name}: {error}") from error
     return model.eval().to(device)
+
+
+def load_by_name(name: str, checkpoint: str | None = None, home: str | None = None,
+                 weights: str | None = None, trained: str | None = None) -> torch.nn.Module:
+    """A shipped model (with optional dense weights / trained file), or a timm model
+    name with an optional checkpoint, in eval mode."""
+    if name in MODELS:
+        if checkpoint:
+            raise ValueError(f"--checkpoint applies to timm model names; {name} is shipped "
+                             "(use --weights for its dense teacher, --trained for other parameters)")
+        return load_model(name, weights=weights, home=home, trained=trained)
+    if trained or weights:
+        raise ValueError("--trained and --weights apply to shipped models "
+                         f"({', '.join(MODELS)}); give a timm model --checkpoint")
+    model = timm.create_model(name)
+    if checkpoint:
+        load_checkpoint(model, checkpoint)
+    return model.eval()
+
+
+def identity(name: str, checkpoint: str | None = None, home: str | None = None,
+             weights: str | None = None, trained: str | None = None) -> dict:
+    """What decides the model of load_by_name: names and resolved files with their
+    SHA-256, so that a run folder can refuse to mix two models."""
+    files = {"checkpoint": checkpoint, "trained": trained}
+    if name in MODELS:
+        files["trained"] = trained or str(trained_file(name))
+        resolved = dense_weights_path(name, weights, home)
+        files["weights"] = None if resolved == "timm" else resolved
+    result = {"model": name, "weights": "timm" if weights == "timm" else files.get("weights")}
+    for key, value in files.items():
+        if value:
+            path = Path(value).resolve()
+            result[key] = str(path)
+            result[f"{key}_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+        else:
+            result.setdefault(key, None)
+    return result
