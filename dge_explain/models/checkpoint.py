@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from .pvt import resize_pos_embed
 
 
 class CheckpointError(ValueError):
@@ -124,9 +125,7 @@ def _resample_pvt_pos_embeds(state: dict, model: nn.Module, report: LoadReport) 
         old, new = math.isqrt(source.shape[1] - extra), math.isqrt(target.shape[1] - extra)
         if old * old != source.shape[1] - extra or new * new != target.shape[1] - extra:
             continue
-        grid = source[:, extra:].reshape(1, old, old, -1).permute(0, 3, 1, 2)
-        grid = F.interpolate(grid, size=(new, new), mode="bilinear", align_corners=False)
-        state[key] = torch.cat([source[:, :extra], grid.flatten(2).transpose(1, 2)], 1)
+        state[key] = resize_pos_embed(source, extra, (new, new))
         report.converted.append(f"{key} {tuple(source.shape)} -> {tuple(target.shape)} (bilinear)")
 
 

@@ -47,6 +47,15 @@ class PatchEmbed(nn.Module):
         return self.norm(x.flatten(2).transpose(1, 2)), grid
 
 
+def resize_pos_embed(pos: torch.Tensor, num_extra: int, grid: tuple[int, int]) -> torch.Tensor:
+    """Position embeddings [1, E + S*S, C] of a square S x S grid resampled bilinearly to
+    `grid`, the E extra tokens' entries kept (other input sizes; older checkpoints)."""
+    side = math.isqrt(pos.shape[1] - num_extra)
+    spatial = pos[:, num_extra:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    spatial = F.interpolate(spatial, size=tuple(grid), mode="bilinear", align_corners=False)
+    return torch.cat([pos[:, :num_extra], spatial.flatten(2).transpose(1, 2)], 1)
+
+
 class PyramidVisionTransformer(nn.Module):
     def __init__(self, img_size: int = 256, in_chans: int = 3, num_classes: int = 1000,
                  depths=DEPTHS["small"], embed_dims=EMBED_DIMS, num_heads=NUM_HEADS,
@@ -118,13 +127,9 @@ class PyramidVisionTransformer(nn.Module):
     def _pos_embed(self, stage: int, grid: tuple[int, int]) -> torch.Tensor:
         pos = getattr(self, f"pos_embed{stage + 1}")
         extra = 1 if stage == 3 else 0
-        native = pos.shape[1] - extra
-        if grid[0] * grid[1] == native:
+        if grid[0] * grid[1] == pos.shape[1] - extra:
             return pos
-        side = int(math.isqrt(native))
-        spatial = pos[:, extra:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
-        spatial = F.interpolate(spatial, size=grid, mode="bilinear", align_corners=False)
-        return torch.cat([pos[:, :extra], spatial.flatten(2).transpose(1, 2)], 1)
+        return resize_pos_embed(pos, extra, grid)
 
     def _check_size(self, images: torch.Tensor) -> None:
         multiple = STRIDES[3] * self.region_size
