@@ -78,6 +78,11 @@ def test_finest_gates_reproduce_the_dense_vit(generator):
         with torch.no_grad(), force_gates(dge, "finest"):
             torch.testing.assert_close(dge(images), dense(images), rtol=1e-10, atol=1e-10)
     assert type(dense).__name__ == "VisionTransformerDistilled", "from_dense must not modify its input"
+    expected = dense(images)
+    converted = from_dense(dense, phi=(1, 2), inplace=True)
+    assert converted is dense and len(dge_modules(converted)) == 2, "inplace converts the model given"
+    with torch.no_grad(), force_gates(converted, "finest"):
+        torch.testing.assert_close(converted(images), expected, rtol=1e-10, atol=1e-10)
 
 
 def test_finest_gates_reproduce_the_dense_pvt(generator):

@@ -88,14 +88,16 @@ def _convert_block(block: nn.Module, index: int, phi, init_gate: float, sparse_t
 
 
 def from_dense(model_or_name, phi=(1, 2), weights=None, init_gate: float = 0.95,
-               sparse_train: bool = False, drop_path_per_query: bool = True, **create_kwargs):
-    """The DGE version of a timm ViT/DeiT: every weight copied, routers fresh
+               sparse_train: bool = False, drop_path_per_query: bool = True,
+               inplace: bool = False, **create_kwargs):
+    """The DGE version of a timm ViT/DeiT: every weight kept, routers fresh
     (initialised to pick the finest option with probability init_gate).
 
-    model_or_name: a timm VisionTransformer (it is copied, not modified) or a timm
-    model name (created with ``create_kwargs``); weights: optional dense
-    checkpoint (safetensors or a torch file), loaded strictly into the dense model
-    first; phi: candidate granularities in tokens, e.g. (1, 2) or (1, 2, 4).
+    model_or_name: a timm VisionTransformer (copied, unless inplace=True converts
+    it in place, saving the copy's time and memory) or a timm model name (created
+    with ``create_kwargs``); weights: optional dense checkpoint (safetensors or a
+    torch file), loaded strictly into the dense model first; phi: candidate
+    granularities in tokens, e.g. (1, 2) or (1, 2, 4).
     """
     from .checkpoint import load_checkpoint
 
@@ -104,7 +106,7 @@ def from_dense(model_or_name, phi=(1, 2), weights=None, init_gate: float = 0.95,
     else:
         if create_kwargs:
             raise ValueError(f"create_kwargs {sorted(create_kwargs)} only apply to a model name")
-        dense = copy.deepcopy(model_or_name)
+        dense = model_or_name if inplace else copy.deepcopy(model_or_name)
     target = _DGE_CLASSES.get(type(dense))
     if target is None:
         raise ValueError(f"{type(dense).__name__} is not a timm VisionTransformer; supported: "
@@ -147,8 +149,7 @@ def _deit_dge(size: str, phi_name: str, img_size: int, pretrained: bool = False,
     config = dict(img_size=img_size, patch_size=16, embed_dim=embed_dim, depth=12, num_heads=heads,
                   mlp_ratio=4, qkv_bias=True)
     dense = VisionTransformer(**{**config, **kwargs})
-    model = from_dense(dense, phi=_PHIS[phi_name], **phi_kwargs)
-    return model
+    return from_dense(dense, phi=_PHIS[phi_name], inplace=True, **phi_kwargs)
 
 
 def _register_deit(size: str, phi_name: str, img_size: int) -> None:

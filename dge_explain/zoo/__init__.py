@@ -82,7 +82,7 @@ def load_model(name: str, weights: str | None = None, home: str | None = None,
     if not path.is_file() and not trained:
         raise FileNotFoundError(f"{path} is missing from the package: reinstall dge-explain")
     state = read_state_dict(path)  # before the teacher is built: a bad file fails fast, named
-    model = from_dense(dense_teacher(name, weights, home), phi=entry.phi)
+    model = from_dense(dense_teacher(name, weights, home), phi=entry.phi, inplace=True)
     expected = model.state_dict()
     unknown = sorted(set(state) - set(expected))
     if unknown:
