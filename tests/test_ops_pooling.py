@@ -9,7 +9,7 @@ from dge_explain.ops.selfcheck import random_case
 
 from conftest import poisoned_outputs
 
-SPLITS = [((2, 1), 2), ((4, 2, 1), 4), ((4, 1), 4), ((2, 1), 4)]
+SPLITS = [((2, 1), 2), ((4, 2, 1), 4), ((4, 1), 4), ((2, 1), 4), ((3, 1), 3)]  # 3: generic step
 SHAPES = [  # batch, region grid, num_extra, channels
     (1, (1, 1), 0, 5), (2, (2, 3), 1, 13), (3, (3, 1), 2, 21), (4, (2, 2), 1, 64),
     # a region's segment of a grid line over a page: compress walks region by region

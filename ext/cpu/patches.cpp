@@ -30,10 +30,13 @@ int64_t grain_for(int64_t work_per_item) {
 // order, and reads or writes the dense side as region_size streams (one per
 // grid line), switching stream after each region's segment of a line.  Line
 // order streams the dense side but visits a slice of every region's packed
-// block per line.  Measured interleaved in one process on the bench-ops shapes
-// and others (docs/results/bench-ops.txt): decompress is up to 1.8x faster in
-// region order on every shape; compress is up to 1.6x faster in line order
-// while a segment is shorter than a page, and up to 1.3x slower beyond.
+// block per line (docs/results/bench-ops.txt has the measurements).  Decompress:
+// region order was 1.2-1.8x faster on the three bench-ops shapes (separate
+// builds, alternating processes).  Compress, both orders interleaved in one
+// process over 15 shapes: line order up to 1.6x faster while a segment is
+// shorter than a page; beyond, region order up to 1.3x faster on most shapes,
+// though not all (PVT stage 3, 5 KB segments: line order 1.27x faster on two
+// threads, equal on one).
 constexpr int64_t kLineOrderSegmentBytes = 4096;
 
 // dst = ((first ? 0 : dst) + the sum of `step` consecutive tokens) * scale.
