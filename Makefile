@@ -52,8 +52,9 @@ readme-figures: build
 	$(PY) eval/gamma_sweep.py --dpi 80
 	cp runs/gamma-sweep/summary.png docs/figures/gamma_sweep.png
 
+# Five rounds: each cell is the median over rounds, the range in brackets (~2 minutes).
 bench-ops: build
-	$(PY) -m dge_explain.bench.ops
+	$(PY) -m dge_explain.bench.ops --rounds 5
 
 clean:
 	rm -rf build dge_explain/_C*.so *.egg-info

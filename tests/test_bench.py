@@ -58,3 +58,27 @@ def test_command_line_writes_json(tmp_path):
     data = json.loads(out.read_text())
     assert [c["resolution"] for c in data["cases"]] == [256]
     assert data["environment"]["threads"] >= 1 and "torch" in data["environment"]
+
+
+@pytest.mark.slow
+def test_op_benchmark_reports_every_shape_over_rounds(tmp_path, capsys):
+    from dge_explain.bench import ops as op_bench
+
+    out = tmp_path / "ops.json"
+    assert op_bench.main(["--rounds", "2", "--min-time", "0", "--threads", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [(r["shape"], r["op"]) for r in result["pooling"]] == [
+        (shape[0], op) for shape in op_bench.POOL_SHAPES
+        for op in ("compress", "decompress", "restore (fused)")]
+    assert [r["shape"] for r in result["attention"]] == [s[0] for s in op_bench.ATTENTION_SHAPES]
+    assert len(result["rounds"]["pooling"]) == len(result["rounds"]["attention"]) == 2
+    for records in result["rounds"]["pooling"]:
+        assert all(r["op_s"] > 0 and r["copy_s"] > 0 and r["bytes"] > 0 for r in records)
+    # several rounds: median with the range over rounds, which brackets it
+    for row in result["pooling"]:
+        median, low, high = (float(v) for v in
+                             row["of copy"].replace("%", "").replace("(", "").replace(")", "").replace("-", " ").split())
+        assert low <= median <= high
+    assert "2 round(s)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        op_bench.main(["--rounds", "0"])

@@ -1,16 +1,18 @@
 """Op benchmark: compress / decompress / restore throughput next to a plain copy
 of the same bytes, and varlen attention next to dense SDPA doing the same FLOPs.
 
-    python -m dge_explain.bench.ops [--device cpu|cuda] [--threads N] [--json out.json]
+    python -m dge_explain.bench.ops [--device cpu|cuda] [--threads N] [--rounds N] [--json out.json]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from dge_explain import ops
 from dge_explain.bench.timing import measure_interleaved
@@ -39,8 +41,9 @@ def _half_fine_gates(batch, grid, region_size, options, generator, device):
     return torch.where(fine, torch.zeros_like(coarse), coarse).to(device)
 
 
-def bench_pooling(device, dtype, generator):
-    rows = []
+def bench_pooling(device, dtype, generator, min_time: float) -> list[dict]:
+    """One record per (shape, op): bytes moved and the op's and the copy's median times."""
+    records = []
     for name, batch, grid, extra, channels, splits in POOL_SHAPES:
         size = max(splits)
         indices = _half_fine_gates(batch, grid, size, len(splits), generator, device)
@@ -58,16 +61,16 @@ def bench_pooling(device, dtype, generator):
         for op, (fn, moved) in cases.items():
             src = torch.empty(moved // 2 // item, device=device, dtype=dtype).normal_()
             dst = torch.empty_like(src)
-            timed = measure_interleaved({"op": fn, "copy": lambda: dst.copy_(src)}, device)
-            t_op, t_copy = timed["op"], timed["copy"]
-            gbs, copy_gbs = moved / t_op.median / 1e9, moved / t_copy.median / 1e9
-            rows.append([name, op, f"{moved / 1e6:.1f}", t_op.ms(), f"{gbs:.1f}",
-                         f"{copy_gbs:.1f}", f"{gbs / copy_gbs:.0%}"])
-    return rows
+            timed = measure_interleaved({"op": fn, "copy": lambda: dst.copy_(src)}, device,
+                                        min_time=min_time)
+            records.append({"shape": name, "op": op, "moved": moved, "op_time": timed["op"],
+                            "copy_time": timed["copy"]})
+    return records
 
 
-def bench_attention(device, dtype, generator):
-    rows = []
+def bench_attention(device, dtype, generator, min_time: float) -> list[dict]:
+    """One record per shape: FLOPs and median times of varlen and dense attention."""
+    records = []
     for name, batch, grid, extra, heads, head_dim, splits in ATTENTION_SHAPES:
         size = max(splits)
         indices = _half_fine_gates(batch, grid, size, len(splits), generator, device)
@@ -78,15 +81,60 @@ def bench_attention(device, dtype, generator):
         v = torch.randn_like(k)
         per_sample = -(-table.total // batch)  # dense twin: same queries, padded evenly
         q_dense = torch.randn(batch, heads, per_sample, head_dim, device=device, dtype=dtype)
-        flops = 4 * table.total * keys * heads * head_dim
-        dense_flops = 4 * batch * per_sample * keys * heads * head_dim
         timed = measure_interleaved({
             "varlen": lambda: ops.varlen_attention(q, k, v, table),
-            "dense": lambda: F.scaled_dot_product_attention(q_dense, k, v)}, device)
-        t_var, t_dense = timed["varlen"], timed["dense"]
-        var_rate, dense_rate = flops / t_var.median / 1e9, dense_flops / t_dense.median / 1e9
-        rows.append([name, f"{table.total}x{keys}", t_var.ms(), f"{var_rate:.1f}", t_dense.ms(),
-                     f"{dense_rate:.1f}", f"{dense_rate / var_rate:.2f}x"])
+            "dense": lambda: F.scaled_dot_product_attention(q_dense, k, v)}, device,
+            min_time=min_time)
+        records.append({"shape": name, "size": f"{table.total}x{keys}",
+                        "flops": 4 * table.total * keys * heads * head_dim,
+                        "dense_flops": 4 * batch * per_sample * keys * heads * head_dim,
+                        "varlen_time": timed["varlen"], "dense_time": timed["dense"]})
+    return records
+
+
+def _of_copy(record: dict) -> float:
+    return record["copy_time"].median / record["op_time"].median
+
+
+def _per_flop(record: dict) -> float:
+    """Time per FLOP of varlen attention relative to dense."""
+    return (record["varlen_time"].median / record["flops"]) / \
+        (record["dense_time"].median / record["dense_flops"])
+
+
+def _spread(values: list[float], fmt: str) -> str:
+    """The value of a single round, or the median and range over rounds."""
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+
+
+def pooling_rows(rounds: list[list[dict]]) -> list[list[str]]:
+    rows = []
+    for i, first in enumerate(rounds[0]):
+        records = [r[i] for r in rounds]
+        gbs = [first["moved"] / r["op_time"].median / 1e9 for r in records]
+        copy_gbs = [first["moved"] / r["copy_time"].median / 1e9 for r in records]
+        rows.append([first["shape"], first["op"], f"{first['moved'] / 1e6:.1f}",
+                     first["op_time"].ms() if len(rounds) == 1 else
+                     f"{statistics.median(r['op_time'].median for r in records) * 1e3:.3f} ms",
+                     _spread(gbs, "{:.1f}"), _spread(copy_gbs, "{:.1f}"),
+                     _spread([_of_copy(r) for r in records], "{:.0%}")])
+    return rows
+
+
+def attention_rows(rounds: list[list[dict]]) -> list[list[str]]:
+    rows = []
+    for i, first in enumerate(rounds[0]):
+        records = [r[i] for r in rounds]
+        median_ms = lambda key: f"{statistics.median(r[key].median for r in records) * 1e3:.3f} ms"
+        rows.append([first["shape"], first["size"],
+                     first["varlen_time"].ms() if len(rounds) == 1 else median_ms("varlen_time"),
+                     _spread([first["flops"] / r["varlen_time"].median / 1e9 for r in records], "{:.1f}"),
+                     first["dense_time"].ms() if len(rounds) == 1 else median_ms("dense_time"),
+                     _spread([first["dense_flops"] / r["dense_time"].median / 1e9 for r in records],
+                             "{:.1f}"),
+                     _spread([_per_flop(r) for r in records], "{:.2f}x")])
     return rows
 
 
@@ -95,27 +143,44 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="repeat the whole benchmark; with several rounds each cell is the "
+                             "median over rounds with the range in brackets")
+    parser.add_argument("--min-time", type=float, default=1.0, help="seconds of timing per case")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the tables here")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    generator = torch.Generator().manual_seed(args.seed)
     info = ops.build_info()
     print(f"backend {info['active_backend']}, torch {info['torch_version']}, device {device}, "
-          f"{torch.get_num_threads()} CPU threads, {args.dtype}")
+          f"{torch.get_num_threads()} CPU threads, {args.dtype}, {args.rounds} round(s)")
+    pool_rounds, attention_rounds = [], []
+    for _ in tqdm(range(args.rounds), desc="rounds", disable=args.rounds == 1):
+        generator = torch.Generator().manual_seed(args.seed)  # the same gates every round
+        pool_rounds.append(bench_pooling(device, dtype, generator, args.min_time))
+        attention_rounds.append(bench_attention(device, dtype, generator, args.min_time))
     pool_header = ["shape", "op", "MB moved", "time", "GB/s", "copy GB/s", "of copy"]
     attention_header = ["shape", "L x Nk", "varlen", "GFLOP/s", "dense SDPA", "GFLOP/s",
                         "time per FLOP vs dense"]
-    pool, attention = bench_pooling(device, dtype, generator), bench_attention(device, dtype, generator)
+    pool, attention = pooling_rows(pool_rounds), attention_rows(attention_rounds)
     print(format_table(pool_header, pool))
     print()
     print(format_table(attention_header, attention))
     if args.json:
+        raw = {"pooling": [[{"shape": r["shape"], "op": r["op"], "bytes": r["moved"],
+                             "op_s": r["op_time"].median, "copy_s": r["copy_time"].median}
+                            for r in records] for records in pool_rounds],
+               "attention": [[{"shape": r["shape"], "flops": r["flops"], "dense_flops": r["dense_flops"],
+                               "varlen_s": r["varlen_time"].median, "dense_s": r["dense_time"].median}
+                              for r in records] for records in attention_rounds]}
         with open(args.json, "w") as handle:
             json.dump({"info": info, "pooling": [dict(zip(pool_header, r)) for r in pool],
-                       "attention": [dict(zip(attention_header, r)) for r in attention]}, handle, indent=2)
+                       "attention": [dict(zip(attention_header, r)) for r in attention],
+                       "rounds": raw}, handle, indent=2)
     return 0
 
 
