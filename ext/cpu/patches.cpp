@@ -30,10 +30,11 @@ int64_t grain_for(int64_t work_per_item) {
 // order, and reads or writes the dense side as region_size streams (one per
 // grid line), switching stream after each region's segment of a line.  Line
 // order streams the dense side but visits a slice of every region's packed
-// block per line (docs/results/bench-ops.txt has the measurements).  Decompress:
-// region order was 1.2-1.8x faster on the three bench-ops shapes (separate
-// builds, alternating processes).  Compress, both orders interleaved in one
-// process over 15 shapes: line order up to 1.6x faster while a segment is
+// block per line (docs/results/bench-ops.txt has the measurements).  Decompress,
+// both orders interleaved in one process over 9 shapes: region order up to 1.5x
+// faster (C = 64), at most 1.1x slower (plain decompress of DeiT-S at 256 px on
+// one thread, the fused restore with segments over 5 KB).  Compress, interleaved
+// in one process over 15 shapes: line order up to 1.6x faster while a segment is
 // shorter than a page; beyond, region order up to 1.3x faster on most shapes,
 // though not all (PVT stage 3, 5 KB segments: line order 1.27x faster on two
 // threads, equal on one).
