@@ -82,3 +82,18 @@ def test_op_benchmark_reports_every_shape_over_rounds(tmp_path, capsys):
     assert "2 round(s)" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         op_bench.main(["--rounds", "0"])
+
+
+def test_op_benchmark_cells_for_one_and_several_rounds():
+    from dge_explain.bench import ops as op_bench
+    from dge_explain.bench.timing import Timing
+
+    def record(op_s, copy_s):
+        return {"shape": "s", "op": "compress", "moved": 2e9,
+                "op_time": Timing(op_s, 0.0, 7), "copy_time": Timing(copy_s, 0.0, 7)}
+
+    one = op_bench.pooling_rows([[record(1.0, 0.5)]])
+    assert one == [["s", "compress", "2000.0", "1000.000 ms ± 0.000", "2.0", "4.0", "50%"]]
+    three = op_bench.pooling_rows([[record(1.0, 0.5)], [record(2.0, 0.5)], [record(0.5, 0.5)]])
+    assert three == [["s", "compress", "2000.0", "1000.000 ms", "2.0 (1.0-4.0)", "4.0 (4.0-4.0)",
+                      "50% (25%-100%)"]]

@@ -109,29 +109,32 @@ def _spread(values: list[float], fmt: str) -> str:
     return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
 
 
+def _time_cell(records: list[dict], key: str) -> str:
+    """One round's time with its spread, or the median time over rounds."""
+    if len(records) == 1:
+        return records[0][key].ms()
+    return f"{statistics.median(r[key].median for r in records) * 1e3:.3f} ms"
+
+
 def pooling_rows(rounds: list[list[dict]]) -> list[list[str]]:
     rows = []
-    for i, first in enumerate(rounds[0]):
-        records = [r[i] for r in rounds]
+    for records in zip(*rounds):  # one shape and op, every round
+        first = records[0]
         gbs = [first["moved"] / r["op_time"].median / 1e9 for r in records]
         copy_gbs = [first["moved"] / r["copy_time"].median / 1e9 for r in records]
         rows.append([first["shape"], first["op"], f"{first['moved'] / 1e6:.1f}",
-                     first["op_time"].ms() if len(rounds) == 1 else
-                     f"{statistics.median(r['op_time'].median for r in records) * 1e3:.3f} ms",
-                     _spread(gbs, "{:.1f}"), _spread(copy_gbs, "{:.1f}"),
+                     _time_cell(records, "op_time"), _spread(gbs, "{:.1f}"), _spread(copy_gbs, "{:.1f}"),
                      _spread([_of_copy(r) for r in records], "{:.0%}")])
     return rows
 
 
 def attention_rows(rounds: list[list[dict]]) -> list[list[str]]:
     rows = []
-    for i, first in enumerate(rounds[0]):
-        records = [r[i] for r in rounds]
-        median_ms = lambda key: f"{statistics.median(r[key].median for r in records) * 1e3:.3f} ms"
-        rows.append([first["shape"], first["size"],
-                     first["varlen_time"].ms() if len(rounds) == 1 else median_ms("varlen_time"),
+    for records in zip(*rounds):  # one shape, every round
+        first = records[0]
+        rows.append([first["shape"], first["size"], _time_cell(records, "varlen_time"),
                      _spread([first["flops"] / r["varlen_time"].median / 1e9 for r in records], "{:.1f}"),
-                     first["dense_time"].ms() if len(rounds) == 1 else median_ms("dense_time"),
+                     _time_cell(records, "dense_time"),
                      _spread([first["dense_flops"] / r["dense_time"].median / 1e9 for r in records],
                              "{:.1f}"),
                      _spread([_per_flop(r) for r in records], "{:.2f}x")])
