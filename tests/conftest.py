@@ -17,10 +17,21 @@ def pytest_report_header(config):
     return f"dge-explain random seed: {SEED} (replay with DGE_TEST_SEED={SEED})"
 
 
+def _test_seed(request) -> int:
+    return SEED ^ (zlib.crc32(request.node.nodeid.encode()) & 0x7FFFFFFF)
+
+
+@pytest.fixture(autouse=True)
+def _seed_global_rng(request):
+    """torch's global RNG (model initialisation, e.g. timm.create_model) seeded per test
+    as well, so that DGE_TEST_SEED replays a test alone exactly as in the full run."""
+    torch.manual_seed(_test_seed(request))
+
+
 @pytest.fixture
 def generator(request) -> torch.Generator:
     """A generator seeded from the session seed and the test's name."""
-    return torch.Generator().manual_seed(SEED ^ (zlib.crc32(request.node.nodeid.encode()) & 0x7FFFFFFF))
+    return torch.Generator().manual_seed(_test_seed(request))
 
 
 @contextlib.contextmanager

@@ -182,12 +182,24 @@ def test_outputs_resume_and_batch_invariance(dge_model, pairs, tmp_path):
     resumed = evaluate(dge_model, spec, methods, tmp_path / "b", batch_size=3, workers=0, progress=False)
     assert _results(tmp_path / "b") == _results(tmp_path / "a")
     assert resumed.images == 6
-    # other batch sizes: the accumulation is exact, but BLAS may round the maps
-    # differently for other matrix shapes, so the maps agree to float32 rounding and their APs to ~1e-8
+    # other batch sizes: the accumulation is exact, but BLAS may round the maps differently
+    # for other matrix shapes (~5e-7), so model maps agree to float32 rounding: their APs to
+    # ~1e-8, while a pixel whose map value sits at its image's binarisation threshold may flip.
+    # One flip moves accuracy by 100 / (6 * 224 * 224) points and an IoU (pooled over >= 50k
+    # foreground and >= 250k background pixels) by < 2e-3 (foreground) or 4e-4 (background)
+    # points; the tolerances allow two flips. Random maps do not depend on batching.
     evaluate(dge_model, spec, methods, tmp_path / "c", batch_size=1, workers=0, progress=False)
+    pixel_flips = {"Accuracy": 2 * 100 / (6 * 224 * 224), "IoU foreground": 4e-3,
+                   "IoU background": 8e-4, "mIoU": (4e-3 + 8e-4) / 2}
     for method, row in _results(tmp_path / "a").items():
         for metric, value in row.items():
-            assert _results(tmp_path / "c")[method][metric] == pytest.approx(value, rel=1e-6), (method, metric)
+            other = _results(tmp_path / "c")[method][metric]
+            if method == "random":
+                assert other == value, (method, metric)
+            elif metric == "mAP":
+                assert other == pytest.approx(value, rel=1e-6), (method, metric)
+            else:
+                assert other == pytest.approx(value, abs=pixel_flips[metric]), (method, metric)
     with pytest.raises(ValueError, match=r"holds a run with other settings.*methods"):
         evaluate(dge_model, spec, ["random"], tmp_path / "b", workers=0, progress=False)
 
