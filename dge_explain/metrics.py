@@ -1,23 +1,32 @@
-"""Soft-segmentation scores, with the ImageNet-segmentation protocol of Chefer et
-al. (CVPR 2021) that the DGE paper's Tables 5 and 6 use.
+"""Soft-segmentation scores: the ImageNet-segmentation protocol of Chefer et al.
+(CVPR 2021), which the DGE paper's Tables 5 and 6 use, reproduced step by step.
 
-Per image, for a map m and a binary mask y (same size):
-  1. NaNs become 0; m is min-max normalised to [0, 1] in float32, the precision of
-     Chefer et al.'s code (a constant map becomes 0);
-  2. binarised at its mean: foreground where m > mean(m); prediction = two
-     channels (background, foreground);
-  3. pixel accuracy counts: correct pixels and labelled pixels (all pixels);
-  4. per class c in {background, foreground}: intersection and union areas;
-  5. AP = sklearn's average_precision_score of the two soft channels
-     (1 - m, m) flattened against the one-hot mask (y = 0 -> background).
-Dataset scores: accuracy = sum correct / sum labelled; IoU per class = sum
-intersection / sum union (summed over all images); mIoU = mean of the two IoUs;
-mAP = mean of the per-image APs.  Integer sums and per-image APs make the result
-identical whatever the batching or the split across processes.
+Per image, for a map R and a binary mask y of the same size:
+  1. R = (R - min R) / (max R - min R), in the map's own precision (a constant
+     map gives 0/0 = NaN everywhere; a NaN pixel makes min and max NaN, so the
+     whole map; +inf leaves NaN at that pixel and 0 elsewhere);
+  2. binary channels: foreground = R > mean(R), background = R <= mean(R), taken
+     *before* NaNs are replaced (so a NaN pixel is in neither channel); the mean
+     is computed in float64 (their code takes a float32 mean, whose last bit
+     depends on the device's summation order);
+  3. AP channels: R and 1 - R; then every NaN in all four channels becomes 0;
+  4. prediction = argmax over (background, foreground), a tie choosing background:
+     pixel accuracy counts (correct, labelled = all pixels), intersection and
+     union per class;
+  5. AP = scikit-learn's ``average_precision_score`` of the flattened AP
+     channels (1 - R, R) against the one-hot mask (2 x H x W entries).
+A constant or NaN-holding map therefore predicts all background and scores
+AP = 0.5 exactly (all scores 0, half the entries positive).
+Dataset scores (``aggregate``): accuracy = sum correct / (eps + sum labelled),
+IoU per class = sum intersection / (eps + sum union) over all images, mIoU =
+their mean, mAP = mean of the per-image APs (eps = 2.2e-16 as in their code).
+Integer sums and per-image APs make the result identical whatever the batching
+or the split across processes.
 
-``average_precision`` reproduces sklearn's definition exactly (tied scores
-share one threshold) from the sorted positive and negative scores; the tests
-check it against sklearn.
+The maps of a batch are scored by one compiled call (``ops.segmentation_scores``,
+exact AP from one radix sort per map); ``ops.reference.segmentation_scores`` is
+the step-by-step oracle, and the tests check both against an independent
+re-implementation with scikit-learn.
 """
 from __future__ import annotations
 
@@ -26,25 +35,28 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from dge_explain import ops
 
 HISTOGRAM_BINS = 100
+EPS = float(np.spacing(1, dtype=np.float64))
 
 
 @dataclass(frozen=True)
 class ImageScore:
     correct: int
     labelled: int
-    intersection: tuple[int, int]
+    intersection: tuple[int, int]   # (background, foreground)
     union: tuple[int, int]
     ap: float
 
+    def to_record(self) -> dict:
+        return {"correct": self.correct, "labelled": self.labelled,
+                "intersection": list(self.intersection), "union": list(self.union), "ap": self.ap}
 
-def histograms(m: np.ndarray, foreground: np.ndarray, bins: int = HISTOGRAM_BINS) -> np.ndarray:
-    """[2, bins] counts of the normalised map's values over foreground (row 0) and
-    background (row 1) pixels: enough to draw dataset precision-recall curves."""
-    index = np.minimum((m * bins).astype(np.int64), bins - 1)
-    return np.stack([np.bincount(index[foreground], minlength=bins),
-                     np.bincount(index[~foreground], minlength=bins)])
+    @classmethod
+    def from_record(cls, record: dict) -> "ImageScore":
+        return cls(int(record["correct"]), int(record["labelled"]), tuple(record["intersection"]),
+                   tuple(record["union"]), float(record["ap"]))
 
 
 def pr_curve(hist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -61,73 +73,36 @@ def pr_curve(hist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return recall, precision
 
 
-def normalise(saliency) -> np.ndarray:
-    """Min-max to [0, 1] in float32 (the protocol's precision); NaN -> 0 first; a
-    constant map becomes all zeros."""
-    m = np.nan_to_num(_as_numpy(saliency).astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    low, high = m.min(), m.max()
-    return (m - low) / (high - low) if high > low else np.zeros_like(m)
-
-
-def _as_numpy(array) -> np.ndarray:
-    return array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
-
-
-def _merge(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Two ascending arrays merged (a stable sort finds the two runs: ~linear)."""
-    return np.sort(np.concatenate([a, b]), kind="stable")
-
-
-def _ap_of_sorted(positive: np.ndarray, negative: np.ndarray) -> float:
-    """sklearn's AP from the ascending scores of the positive and of the negative
-    entries.  Distinct positive scores are the thresholds where recall moves; at
-    each, precision counts every entry scoring at least that much (ties
-    included): exactly sklearn's sum over distinct thresholds."""
-    if positive.size == 0:
-        return 0.0
-    starts = np.flatnonzero(np.concatenate([[True], positive[1:] != positive[:-1]]))  # tied runs
-    true_positives = (positive.size - starts).astype(np.float64)      # entries >= threshold
-    false_positives = negative.size - np.searchsorted(negative, positive[starts], side="left")
-    precision = true_positives / (true_positives + false_positives)
-    recall = true_positives / positive.size
-    # thresholds descend from the last run to the first: recall grows stepwise
-    recall_step = np.diff(recall[::-1], prepend=0.0)
-    return float((recall_step * precision[::-1]).sum())
-
-
-def average_precision(scores, labels) -> float:
-    """sklearn.metrics.average_precision_score(labels, scores) for 1-D inputs."""
-    scores = np.asarray(scores)
-    labels = np.asarray(labels, dtype=bool)
-    return _ap_of_sorted(np.sort(scores[labels]), np.sort(scores[~labels]))
-
-
-def two_channel_ap(m, mask) -> float:
-    """AP of the flattened channels (1 - m, m) against (1 - y, y).  The positives
-    are m on foreground pixels and 1 - m on background pixels, the negatives the
-    other two: two sorts of the pixel values serve all four, merged in linear
-    time, and no two-channel array is built."""
-    values = _as_numpy(m).ravel()
-    foreground = _as_numpy(mask).astype(bool).ravel()
-    inside, outside = np.sort(values[foreground]), np.sort(values[~foreground])
-    one = values.dtype.type(1)
-    return _ap_of_sorted(_merge(inside, (one - outside)[::-1]), _merge(outside, (one - inside)[::-1]))
+def score_maps(maps, masks) -> list[tuple[ImageScore, np.ndarray]]:
+    """(ImageScore, histograms [2, HISTOGRAM_BINS]) of every map [M, H, W] (float32
+    or float64; other dtypes as float32) against its mask [M, H, W], in one
+    compiled call; the histograms count the normalised map's values over the
+    mask's foreground (row 0) and background (row 1), for precision-recall curves."""
+    maps, masks = torch.as_tensor(maps), torch.as_tensor(masks)
+    if tuple(maps.shape) != tuple(masks.shape):
+        raise ValueError(f"maps {tuple(maps.shape)} and masks {tuple(masks.shape)} differ in shape")
+    if maps.dtype not in (torch.float32, torch.float64):
+        maps = maps.float()
+    counts, ap, hist = ops.segmentation_scores(maps, masks.bool(), HISTOGRAM_BINS)
+    pixels = maps.shape[1] * maps.shape[2]
+    scores = []
+    for (hits, predicted, foreground), value, histogram in zip(counts.tolist(), ap.tolist(), hist.numpy()):
+        either = predicted + foreground - hits   # predicted or mask foreground
+        misses = pixels - either                 # background predicted on background
+        scores.append((ImageScore(hits + misses, pixels, (misses, hits), (pixels - hits, either), value),
+                       histogram))
+    return scores
 
 
 def score_image(saliency, mask, with_histogram: bool = False):
     """saliency [H, W] (any real values), mask [H, W] (bool or 0/1); tensors or arrays.
     Returns the ImageScore, or (ImageScore, histograms) with with_histogram."""
-    saliency, foreground = _as_numpy(saliency), _as_numpy(mask).astype(bool)
-    if saliency.shape != foreground.shape:
-        raise ValueError(f"map {tuple(saliency.shape)} and mask {tuple(foreground.shape)} differ in shape")
-    m = normalise(saliency)
-    predicted = m > m.mean()
-    correct = int(np.count_nonzero(predicted == foreground))
-    intersection = (int(np.count_nonzero(~predicted & ~foreground)),
-                    int(np.count_nonzero(predicted & foreground)))
-    union = (int(np.count_nonzero(~predicted | ~foreground)), int(np.count_nonzero(predicted | foreground)))
-    score = ImageScore(correct, foreground.size, intersection, union, two_channel_ap(m, foreground))
-    return (score, histograms(m, foreground)) if with_histogram else score
+    saliency, mask = torch.as_tensor(np.asarray(saliency) if not isinstance(saliency, torch.Tensor)
+                                     else saliency), torch.as_tensor(mask)
+    if saliency.shape != mask.shape:
+        raise ValueError(f"map {tuple(saliency.shape)} and mask {tuple(mask.shape)} differ in shape")
+    score, histogram = score_maps(saliency[None], mask[None])[0]
+    return (score, histogram) if with_histogram else score
 
 
 @dataclass(frozen=True)
@@ -150,6 +125,6 @@ def aggregate(scores: list[ImageScore]) -> DatasetScore:
     labelled = sum(s.labelled for s in scores)
     inter = [sum(s.intersection[c] for s in scores) for c in (0, 1)]
     union = [sum(s.union[c] for s in scores) for c in (0, 1)]
-    iou = tuple(i / u if u > 0 else 0.0 for i, u in zip(inter, union))
-    return DatasetScore(len(scores), correct / labelled, iou, sum(iou) / 2,
-                        sum(s.ap for s in scores) / len(scores))
+    iou = tuple(i / (EPS + u) for i, u in zip(inter, union))
+    return DatasetScore(len(scores), correct / (EPS + labelled), iou, float(np.mean(iou)),
+                        float(np.mean([s.ap for s in scores])))

@@ -24,6 +24,9 @@ TORCH_LIBRARY(dge_explain, m) {
       "varlen_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out,"
       " Tensor lse, Tensor offsets, float scale) -> (Tensor grad_q, Tensor grad_k,"
       " Tensor grad_v)");
+  m.def(
+      "segmentation_scores(Tensor maps, Tensor masks, int bins)"
+      " -> (Tensor counts, Tensor ap, Tensor histograms)");
 }
 
 TORCH_LIBRARY_IMPL(dge_explain, CPU, m) {
@@ -32,6 +35,7 @@ TORCH_LIBRARY_IMPL(dge_explain, CPU, m) {
   m.impl("decompress", &dge::decompress_cpu);
   m.impl("varlen_attention_forward", &dge::varlen_attention_forward_cpu);
   m.impl("varlen_attention_backward", &dge::varlen_attention_backward_cpu);
+  m.impl("segmentation_scores", &dge::segmentation_scores_cpu);
 }
 
 #ifdef DGE_WITH_CUDA

@@ -57,6 +57,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> varlen_attention_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& out, const at::Tensor& lse, const at::Tensor& offsets, double scale);
 
+// The segmentation-scoring protocol of every map [M, H, W] (float32/float64)
+// against its bool mask: counts [M, 3] int64 (predicted foreground on mask
+// foreground, predicted foreground, mask foreground), ap [M] float64, and
+// histograms [M, 2, bins] int64 of the foreground score over mask foreground
+// (row 0) and background (row 1).  CPU only.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> segmentation_scores_cpu(const at::Tensor& maps,
+                                                                      const at::Tensor& masks,
+                                                                      int64_t bins);
+
 #ifdef DGE_WITH_CUDA
 Table route_to_patches_cuda(const at::Tensor& indices, at::IntArrayRef split_sizes,
                             int64_t region_size, int64_t num_extra);

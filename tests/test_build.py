@@ -58,7 +58,7 @@ def test_info_command_self_checks_every_op(capsys):
     assert main(["info", "--seed", "1"]) == 0
     out = capsys.readouterr().out
     for op in ("route_to_patches", "compress", "decompress", "restore", "varlen_attention",
-               "multigrain_compress", "multigrain_restore"):
+               "multigrain_compress", "multigrain_restore", "segmentation_scores"):
         assert f"| {op} " in out
     assert "| NO " not in out
 

@@ -10,10 +10,12 @@ from .attention import varlen_attention
 from .checks import region_grid
 from .multigrain import multigrain_compress, multigrain_queries, multigrain_restore
 from .pooling import compress, decompress, restore
+from .scoring import segmentation_scores
 from .table import PatchTable, route_to_patches
 
 __all__ = [
     "PatchTable", "active_backend", "build_info", "compress", "decompress", "multigrain_compress",
     "multigrain_queries", "multigrain_restore", "region_grid", "restore", "route_to_patches",
+    "segmentation_scores",
     "use_backend", "varlen_attention",
 ]

@@ -161,3 +161,42 @@ def _region_major_to_raster(table: "PatchTable") -> torch.Tensor:
     width = table.grid[1] // step[0]
     raster = (rows[:, 1] // step) * width + rows[:, 2] // step
     return torch.argsort(raster)
+
+
+def segmentation_scores(maps: torch.Tensor, masks: torch.Tensor, bins: int):
+    """(counts [M, 3], ap [M], histograms [M, 2, bins]) as the compiled scorer
+    returns them: the soft-segmentation protocol of Chefer et al. per map
+    (``dge_explain.metrics`` describes it), written step by step."""
+    import numpy as np
+
+    counts, aps, histograms = [], [], []
+    for saliency, mask in zip(maps, masks):
+        y = mask.numpy().ravel()
+        r = (saliency - saliency.min()) / (saliency.max() - saliency.min())   # the map's dtype
+        r = r.numpy().ravel()
+        mean = np.cumsum(r.astype(np.float64))[-1] / r.size   # float64, summed in pixel order
+        with np.errstate(invalid="ignore"):
+            foreground = r.astype(np.float64) > mean
+        score = np.where(np.isnan(r), 0, r).astype(r.dtype)
+        inverse = np.where(np.isnan(r), 0, 1 - r).astype(r.dtype)
+        counts.append([int((foreground & y).sum()), int(foreground.sum()), int(y.sum())])
+        aps.append(_average_precision(np.concatenate([inverse, score]), np.concatenate([~y, y])))
+        index = np.minimum((score * r.dtype.type(bins)).astype(np.int64), bins - 1)
+        histograms.append([np.bincount(index[y], minlength=bins), np.bincount(index[~y], minlength=bins)])
+    return (torch.tensor(counts, dtype=torch.long).view(-1, 3), torch.tensor(aps, dtype=torch.float64),
+            torch.tensor(np.array(histograms), dtype=torch.long).view(-1, 2, bins))
+
+
+def _average_precision(scores, labels) -> float:
+    """scikit-learn's average_precision_score: sum over the distinct scores t, from
+    the highest down, of (recall step at t) * precision(t), where precision counts
+    every entry scoring at least t."""
+    import numpy as np
+
+    order = np.argsort(-scores, kind="stable")
+    scores, labels = scores[order], labels[order]
+    last_of_tie = np.append(scores[1:] != scores[:-1], True)
+    true_positives = np.cumsum(labels)[last_of_tie]
+    entries = np.flatnonzero(last_of_tie) + 1
+    recall_step = np.diff(true_positives, prepend=0) / max(int(labels.sum()), 1)
+    return float((recall_step * true_positives / entries).sum())

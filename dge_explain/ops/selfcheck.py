@@ -11,6 +11,7 @@ from . import reference
 from .attention import varlen_attention
 from .multigrain import multigrain_compress, multigrain_restore
 from .pooling import compress, decompress, restore
+from .scoring import segmentation_scores
 from .table import PatchTable, route_to_patches
 
 # Max error allowed against a float64 reference, relative to max(1, max |reference|).
@@ -133,4 +134,19 @@ def check_all(device="cpu", dtype=torch.float32, seed: int | None = None) -> lis
                         lambda x, d, g: multigrain_restore(x, d, g, *args),
                         lambda x, d, g: reference.multigrain_restore(x, d, g, *args),
                         [x, delta, gates], tol)
+    if device.type == "cpu":  # the scorer runs on the CPU for maps of any device
+        results.append(_check_scorer(dtype, name, generator))
     return results
+
+
+def _check_scorer(dtype, name: str, generator: torch.Generator) -> CheckResult:
+    """Counts and histograms must be identical to the reference's; the error is
+    theirs (0 or inf) or the largest AP difference."""
+    grid = torch.rand(4, 1, 3, 4, generator=generator, dtype=torch.float64)
+    maps = torch.nn.functional.interpolate(grid, size=(37, 29), mode="bilinear")[:, 0].to(dtype)
+    masks = torch.rand(maps.shape, generator=generator) < 0.3
+    counts, ap, histograms = segmentation_scores(maps, masks, 10)
+    ref_counts, ref_ap, ref_histograms = reference.segmentation_scores(maps, masks, 10)
+    identical = torch.equal(counts, ref_counts) and torch.equal(histograms, ref_histograms)
+    error = float((ap - ref_ap).abs().max()) if identical else float("inf")
+    return CheckResult("segmentation_scores", "cpu", name, error, 1e-12)
