@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from dge_explain.complexity import dge_complexity
-from dge_explain.data import LabelledImageFolder
+from dge_explain.data import LabelledImageFolder, Preprocessing
 from dge_explain.models import dge_modules
 
 
@@ -26,6 +26,7 @@ class ClassificationResult:
     dynamic_gmacs: float | None
     static_gmacs: float | None
     fine_per_layer: list[float]    # share of regions at the finest option, per DGE block
+    preprocessing: dict            # what the images were resized, cropped and normalised with
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -34,9 +35,13 @@ class ClassificationResult:
 @torch.inference_mode()
 def evaluate_classification(model: nn.Module, images: str, dense: nn.Module | None = None,
                             batch_size: int = 50, device="cpu", workers: int = 2,
-                            progress: bool = True) -> ClassificationResult:
-    """images: a folder of synset-named files (``folder:even`` / ``:odd`` for a half)."""
-    data = LabelledImageFolder(images)
+                            progress: bool = True, preprocessing: Preprocessing | None = None
+                            ) -> ClassificationResult:
+    """images: a folder of synset-named files (``folder:even`` / ``:odd`` for a half);
+    preprocessing: default the model's own (timm data config); the dense model, if
+    given, sees the same images."""
+    preprocessing = preprocessing or Preprocessing.of(model)
+    data = LabelledImageFolder(images, preprocessing.classification_transform())
     measured = bool(dge_modules(model))  # a dense model has no gates to count
     model.eval().to(device)
     if dense is not None:
@@ -68,4 +73,5 @@ def evaluate_classification(model: nn.Module, images: str, dense: nn.Module | No
         ratio=dynamic / static if measured else None,
         dynamic_gmacs=dynamic / n / 1e9 if measured else None,
         static_gmacs=static / n / 1e9 if measured else None,
-        fine_per_layer=[float(v) / n for v in fine] if measured else [])
+        fine_per_layer=[float(v) / n for v in fine] if measured else [],
+        preprocessing=preprocessing.as_dict())

@@ -38,8 +38,7 @@ from dge_explain.distributed import Distributed
 from dge_explain.train_config import TrainConfig
 from dge_explain.paths import read_json_lines
 from dge_explain.complexity import budget_loss, dge_complexity
-from dge_explain.data import IMAGENET_MEAN, IMAGENET_STD, list_images, load_rgb
-from dge_explain.data.transforms import eval_transform
+from dge_explain.data import Preprocessing, list_images, load_rgb
 from dge_explain.models import from_dense, load_checkpoint
 
 # Named parameter groups for --train; anything else is read as a regular expression.
@@ -67,31 +66,24 @@ def _trainable_names(model: nn.Module, groups) -> list[str]:
     return names
 
 
-def _image_cache(files: list[Path], size: int) -> torch.Tensor:
-    """uint8 [N, 3, size, size]: resize the short side to size/0.875, centre crop."""
-    geometric = eval_transform(size).transforms[:3]  # ToImage, Resize, CenterCrop
+def _image_cache(files: list[Path], preprocessing: Preprocessing) -> torch.Tensor:
+    """uint8 [N, 3, size, size]: the classification resize and centre crop."""
+    geometry = preprocessing.classification_geometry()
+    size = preprocessing.input_size
     cache = torch.empty(len(files), 3, size, size, dtype=torch.uint8)
     for i, path in enumerate(tqdm(files, desc="decoding images", leave=False)):
-        image = load_rgb(path)
-        for transform in geometric:
-            image = transform(image)
-        cache[i] = image
+        cache[i] = geometry(load_rgb(path))
     return cache
 
 
-def _normalise(images: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
-    return (images.float() / 255.0 - mean) / std
-
-
 @torch.no_grad()
-def _teacher_logits(teacher: nn.Module, cache: torch.Tensor, device, batch_size: int) -> torch.Tensor:
+def _teacher_logits(teacher: nn.Module, cache: torch.Tensor, preprocessing: Preprocessing, device,
+                    batch_size: int) -> torch.Tensor:
     """[N, 2, classes]: logits of every image and of its mirror image."""
     teacher.eval()
     outputs = []
     for start in tqdm(range(0, len(cache), batch_size), desc="teacher logits", leave=False):
-        images = _normalise(cache[start:start + batch_size].to(device))
+        images = preprocessing.normalise(cache[start:start + batch_size].to(device))
         outputs.append(torch.stack([teacher(images), teacher(images.flip(-1))], 1).float().cpu())
     return torch.cat(outputs)
 
@@ -147,10 +139,15 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
     distributed = Distributed(config.device)
     device = distributed.device
     out = Path(config.out)
+    dense = timm.create_model(config.dense_model, img_size=config.image_size)
+    load_checkpoint(dense, config.weights)
+    preprocessing = Preprocessing.of(dense, input_size=config.image_size, mean=config.mean, std=config.std,
+                                     interpolation=config.interpolation, crop_pct=config.crop_pct)
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "log.jsonl"
     saved_config = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
     saved_config["world_size"] = distributed.world
+    saved_config["preprocessing"] = preprocessing.as_dict()
 
     checkpoint = None
     if resume and _checkpoint_path(out).exists():
@@ -167,8 +164,6 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
                               "choose another --out")
 
     torch.manual_seed(config.seed + distributed.rank)
-    dense = timm.create_model(config.dense_model, img_size=config.image_size)
-    load_checkpoint(dense, config.weights)
     student = from_dense(dense, phi=config.phi).to(device)
     dense.to(device)
     trainable = _trainable_names(student, config.train)
@@ -181,8 +176,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
         param_groups.append({"params": others, "lr": config.backbone_lr})
 
     files = [f for spec in config.images for f in list_images(spec)]
-    cache = _image_cache(files, config.image_size)
-    targets = _teacher_logits(dense, cache, device, 64)
+    cache = _image_cache(files, preprocessing)
+    targets = _teacher_logits(dense, cache, preprocessing, device, 64)
     del dense
 
     steps_per_epoch = max(1, len(files) // config.batch_size)
@@ -224,7 +219,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
         flipped = flips[share]
 
         started = time.perf_counter()
-        images = _normalise(cache[share].to(device))
+        images = preprocessing.normalise(cache[share].to(device))
         images = torch.where(flipped.to(device).view(-1, 1, 1, 1), images.flip(-1), images)
         teacher_logits = targets[share, flipped.long()].to(device)
         with torch.autocast(device.type, enabled=config.amp):

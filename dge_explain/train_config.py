@@ -40,6 +40,11 @@ class TrainConfig:
     device: str = "cpu"
     amp: bool = False
     home: str | None = None
+    # Preprocessing overrides; None = the dense model's timm data config.
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    interpolation: str | None = None
+    crop_pct: float | None = None
 
     def resolved(self) -> "TrainConfig":
         """Defaults that depend on the data home filled in; paths made absolute."""
@@ -57,7 +62,9 @@ class TrainConfig:
         if self.amp and not self.device.startswith("cuda"):
             raise ValueError("--amp needs a CUDA device")
         return dataclasses.replace(self, weights=weights, images=tuple(images),
-                                   phi=tuple(self.phi), train=tuple(self.train))
+                                   phi=tuple(self.phi), train=tuple(self.train),
+                                   mean=None if self.mean is None else tuple(self.mean),
+                                   std=None if self.std is None else tuple(self.std))
 
 
 def _absolute_spec(spec: str) -> str:

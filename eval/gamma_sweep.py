@@ -33,7 +33,8 @@ def main(argv=None) -> int:
         result_file = run / "heldout.json"
         if not result_file.exists():
             if not (run / "trained.safetensors").exists():
-                train(TrainConfig(out=str(run), gamma=gamma, epochs=args.epochs), resume=True)
+                # the shipped model's recipe: DeiT's evaluation crop, not timm's 0.9 for this teacher
+                train(TrainConfig(out=str(run), gamma=gamma, epochs=args.epochs, crop_pct=0.875), resume=True)
             model = zoo.load_model("deit_tiny_dge_s12", trained=str(run / "trained.safetensors"))
             dense = None if rows else zoo.dense_teacher("deit_tiny_dge_s12")
             result = evaluate_classification(model, held_out, dense)

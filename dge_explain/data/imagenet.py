@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .folders import list_images, parse_folder_spec
-from .transforms import eval_transform, load_rgb
+from .transforms import load_rgb
 
 SYNSET = re.compile(r"^(n\d{8})_")
 
@@ -21,8 +21,9 @@ class LabelledImageFolder(Dataset):
     per class of all 1000 classes that is the ImageNet class index.  Pass
     ``synsets`` (the full sorted list) when the folder holds a subset."""
 
-    def __init__(self, root, transform=None, synsets: list[str] | None = None):
-        """root: a folder, or 'folder:even' / 'folder:odd' for half of it."""
+    def __init__(self, root, transform, synsets: list[str] | None = None):
+        """root: a folder, or 'folder:even' / 'folder:odd' for half of it; transform:
+        PIL image -> tensor (e.g. Preprocessing.classification_transform())."""
         self.root = parse_folder_spec(root)[0]
         files = list_images(str(root))
         unlabelled = [p.name for p in files if not SYNSET.match(p.name)]
@@ -39,7 +40,7 @@ class LabelledImageFolder(Dataset):
         if missing:
             raise ValueError(f"{self.root}: synsets {missing[:5]} are not in the given synset list")
         self.labels = [index[SYNSET.match(p.name).group(1)] for p in files]
-        self.transform = transform if transform is not None else eval_transform()
+        self.transform = transform
 
     def __len__(self) -> int:
         return len(self.files)

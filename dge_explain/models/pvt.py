@@ -22,6 +22,7 @@ from torch.nn.init import trunc_normal_
 
 from .attention import SpatialReductionAttention
 from .blocks import DenseBlock, DGEBlock
+from .data_config import deit_eval_config
 from .encoder import DynamicGrainedEncoder, split_sizes_for
 from .gating import dge_modules
 from .vit import TIMM_FACTORY_KWARGS
@@ -195,7 +196,9 @@ def _entrypoint(name: str, size: str, phi):
             raise ValueError(f"no pretrained weights for {name} can be downloaded; load a "
                              "checkpoint with dge_explain.models.load_checkpoint")
         kwargs.setdefault("depths", DEPTHS[size])
-        return PyramidVisionTransformer(phi=phi, **kwargs)
+        model = PyramidVisionTransformer(phi=phi, **kwargs)
+        model.pretrained_cfg = deit_eval_config(name, model.img_size)
+        return model
 
     create.__name__ = create.__qualname__ = name
     create.__doc__ = f"PVT-{size.capitalize()} v1 at 256px" + ("" if phi is None else f" with DGE (phi={phi})")

@@ -20,6 +20,7 @@ from torch import nn
 
 from .attention import ViTAttention
 from .blocks import DGEBlock
+from .data_config import deit_eval_config
 from .encoder import DynamicGrainedEncoder
 
 
@@ -149,6 +150,8 @@ def _deit_dge(size: str, phi_name: str, img_size: int, pretrained: bool = False,
     config = dict(img_size=img_size, patch_size=16, embed_dim=embed_dim, depth=12, num_heads=heads,
                   mlp_ratio=4, qkv_bias=True)
     dense = VisionTransformer(**{**config, **kwargs})
+    dense.pretrained_cfg = deit_eval_config(f"deit_dge_{phi_name}_{size}_patch16_{img_size}",
+                                            dense.patch_embed.img_size[0])
     return from_dense(dense, phi=_PHIS[phi_name], inplace=True, **phi_kwargs)
 
 

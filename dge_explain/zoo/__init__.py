@@ -15,6 +15,7 @@ from safetensors import safe_open
 
 from dge_explain import paths
 from dge_explain.models import CheckpointError, from_dense, load_checkpoint, read_state_dict
+from dge_explain.models.data_config import deit_eval_config
 
 
 @dataclass(frozen=True)
@@ -23,12 +24,15 @@ class ZooEntry:
     phi: tuple[int, ...]
     dense_weights: str      # file under $DGE_EXPLAIN_HOME
     trained: str            # file in this package: the parameters distillation changed
+    data_config: dict       # the preprocessing it was distilled and measured with (timm form)
 
 
 MODELS = {
+    # Distilled and measured with DeiT's evaluation crop (0.875), not timm's 0.9 for this teacher.
     "deit_tiny_dge_s12": ZooEntry("deit_tiny_patch16_224", (1, 2),
                                   "weights/deit_tiny_patch16_224.safetensors",
-                                  "deit_tiny_dge_s12.safetensors"),
+                                  "deit_tiny_dge_s12.safetensors",
+                                  deit_eval_config("deit_tiny_dge_s12", 224)),
 }
 
 
@@ -60,13 +64,17 @@ def dense_weights_path(name: str, weights: str | None = None, home: str | None =
 
 def dense_teacher(name: str, weights: str | None = None, home: str | None = None,
                   **create_kwargs) -> torch.nn.Module:
-    """The dense model a shipped DGE model was distilled from, in eval mode."""
+    """The dense model a shipped DGE model was distilled from, in eval mode, with
+    the shipped model's preprocessing."""
     entry = _entry(name)
     source = dense_weights_path(name, weights, home)
     if source == "timm":
-        return timm.create_model(entry.dense_model, pretrained=True, **create_kwargs).eval()
-    dense = timm.create_model(entry.dense_model, **create_kwargs)
-    load_checkpoint(dense, source)
+        dense = timm.create_model(entry.dense_model, pretrained=True, **create_kwargs)
+    else:
+        dense = timm.create_model(entry.dense_model, **create_kwargs)
+        load_checkpoint(dense, source)
+    dense.pretrained_cfg = {**dense.pretrained_cfg, **entry.data_config,
+                            "architecture": entry.dense_model}
     return dense.eval()
 
 
@@ -94,21 +102,44 @@ def load_model(name: str, weights: str | None = None, home: str | None = None,
         model.load_state_dict(state, strict=False)
     except RuntimeError as error:
         raise CheckpointError(f"{path} does not fit {name}: {error}") from error
+    model.pretrained_cfg = {**model.pretrained_cfg, **entry.data_config}
     return model.eval().to(device)
 
 
-def load_by_name(name: str, checkpoint: str | None = None, home: str | None = None,
-                 weights: str | None = None, trained: str | None = None) -> torch.nn.Module:
-    """A shipped model (with optional dense weights / trained file), or a timm model
-    name with an optional checkpoint, in eval mode."""
+def check_choice(name: str, checkpoint: str | None = None, weights: str | None = None,
+                 trained: str | None = None, random_weights: bool = False) -> None:
+    """Refuses a combination of model arguments that cannot mean what was asked,
+    before anything is loaded; a timm name without --checkpoint would run with
+    random weights, which must be asked for (--random-weights)."""
     if name in MODELS:
         if checkpoint:
             raise ValueError(f"--checkpoint applies to timm model names; {name} is shipped "
                              "(use --weights for its dense teacher, --trained for other parameters)")
-        return load_model(name, weights=weights, home=home, trained=trained)
+        if random_weights:
+            raise ValueError(f"--random-weights applies to timm model names; {name} is shipped")
+        return
     if trained or weights:
         raise ValueError("--trained and --weights apply to shipped models "
                          f"({', '.join(MODELS)}); give a timm model --checkpoint")
+    if checkpoint and random_weights:
+        raise ValueError("--checkpoint and --random-weights exclude each other")
+    if not checkpoint and not random_weights:
+        raise ValueError(f"model '{name}' has no trained weights unless you give --checkpoint FILE; "
+                         "pass --random-weights to run it with random weights on purpose "
+                         f"(shipped models: {', '.join(MODELS)})")
+    if not timm.is_model(name.partition(".")[0]):
+        raise ValueError(f"unknown model '{name}': neither shipped ({', '.join(MODELS)}) nor "
+                         "registered with timm")
+
+
+def load_by_name(name: str, checkpoint: str | None = None, home: str | None = None,
+                 weights: str | None = None, trained: str | None = None,
+                 random_weights: bool = False) -> torch.nn.Module:
+    """A shipped model (with optional dense weights / trained file), or a timm model
+    name with a checkpoint (or, asked for, random weights), in eval mode."""
+    check_choice(name, checkpoint, weights, trained, random_weights)
+    if name in MODELS:
+        return load_model(name, weights=weights, home=home, trained=trained)
     model = timm.create_model(name)
     if checkpoint:
         load_checkpoint(model, checkpoint)
@@ -116,7 +147,7 @@ def load_by_name(name: str, checkpoint: str | None = None, home: str | None = No
 
 
 def identity(name: str, checkpoint: str | None = None, home: str | None = None,
-             weights: str | None = None, trained: str | None = None) -> dict:
+             weights: str | None = None, trained: str | None = None, random_weights: bool = False) -> dict:
     """What decides the model of load_by_name: names and resolved files with their
     SHA-256, so that a run folder can refuse to mix two models."""
     files = {"checkpoint": checkpoint, "trained": trained}
@@ -124,7 +155,8 @@ def identity(name: str, checkpoint: str | None = None, home: str | None = None,
         files["trained"] = trained or str(trained_file(name))
         resolved = dense_weights_path(name, weights, home)
         files["weights"] = None if resolved == "timm" else resolved
-    result = {"model": name, "weights": "timm" if weights == "timm" else files.get("weights")}
+    result = {"model": name, "weights": "timm" if weights == "timm" else files.get("weights"),
+              "random_weights": bool(random_weights)}
     for key, value in files.items():
         if value:
             path = Path(value).resolve()

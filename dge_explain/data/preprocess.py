@@ -1,0 +1,124 @@
+"""Preprocessing from the model: mean, std, interpolation, crop and input size
+come from the model's timm pretrained config (``timm.data.resolve_model_data_config``;
+the shipped DGE models declare their own), each overridable by the user.
+
+* classification (``classification_transform``): resize the short side to
+  floor(size / crop_pct) and centre-crop (crop_mode 'center'), or resize both
+  sides to that and centre-crop ('squash'), as timm's evaluation transform;
+* soft-segmentation protocol (``segmentation_image``): the whole image resized
+  to size x size with PIL (bilinear unless overridden, as Chefer et al.), so
+  that it stays aligned with its mask; no crop.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import v2 as T
+
+INTERPOLATIONS = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
+                  "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
+CROP_MODES = ("center", "squash")
+SEGMENTATION_INTERPOLATION = "bilinear"
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str
+    crop_pct: float
+    crop_mode: str = "center"
+    source: str = "given"
+
+    def __post_init__(self):
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation {self.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}")
+        if self.crop_mode not in CROP_MODES:
+            raise ValueError(f"crop mode {self.crop_mode!r} is not supported; supported: {', '.join(CROP_MODES)}")
+        if not 0 < self.crop_pct <= 1:
+            raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(f"mean and std need 3 values (std > 0), got mean {self.mean}, std {self.std}")
+        if self.input_size < 1:
+            raise ValueError(f"input size must be at least 1, got {self.input_size}")
+
+    @classmethod
+    def of(cls, model: torch.nn.Module, **overrides) -> "Preprocessing":
+        """The model's timm data config with the given overrides (None = keep)."""
+        from timm.data import resolve_model_data_config
+
+        config = resolve_model_data_config(model)
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        tag = cfg.get("tag") if cfg.get("tag") else cfg.get("architecture")
+        values = dict(input_size=int(config["input_size"][-1]), mean=tuple(float(v) for v in config["mean"]),
+                      std=tuple(float(v) for v in config["std"]), interpolation=config["interpolation"],
+                      crop_pct=float(config["crop_pct"]), crop_mode=config.get("crop_mode") or "center",
+                      source=f"timm data config of {type(model).__name__}" + (f" ({tag})" if tag else ""))
+        given = {k: v for k, v in overrides.items() if v is not None}
+        for key in ("mean", "std"):
+            if key in given:
+                given[key] = tuple(float(v) for v in given[key])
+        if given:
+            values["source"] += "; overridden: " + ", ".join(sorted(given))
+        return cls(**{**values, **given})
+
+    def with_overrides(self, **overrides) -> "Preprocessing":
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    def as_dict(self) -> dict:
+        values = asdict(self)
+        values["mean"], values["std"] = list(self.mean), list(self.std)
+        return values
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images [..., 3, H, W] (0-255) -> normalised float32."""
+        mean = torch.tensor(self.mean, device=images.device).view(3, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(3, 1, 1)
+        return (images.float() / 255 - mean) / std
+
+    def denormalise(self, image: torch.Tensor) -> torch.Tensor:
+        """A normalised [3, H, W] tensor back to [0, 1]."""
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        return (image.detach().cpu() * std + mean).clamp(0, 1)
+
+    def classification_geometry(self):
+        """PIL image -> uint8 tensor [3, size, size]: resize, then centre crop."""
+        scale = math.floor(self.input_size / self.crop_pct)
+        mode = T.InterpolationMode(self.interpolation)
+        resize = T.Resize(scale if self.crop_mode == "center" else (scale, scale), interpolation=mode,
+                          antialias=True)
+        return T.Compose([T.ToImage(), resize, T.CenterCrop(self.input_size)])
+
+    def classification_transform(self) -> "ClassificationTransform":
+        """PIL image -> normalised float tensor [3, size, size]."""
+        return ClassificationTransform(self)
+
+    def for_segmentation(self, interpolation: str | None = None) -> "Preprocessing":
+        """The protocol's input: the whole image squashed to input_size x input_size
+        (no crop), bilinear unless `interpolation` is given; mean and std kept."""
+        chosen = interpolation or SEGMENTATION_INTERPOLATION
+        return replace(self, interpolation=chosen, crop_pct=1.0, crop_mode="squash",
+                       source=self.source + f"; segmentation protocol: whole image resized, {chosen}")
+
+    def segmentation_image(self, image: Image.Image) -> torch.Tensor:
+        """The whole RGB image resized to input_size x input_size with PIL (as
+        torchvision's Resize of a PIL image in Chefer et al.'s pipeline), normalised."""
+        resized = image.resize((self.input_size, self.input_size), INTERPOLATIONS[self.interpolation])
+        return self.normalise(torch.from_numpy(np.array(resized, dtype=np.uint8)).permute(2, 0, 1))
+
+
+class ClassificationTransform:
+    """Picklable (DataLoader workers may be spawned) PIL -> normalised tensor."""
+
+    def __init__(self, preprocessing: Preprocessing):
+        self.preprocessing = preprocessing
+        self.geometry = preprocessing.classification_geometry()
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.preprocessing.normalise(self.geometry(image))
