@@ -41,7 +41,12 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def _model_choice(args) -> dict:
     return dict(name=args.model, checkpoint=args.checkpoint, home=args.home, weights=args.weights,
-                trained=args.trained)
+                trained=args.trained, random_weights=args.random_weights)
+
+
+def _overrides(args) -> dict:
+    """The preprocessing the user set on the command line (None = the model's)."""
+    return {key: getattr(args, key, None) for key in ("mean", "std", "crop_pct")}
 
 
 def cmd_figures(args: argparse.Namespace) -> int:
@@ -53,16 +58,32 @@ def cmd_figures(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from dge_explain import paths, zoo
-    from dge_explain.distributed import Distributed
-    from dge_explain.evaluate import evaluate, markdown_table
+    from dge_explain import paths
+    from dge_explain.data.listing import check_dataset
+    from dge_explain.methods import parse_method
+    from dge_explain.runs import RunFolder
 
+    # Everything that can be checked before torch, timm and the model load is checked first.
+    for method in args.methods:
+        parse_method(method)
+    dataset = paths.expand(args.dataset, args.home)
+    check_dataset(dataset)
+    RunFolder(args.out, "evaluate").previous_settings()
+
+    from dge_explain import zoo
+    from dge_explain.data import Preprocessing
+    from dge_explain.distributed import Distributed
+    from dge_explain.evaluate import build_explainers, evaluate, markdown_table
+
+    zoo.check_choice(args.model, args.checkpoint, args.weights, args.trained, args.random_weights)
     device = Distributed(args.device).device
     model = zoo.load_by_name(**_model_choice(args))
-    result = evaluate(model, paths.expand(args.dataset, args.home), args.methods, args.out,
-                      limit=args.limit, batch_size=args.batch_size, device=device,
-                      image_size=args.image_size, seed=args.seed, workers=args.workers,
-                      info=zoo.identity(**_model_choice(args)))
+    explainers = build_explainers(model, args.methods, args.seed)
+    preprocessing = Preprocessing.of(model, input_size=args.image_size, mean=args.mean, std=args.std
+                                     ).for_segmentation(args.interpolation)
+    result = evaluate(model, dataset, explainers, args.out, limit=args.limit, batch_size=args.batch_size,
+                      device=device, workers=args.workers, info=zoo.identity(**_model_choice(args)),
+                      preprocessing=preprocessing)
     if result is not None:
         print(f"{result.images} images, {args.dataset}")
         print(markdown_table(result))
@@ -73,16 +94,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_classify(args: argparse.Namespace) -> int:
     import json
 
-    from dge_explain import paths, zoo
-    from dge_explain.classify import evaluate_classification
+    from dge_explain import paths
+    from dge_explain.data.folders import list_images
 
+    folder = paths.expand(args.images, args.home)
+    list_images(folder)  # before the heavy imports and the model
+
+    from dge_explain import zoo
+    from dge_explain.classify import evaluate_classification
+    from dge_explain.data import Preprocessing
+
+    zoo.check_choice(args.model, args.checkpoint, args.weights, args.trained, args.random_weights)
     model = zoo.load_by_name(**_model_choice(args))
     dense = None
     if args.model in zoo.MODELS and not args.no_dense:
         dense = zoo.dense_teacher(args.model, args.weights, args.home)
-    folder = paths.expand(args.images, args.home)
+    preprocessing = Preprocessing.of(model, input_size=args.image_size, interpolation=args.interpolation,
+                                     **_overrides(args))
     result = evaluate_classification(model, folder, dense, batch_size=args.batch_size,
-                                     device=args.device, workers=args.workers)
+                                     device=args.device, workers=args.workers, preprocessing=preprocessing)
     print(json.dumps(result.to_dict(), indent=2))
     if args.out:
         with open(args.out, "w") as handle:
@@ -103,7 +133,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, gamma=args.gamma,
         budget_weight=args.budget_weight, temperature=args.temperature, train=tuple(args.train),
         flip=not args.no_flip, seed=args.seed, checkpoint_every=args.checkpoint_every,
-        max_steps=args.max_steps, device=args.device, amp=args.amp, home=args.home)
+        max_steps=args.max_steps, device=args.device, amp=args.amp, home=args.home,
+        interpolation=args.interpolation, **_overrides(args))
     result = train(config, resume=args.resume)
     print(f"{result.steps} steps; last: {result.last}; trained parameters in {result.out}/trained.safetensors")
     return 0
@@ -149,10 +180,32 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
                                           "(default $DGE_EXPLAIN_HOME/weights/...; 'timm' downloads)")
     parser.add_argument("--trained", help="trained.safetensors of a `dge-explain train` run, "
                                           "instead of the shipped parameters")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="run a timm model name without --checkpoint (random weights) on purpose")
+
+
+def _preprocessing_arguments(parser: argparse.ArgumentParser, crop: bool) -> None:
+    """Overrides of the model's timm data config (default: the model's own)."""
+    parser.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"),
+                        help="normalisation mean (default: the model's data config)")
+    parser.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"),
+                        help="normalisation std (default: the model's data config)")
+    interpolations = ["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"]
+    if crop:
+        parser.add_argument("--interpolation", choices=interpolations,
+                            help="resize filter (default: the model's data config)")
+        parser.add_argument("--crop-pct", type=float,
+                            help="centre-crop fraction: the short side is resized to size / crop_pct "
+                                 "(default: the model's data config)")
+    else:
+        parser.add_argument("--interpolation", choices=interpolations,
+                            help="resize filter of the whole image (default: bilinear, as the protocol)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dge-explain", description=__doc__)
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error instead of its one-line message")
     commands = parser.add_subparsers(dest="command", required=True)
     info = commands.add_parser("info", help="build report and a self-check of every op")
     info.add_argument("--seed", type=int, default=None,
@@ -169,9 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", required=True, help="output folder (rerun to resume)")
     evaluate.add_argument("--limit", type=int, help="first N images only")
     evaluate.add_argument("--batch-size", type=int, default=16)
-    evaluate.add_argument("--image-size", type=int, default=224)
+    evaluate.add_argument("--image-size", type=int,
+                          help="side the image and mask are resized to (default: the model's input size)")
     evaluate.add_argument("--workers", type=int, default=2)
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the random maps")
+    _preprocessing_arguments(evaluate, crop=False)
     evaluate.set_defaults(handler=cmd_evaluate)
 
     classify = commands.add_parser("classify", help="top-1/top-5, complexity ratio and fine regions "
@@ -183,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--workers", type=int, default=2)
     classify.add_argument("--no-dense", action="store_true", help="skip the dense teacher")
     classify.add_argument("--out", help="also write the result as JSON here")
+    classify.add_argument("--image-size", type=int, help="crop size (default: the model's input size)")
+    _preprocessing_arguments(classify, crop=True)
     classify.set_defaults(handler=cmd_classify)
 
     train = commands.add_parser("train", help="distil DGE routers from a dense teacher")
@@ -217,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="cpu")
     train.add_argument("--amp", action="store_true", help="mixed precision (CUDA)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    _preprocessing_arguments(train, crop=True)
     train.set_defaults(handler=cmd_train)
 
     bench = commands.add_parser("bench", help="latency of dense vs DGE models over resolutions "
@@ -239,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     figures.add_argument("--dpi", type=int, default=150, help="resolution of the PNGs")
     figures.set_defaults(handler=cmd_figures)
 
+    for sub in (info, evaluate, classify, train, bench, figures):
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                         help="show the full traceback of an error")
     for sub in (evaluate, classify, train, bench, figures):
         sub.add_argument("--home", help="data home (default $DGE_EXPLAIN_HOME)")
     for sub in (evaluate, classify):
@@ -246,9 +307,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a user's input can cause (a bad path, an unreadable file, a wrong argument, a
+# run folder in use): reported in one line.  Anything else is a bug: traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+               PermissionError)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    if args.debug:
+        return args.handler(args)
+    try:
+        return args.handler(args)
+    except USER_ERRORS as error:
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"dge-explain {args.command}: error: {message} (--debug shows the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

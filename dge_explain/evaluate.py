@@ -1,19 +1,21 @@
 """Score explanation maps as soft segmentations (appendix Tables 5 and 6).
 
-For every image: one forward pass for all gating layers, GradCAM, random; each
-map is scored with ``dge_explain.metrics`` and the per-image record appended to
-``OUT/records/rank<r>.jsonl``.  Rerunning with the same OUT skips the images
-already recorded, so an interrupted run resumes and ends with the same numbers.
-Under torchrun the images are split across ranks; rank 0 merges the records in
-dataset order and reduces them exactly.  Outputs: results.json, results.csv,
-results.md (the paper's layout) and per_image.csv.
+For every batch: one forward pass for all gating layers (GradCAM's forward when
+it is evaluated too), the random maps, then every map scored by one compiled
+call per method (``dge_explain.metrics``); one record per image is appended to
+``OUT/records/rank<r>.jsonl``, keyed by the image's identity (``dge_explain.runs``).
+Rerunning with the same OUT resumes: images already scored are skipped, new or
+changed ones are scored.  Under torchrun the images are split across ranks; rank
+0 reduces the records of the current listing exactly, in dataset order.
+Outputs: results.json, results.csv, results.md (the paper's layout),
+per_image.csv and pr_histograms.npz.
 """
 from __future__ import annotations
 
 import csv
 import json
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+import sys
+from contextlib import ExitStack, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,47 +26,57 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from dge_explain.data import canonical_spec, segmentation_dataset
-from dge_explain.paths import read_json_lines
+from dge_explain.data import Preprocessing, canonical_spec, segmentation_dataset
+from dge_explain.data.segmentation import MASK_ISSUES
 from dge_explain.explain import GatingMaps, GradCAMMaps, RandomMaps
 from dge_explain.methods import parse_method
-from dge_explain.metrics import ImageScore, aggregate, score_image
+from dge_explain.metrics import ImageScore, aggregate, score_maps
+from dge_explain.runs import RunError, RunFolder, match_records
 
 
 def build_explainers(model: nn.Module, methods: list[str], seed: int = 0) -> list:
-    explainers = []
+    """Explainers for method names (``dge_explain.methods``); the same set of maps
+    however the names are ordered or split (gating:4,8 = gating:8 gating:4)."""
+    layers_of: dict[str, list[int] | None] = {}
+    kinds = []
     for method in methods:
         kind, layers = parse_method(method)
-        if kind in ("gating", "gating-density"):
-            explainers.append(GatingMaps(model, layers, "density" if kind == "gating-density" else "fine"))
+        if kind in layers_of and (layers_of[kind] is None or layers is None):
+            layers_of[kind] = None
+        elif kind in layers_of:
+            layers_of[kind] = sorted(set(layers_of[kind]) | set(layers))
+        else:
+            layers_of[kind] = None if layers is None else sorted(set(layers))
+            kinds.append(kind)
+    explainers = []
+    for kind in kinds:
+        if kind.startswith("gating"):
+            score = kind.partition("-")[2] or "fine"
+            explainers.append(GatingMaps(model, layers_of[kind], score))
         elif kind == "gradcam":
             explainers.append(GradCAMMaps(model))
         else:
             explainers.append(RandomMaps(seed))
-    names = [n for e in explainers for n in e.names()]
-    if len(set(names)) != len(names):
-        raise ValueError(f"methods {methods} name the same map twice: {names}")
     return explainers
+
+
+def methods_of_run(settings: dict) -> list[str]:
+    """Method names that rebuild the explainers of a run's settings ("maps")."""
+    layers: dict[str, list[int]] = {}
+    methods = []
+    for config in settings["maps"].values():
+        if config["method"] == "gating":
+            kind = "gating" if config["score"] == "fine" else f"gating-{config['score']}"
+            layers.setdefault(kind, []).append(config["layer"])
+        else:
+            methods.append(config["method"])
+    return sorted(set(methods)) + [f"{kind}:{','.join(map(str, sorted(ls)))}" for kind, ls in sorted(layers.items())]
 
 
 def _rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-def _read_records(folder: Path) -> dict[int, dict]:
-    return {record["index"]: record for path in sorted(folder.glob("rank*.jsonl"))
-            for record in read_json_lines(path)}
-
-
-def _score_to_list(score: ImageScore) -> list:
-    return [score.correct, score.labelled, *score.intersection, *score.union, score.ap]
-
-
-def _score_from_list(values: list) -> ImageScore:
-    correct, labelled, i0, i1, u0, u1, ap = values
-    return ImageScore(correct, labelled, (i0, i1), (u0, u1), ap)
 
 
 @dataclass
@@ -75,26 +87,43 @@ class EvaluationResult:
 
 def method_title(name: str) -> str:
     if name.startswith("layer"):
-        return f"Layer {name[5:]}"
+        layer, _, score = name[5:].partition("-")
+        return f"Layer {layer}" + (f" ({score})" if score else "")
     return {"gradcam": "GradCAM", "random": "Random"}.get(name, name)
 
 
 def _ordered(names: list[str]) -> list[str]:
-    """Random, GradCAM, then layers, as in the paper's tables."""
+    """Random, GradCAM, then layers (p_fine, margin, density), as in the paper's tables."""
     rank = {"random": 0, "gradcam": 1}
-    return sorted(names, key=lambda n: (rank.get(n, 2), int(n[5:]) if n.startswith("layer") else 0, n))
+    scores = {"": 0, "margin": 1, "density": 2}
+
+    def key(name):
+        if name.startswith("layer"):
+            layer, _, score = name[5:].partition("-")
+            return (2, scores.get(score, 3), int(layer), name)
+        return (rank.get(name, 3), 0, 0, name)
+
+    return sorted(names, key=key)
 
 
-def write_outputs(out: Path, records: dict[int, dict], info: dict) -> EvaluationResult:
-    ordered = [records[i] for i in sorted(records)]
+def _mask_issues(records: list[dict]) -> dict[str, dict]:
+    issues: dict[str, list[str]] = {}
+    for record in records:
+        for issue in filter(None, record["mask_issue"].split(",")):
+            issues.setdefault(issue, []).append(record["key"])
+    return {issue: {"count": len(keys), "images": keys[:20]} for issue, keys in sorted(issues.items())}
+
+
+def write_outputs(out: Path, ordered: list[dict], info: dict, limit: int | None) -> EvaluationResult:
     names = _ordered(list(ordered[0]["scores"]))
     methods = {}
     for name in names:
-        total = aggregate([_score_from_list(r["scores"][name]) for r in ordered])
+        total = aggregate([ImageScore.from_record(r["scores"][name]) for r in ordered])
         methods[name] = {**total.as_percent(), "IoU background": 100 * total.iou[0],
                          "IoU foreground": 100 * total.iou[1]}
     result = EvaluationResult(len(ordered), methods)
-    (out / "results.json").write_text(json.dumps({"run": info, **asdict(result)}, indent=2))
+    (out / "results.json").write_text(json.dumps(
+        {"run": info, **asdict(result), "limit": limit, "mask_issues": _mask_issues(ordered)}, indent=2))
     with (out / "results.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["method", "images", "accuracy", "mAP", "mIoU", "IoU_background", "IoU_foreground"])
@@ -103,14 +132,14 @@ def write_outputs(out: Path, records: dict[int, dict], info: dict) -> Evaluation
                              row["IoU background"], row["IoU foreground"]])
     with (out / "per_image.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["index", "name", "method", "pixel_accuracy", "iou_background",
-                         "iou_foreground", "ap"])
-        for record in ordered:
+        writer.writerow(["position", "image", "method", "pixel_accuracy", "iou_background",
+                         "iou_foreground", "ap", "mask_issue"])
+        for position, record in enumerate(ordered):
             for name in names:
-                s = _score_from_list(record["scores"][name])
+                s = ImageScore.from_record(record["scores"][name])
                 iou = [s.intersection[c] / s.union[c] if s.union[c] else 0.0 for c in (0, 1)]
-                writer.writerow([record["index"], record["name"], name, s.correct / s.labelled,
-                                 iou[0], iou[1], s.ap])
+                writer.writerow([position, record["key"], name, s.correct / s.labelled, iou[0], iou[1], s.ap,
+                                 record["mask_issue"]])
     (out / "results.md").write_text(markdown_table(result) + "\n")
     np.savez(out / "pr_histograms.npz", **{
         name: np.sum([np.asarray(r["histograms"][name]).reshape(2, -1) for r in ordered], axis=0)
@@ -127,56 +156,114 @@ def markdown_table(result: EvaluationResult) -> str:
     return "\n".join(lines)
 
 
-def evaluate(model: nn.Module, dataset_spec: str, methods: list[str], out, limit: int | None = None,
-             batch_size: int = 16, device="cpu", image_size: int = 224, seed: int = 0,
-             workers: int = 2, progress: bool = True, info: dict | None = None) -> EvaluationResult:
-    """Score every method's maps on the dataset; resumable, rank-aware."""
+def check_input_size(model: nn.Module, size: int, device) -> None:
+    """A forward pass of one blank image: a size the model cannot take is refused
+    before the run folder is touched."""
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, size, size, device=device))
+    except (ValueError, RuntimeError, AssertionError) as error:
+        raise ValueError(f"image size {size}x{size} does not fit {type(model).__name__}: {error}") from None
+
+
+def _say(message: str) -> None:
+    tqdm.write(message, file=sys.stderr)
+
+
+def evaluate(model: nn.Module, dataset_spec: str, explainers: list, out, limit: int | None = None,
+             batch_size: int = 16, device="cpu", workers: int = 2, progress: bool = True,
+             info: dict | None = None, preprocessing: Preprocessing | None = None) -> EvaluationResult | None:
+    """Score every explainer's maps on the dataset; resumable, rank-aware.
+
+    preprocessing: the protocol's input (default: the model's mean and std, the
+    whole image resized bilinearly to its input size; Preprocessing.for_segmentation)."""
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be at least 1, got {limit}")
-    out = Path(out)
-    records_dir = out / "records"
-    rank, world = _rank_world()
-    records_dir.mkdir(parents=True, exist_ok=True)
-    settings = {"dataset": canonical_spec(dataset_spec), "methods": list(methods),
-                "image_size": image_size, "seed": seed, **(info or {})}
-    _check_settings(out / "run.json", settings, rank, world)
-    dataset = segmentation_dataset(dataset_spec, image_size)
-    count = len(dataset) if limit is None else min(limit, len(dataset))
-    done = _read_records(records_dir)
-    if world > 1:  # every rank has read (and mended) the record files before any appends
-        dist.barrier()
-    mine = [i for i in range(count) if i % world == rank and i not in done]
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+    preprocessing = preprocessing or Preprocessing.of(model).for_segmentation()
+    dataset = segmentation_dataset(dataset_spec, preprocessing)
+    names = [n for e in explainers for n in e.names()]
+    if len(set(names)) != len(names):
+        raise ValueError(f"the explainers name the same map twice: {names}")
     model = model.to(device).eval()
-    explainers = build_explainers(model, methods, seed)
+    check_input_size(model, preprocessing.input_size, device)
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    run = RunFolder(out, "evaluate")
+    rank, world = _rank_world()
+    settings = {"dataset": canonical_spec(dataset_spec), "maps": dict(sorted(
+        (name, config) for e in explainers for name, config in e.describe().items())),
+                "preprocessing": preprocessing.as_dict(), **(info or {})}
+    with run.locked() if rank == 0 else nullcontext():
+        if rank == 0:
+            _refuse_smaller_limit(run.out, limit, count)
+            run.start(settings)
+        if world > 1:  # the settings are checked before any rank reads or appends records
+            dist.barrier()
+        done, changed, removed = match_records(dataset, count, run.records())
+        if world > 1:  # every rank has read (and mended) the record files before any appends
+            dist.barrier()
+        if rank == 0:
+            for key in changed[:10]:
+                _say(f"{key} changed since it was scored: scoring it again")
+            if len(changed) > 10:
+                _say(f"... and {len(changed) - 10} more changed images")
+            if removed:
+                _say(f"{len(removed)} scored image(s) are no longer in the dataset and are left out of "
+                     f"the results: {', '.join(removed[:5])}{' ...' if len(removed) > 5 else ''}")
+        mine = [i for i in range(count) if i % world == rank and i not in done]
+        _score(dataset, explainers, run, rank, world, mine, count, len(done), batch_size, device,
+               workers, progress)
+        if world > 1:
+            dist.barrier()
+        if rank != 0:
+            return None
+        done, changed, _ = match_records(dataset, count, run.records())
+        missing = [dataset.keys()[i] for i in range(count) if i not in done]
+        if missing:
+            raise RuntimeError(f"records of images {missing[:10]} are missing from {run.records_dir}")
+        return write_outputs(run.out, [done[i] for i in range(count)], {"format": 2, **settings}, limit)
 
+
+def _refuse_smaller_limit(out: Path, limit: int | None, count: int) -> None:
+    results = out / "results.json"
+    if limit is None or not results.exists():
+        return
+    previous = json.loads(results.read_text()).get("images", 0)
+    if count < previous:
+        raise RunError(f"{out} holds the results of {previous} images; --limit {limit} would replace them "
+                       f"with those of {count}: choose another --out, or a --limit of at least {previous}")
+
+
+def _score(dataset, explainers, run: RunFolder, rank: int, world: int, mine: list[int], count: int,
+           already: int, batch_size: int, device, workers: int, progress: bool) -> None:
     loader = DataLoader(Subset(dataset, mine), batch_size=batch_size, num_workers=workers)
-    already = sum(1 for i in done if i < count)
-    with ThreadPoolExecutor(torch.get_num_threads()) as scorer, \
-            (records_dir / f"rank{rank}.jsonl").open("a") as sink, \
-            tqdm(total=count, initial=already, desc="evaluating",
-                 disable=not progress or rank != 0) as bar:
-        for images, masks, indices, names in loader:
-            images = images.to(device)
-            maps = batch_maps(explainers, images, indices.tolist())
-            # numpy's sorts release the GIL: the images are scored on all cores.
-            records = scorer.map(_record, indices.tolist(), names, masks.numpy(),
-                                 [{name: m[j].numpy() for name, m in maps.items()} for j in range(len(names))])
-            for record in records:
+    with run.sink(rank) as sink, tqdm(total=count, initial=already, desc="evaluating",
+                                      disable=not progress or rank != 0) as bar:
+        for batch in loader:
+            failed = [message for message in batch["error"] if message]
+            if failed:
+                raise RunError(f"{failed[0]}; the images scored so far are kept in {run.records_dir}: fix "
+                               "or remove the file and rerun to resume")
+            images = batch["image"].to(device)
+            maps = batch_maps(explainers, images, batch["key"])
+            masks = batch["mask"]
+            scored = {name: score_maps(values, masks) for name, values in maps.items()}
+            for j, key in enumerate(batch["key"]):
+                issue = batch["mask_issue"][j]
+                if issue:
+                    what = "; ".join(MASK_ISSUES[i] for i in issue.split(","))
+                    _say(f"warning: the mask of {dataset.describe(int(batch['index'][j]))} is {what}")
+                record = {"format": 2, "key": key, "stat": batch["stat"][j].tolist(),
+                          "digest": batch["digest"][j], "mask_issue": issue,
+                          "scores": {name: values[j][0].to_record() for name, values in scored.items()},
+                          "histograms": {name: values[j][1].ravel().tolist() for name, values in scored.items()}}
                 sink.write(json.dumps(record) + "\n")
             sink.flush()
-            bar.update(min(len(indices) * world, bar.total - bar.n))  # rank 0 speaks for all
-    if world > 1:
-        dist.barrier()
-    if rank != 0:
-        return None
-    records = {i: r for i, r in _read_records(records_dir).items() if i < count}
-    missing = sorted(set(range(count)) - set(records))
-    if missing:
-        raise RuntimeError(f"records of images {missing[:10]} are missing from {records_dir}")
-    return write_outputs(out, records, settings)
+            bar.update(min(len(batch["key"]) * world, bar.total - bar.n))  # rank 0 speaks for all
 
 
-def batch_maps(explainers: list, images: torch.Tensor, indices: list[int]) -> dict[str, torch.Tensor]:
+def batch_maps(explainers: list, images: torch.Tensor, ids) -> dict[str, torch.Tensor]:
     """Every explainer's maps of one batch, on the CPU.  With GradCAM present the
     gating maps are read from the routers during GradCAM's forward pass (eval
     mode, the same logits) instead of a forward of their own."""
@@ -185,34 +272,10 @@ def batch_maps(explainers: list, images: torch.Tensor, indices: list[int]) -> di
     maps = {}
     with ExitStack() as stack:
         captured = [stack.enter_context(rider.capturing()) for rider in riders]
-        maps.update(carrier(images, indices) if carrier is not None else {})
+        maps.update(carrier(images, ids) if carrier is not None else {})
     for rider, logits in zip(riders, captured):
         maps.update(rider.maps_from(logits, images.shape[-2:]))
     for explainer in explainers:
         if explainer is not carrier and explainer not in riders:
-            maps.update(explainer(images, indices))
+            maps.update(explainer(images, ids))
     return {name: m.detach().cpu() for name, m in maps.items()}
-
-
-def _record(index: int, name: str, mask: np.ndarray, maps: dict[str, np.ndarray]) -> dict:
-    """Scores and histograms of every method's map of one image."""
-    scored = {method: score_image(m, mask, with_histogram=True) for method, m in maps.items()}
-    return {"index": index, "name": name,
-            "scores": {method: _score_to_list(score) for method, (score, _) in scored.items()},
-            "histograms": {method: hist.ravel().tolist() for method, (_, hist) in scored.items()}}
-
-
-def _check_settings(path: Path, settings: dict, rank: int, world: int) -> None:
-    """The first run of an output folder records its settings (rank 0, atomically);
-    a resumed run must match them."""
-    if rank == 0 and not path.exists():
-        partial = path.with_suffix(".partial")
-        partial.write_text(json.dumps(settings, indent=2))
-        partial.replace(path)
-    if world > 1:
-        dist.barrier()
-    previous = json.loads(path.read_text())
-    changed = {k: (previous.get(k), settings.get(k)) for k in sorted(set(settings) | set(previous))
-               if previous.get(k) != settings.get(k)}
-    if changed:
-        raise ValueError(f"{path.parent} holds a run with other settings {changed}; use another --out")

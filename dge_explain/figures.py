@@ -17,8 +17,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from dge_explain.data import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from dge_explain.evaluate import batch_maps, build_explainers, method_title  # noqa: E402
+from dge_explain.data import Preprocessing  # noqa: E402
+from dge_explain.evaluate import batch_maps, build_explainers, method_title, methods_of_run  # noqa: E402
 from dge_explain.metrics import pr_curve  # noqa: E402
 from dge_explain.models import dge_modules  # noqa: E402
 from dge_explain.viz import (draw_granularity, draw_instances, heatmap_overlay,  # noqa: E402
@@ -38,11 +38,9 @@ def save(figure, stem, dpi: int = 150) -> list[Path]:
     return paths
 
 
-def to_uint8(image: torch.Tensor) -> np.ndarray:
-    """A normalised [3, H, W] tensor back to RGB uint8 [H, W, 3]."""
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    pixels = (image.detach().cpu() * std + mean).clamp(0, 1)
+def to_uint8(image: torch.Tensor, preprocessing: Preprocessing) -> np.ndarray:
+    """A [3, H, W] tensor normalised by `preprocessing` back to RGB uint8 [H, W, 3]."""
+    pixels = preprocessing.denormalise(image)
     return np.uint8(pixels.permute(1, 2, 0).numpy() * 255 + 0.5)
 
 
@@ -85,12 +83,17 @@ def collect_maps(dataset, explainers, indices: Sequence[int]):
     """Images (uint8), masks and every explainer's maps for the given dataset items
     (one batch, as the evaluation computes them)."""
     items = [dataset[i] for i in indices]
-    batch = torch.stack([item[0] for item in items])
-    maps = {name: list(values.numpy()) for name, values in batch_maps(explainers, batch, list(indices)).items()}
-    return [to_uint8(item[0]) for item in items], [item[1].numpy() for item in items], maps
+    failed = [item["error"] for item in items if item["error"]]
+    if failed:
+        raise ValueError(failed[0])
+    batch = torch.stack([item["image"] for item in items])
+    maps = {name: list(values.numpy()) for name, values in
+            batch_maps(explainers, batch, [item["key"] for item in items]).items()}
+    return ([to_uint8(item["image"], dataset.preprocessing) for item in items],
+            [item["mask"].numpy() for item in items], maps)
 
 
-def granularity_grid(model, batch: torch.Tensor, layers: Sequence[int]):
+def granularity_grid(model, batch: torch.Tensor, layers: Sequence[int], preprocessing: Preprocessing):
     """The mixed-grained patches each chosen layer's router picked (eval mode):
     rows are images, columns layers; finest regions are split into their k x k
     query patches, coarser ones tinted."""
@@ -101,7 +104,7 @@ def granularity_grid(model, batch: torch.Tensor, layers: Sequence[int]):
     patch = model.patch_embed.proj.stride[0]
     figure, axes = _grid(len(batch), len(layers))
     for row, image in enumerate(batch):
-        pixels = to_uint8(image)
+        pixels = to_uint8(image, preprocessing)
         for column, layer in enumerate(layers):
             dge = dges[layer - 1]
             axes[row, column].imshow(draw_granularity(pixels, choices[layer][row], dge.split_sizes,
@@ -111,13 +114,13 @@ def granularity_grid(model, batch: torch.Tensor, layers: Sequence[int]):
     return figure
 
 
-def per_image_miou(run: Path) -> dict[tuple[int, str], float]:
-    """(image index, method) -> mIoU of that image, from per_image.csv."""
+def per_image_miou(run: Path) -> dict[tuple[str, str], float]:
+    """(image key, method) -> mIoU of that image, from per_image.csv."""
     table = {}
     with (run / "per_image.csv").open() as handle:
         for row in csv.DictReader(handle):
-            table[(int(row["index"]), row["method"])] = (float(row["iou_background"]) +
-                                                         float(row["iou_foreground"])) / 2
+            table[(row["image"], row["method"])] = (float(row["iou_background"]) +
+                                                    float(row["iou_foreground"])) / 2
     return table
 
 
@@ -242,23 +245,27 @@ def figures_for_run(run, out, images: int = 4, home=None, dpi: int = 150) -> lis
     if "model" not in info:
         return written  # a run made through the API without a model name: no map figures
     model = zoo.load_by_name(info["model"], info.get("checkpoint"), home, info.get("weights"),
-                             info.get("trained"))
-    dataset = segmentation_dataset(info["dataset"], info["image_size"])
+                             info.get("trained"), info.get("random_weights", False))
+    dataset = segmentation_dataset(info["dataset"], Preprocessing(**info["preprocessing"]))
     indices = list(range(min(images, count)))
-    gating = [m for m in info["methods"] if m.startswith("gating")]
+    methods = methods_of_run(info)
+    gating = [m for m in methods if m.startswith("gating")]
     if gating:
-        with_gradcam = "gradcam" in info["methods"]
+        with_gradcam = "gradcam" in methods
         explainers = build_explainers(model, ["gradcam", *gating] if with_gradcam else gating)
         images_, masks, maps = collect_maps(dataset, explainers, indices)
         layers = {name: values for name, values in maps.items() if name.startswith("layer")}
         written += save(map_grid(images_, masks, layers), out / "gating_layers", dpi)
         if hasattr(model, "patch_embed"):  # token grid of a ViT: one patch size
-            batch = torch.stack([dataset[i][0] for i in indices])
-            written += save(granularity_grid(model, batch, [int(name[5:]) for name in layers]),
+            batch = torch.stack([dataset[i]["image"] for i in indices])
+            chosen = sorted({int(name[5:].partition("-")[0]) for name in layers})
+            written += save(granularity_grid(model, batch, chosen, dataset.preprocessing),
                             out / "granularity", dpi)
         if with_gradcam:
             scores = per_image_miou(run)
-            notes = [{name: f"mIoU {100 * scores[(i, name)]:.0f}" for name in maps} for i in indices]
+            keys = dataset.keys()
+            notes = [{name: f"mIoU {100 * scores[(keys[i], name)]:.0f}" for name in maps
+                      if (keys[i], name) in scores} for i in indices]
             written += save(map_grid(images_, masks, maps, notes), out / "gradcam_comparison", dpi)
     for bench in sorted(run.glob("*bench*.json")):
         written += save(runtime_figure(json.loads(bench.read_text())), out / f"runtime_{bench.stem}", dpi)

@@ -4,13 +4,14 @@ Plain Python, so that the command line can describe them without importing
 the explainers (torch, pytorch-grad-cam)."""
 from __future__ import annotations
 
-METHOD_HELP = "gating[:L1,L2,...] (default all layers), gating-density[:...], gradcam, random"
-KINDS = ("gating", "gating-density", "gradcam", "random")
+METHOD_HELP = ("gating[:L1,L2,...] (p_fine; default all layers), gating-margin[:...], "
+               "gating-density[:...], gradcam, random")
+KINDS = ("gating", "gating-margin", "gating-density", "gradcam", "random")
 
 
 def parse_method(method: str) -> tuple[str, list[int] | None]:
     """'gating:1,4,8' -> ('gating', [1, 4, 8]); layers are None when not given."""
-    kind, _, arg = method.partition(":")
+    kind, _, arg = method.strip().lower().partition(":")
     if kind not in KINDS:
         raise ValueError(f"unknown method '{method}'; methods: {METHOD_HELP}")
     if arg and not kind.startswith("gating"):

@@ -24,12 +24,12 @@ def map_parser(description: str, default_out: str, default_layers) -> argparse.A
 
 def model_and_dataset(args):
     from dge_explain import paths, zoo
-    from dge_explain.data import segmentation_dataset
+    from dge_explain.data import Preprocessing, segmentation_dataset
 
     model = zoo.load_by_name(args.model, home=args.home)
     spec = paths.expand(args.dataset, args.home) if args.dataset else \
         f"ecssd:{paths.home(args.home) / 'data' / 'ecssd'}"
-    dataset = segmentation_dataset(spec)
+    dataset = segmentation_dataset(spec, Preprocessing.of(model).for_segmentation())
     return model, dataset
 
 

@@ -1,9 +1,21 @@
-"""Datasets and transforms."""
-from .folders import list_images, parse_folder_spec
-from .imagenet import LabelledImageFolder
-from .segmentation import ImagenetSegMat, MaskFolder, canonical_spec, segmentation_dataset
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, load_rgb
+"""Datasets, preprocessing and image reading.
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImagenetSegMat", "LabelledImageFolder", "MaskFolder",
-           "canonical_spec", "segmentation_dataset", "eval_transform", "list_images",
-           "load_rgb", "parse_folder_spec"]
+Imported lazily, so that the torch-free parts (``listing``, ``folders``) serve the
+command line's argument checks before torch loads."""
+from __future__ import annotations
+
+import importlib
+
+_HOMES = {
+    "ImagenetSegMat": "segmentation", "MaskFolder": "segmentation", "segmentation_dataset": "segmentation",
+    "LabelledImageFolder": "imagenet", "Preprocessing": "preprocess", "canonical_spec": "listing",
+    "list_images": "folders", "parse_folder_spec": "folders", "load_rgb": "transforms",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)

@@ -1,31 +1,38 @@
-"""Evaluation transforms: the standard ImageNet protocol (resize the short side
-bicubically to size/crop_ratio, centre crop, normalise with ImageNet mean/std)."""
+"""Reading images: every failure names the file."""
 from __future__ import annotations
 
-import torch
+import io
+import warnings
+
 from PIL import Image
-from torchvision.transforms import v2 as T
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def eval_transform(size: int = 224, crop_ratio: float = 0.875):
-    """PIL image -> normalised float tensor [3, size, size]."""
-    return T.Compose([
-        T.ToImage(),
-        T.Resize(int(round(size / crop_ratio)), interpolation=T.InterpolationMode.BICUBIC,
-                 antialias=True),
-        T.CenterCrop(size),
-        T.ToDtype(torch.float32, scale=True),
-        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+def open_image(data: bytes, path) -> Image.Image:
+    """Decode image bytes read from `path`; any decoding error, Pillow's
+    decompression-bomb error included, becomes a ValueError naming the file."""
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            image = Image.open(io.BytesIO(data))
+            image.load()
+        for warning in caught:
+            warnings.warn(f"image {path}: {warning.message}", warning.category, stacklevel=3)
+        return image
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"image {path} is too large to decode safely ({error}); raise "
+                         "PIL.Image.MAX_IMAGE_PIXELS if the file is trusted") from None
+    except (OSError, ValueError, SyntaxError) as error:
+        raise ValueError(f"cannot read image {path}: {error}") from None
+
+
+def read_image(path) -> Image.Image:
+    try:
+        data = open(path, "rb").read()
+    except OSError as error:
+        raise ValueError(f"cannot read image {path}: {error}") from None
+    return open_image(data, path)
 
 
 def load_rgb(path) -> Image.Image:
     """An image file as RGB; a clear error naming the file when it cannot be read."""
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, ValueError) as error:
-        raise ValueError(f"cannot read image {path}: {error}") from error
+    return read_image(path).convert("RGB")

@@ -1,11 +1,21 @@
-"""Gating maps: each DGE router's finer-grained gating score as a soft segmentation.
+"""Gating maps: each DGE router's gating score as a soft segmentation.
 
-Per layer (1-based block index, counted across all stages for PVT) the map is
-softmax(router logits)[finest option] on the region grid (no Gumbel noise, eval
-mode), upsampled bilinearly to the input size.  With more than two candidate
-granularities the expected query density sum_i p_i k_i^2 / S^2 is available
-too (score='density').  One forward pass gives every layer, read by forward
-hooks on the routers: the model is not modified.
+Per layer (1-based block index, counted across all stages for PVT) and region,
+from the router logits h (eval mode, no Gumbel noise), in float64 so that a
+router whose logits vary gives a map that varies:
+
+* ``fine``: p_finest = softmax(h)[finest option], the paper's "finer-grained
+  gating score" (the default).  float32 rounds p_finest to exactly 1 once the
+  finest logit leads the others by about 17; float64 resolves leads up to ~36;
+* ``margin``: the log-odds of the finest option, log p_finest - log(1 - p_finest)
+  (= h_fine - h_coarse for two options): monotone in p_finest, never saturates;
+* ``density``: the expected query density sum_i p_i k_i^2 / S^2 (for |Phi| > 2).
+
+The region map is upsampled bilinearly to the input size.  One forward pass
+gives every layer, read by forward hooks on the routers: the model is not
+modified.  Called on its own, the pass stops at the last chosen router: nothing
+after it shapes a map (for layers 1, 4, 8, 12 of a 12-block DeiT that saves
+block 12 and the head).
 """
 from __future__ import annotations
 
@@ -17,7 +27,23 @@ from torch import nn
 
 from dge_explain.models import dge_modules
 
-SCORES = ("fine", "density")
+SCORES = ("fine", "margin", "density")
+
+
+class _LastRouterSeen(Exception):
+    """Ends a forward pass once every chosen router has run."""
+
+
+def gating_score(logits: torch.Tensor, split_sizes, region_size: int, score: str) -> torch.Tensor:
+    """[..., K] router logits -> [...] score in float64 (option 0 is the finest)."""
+    log_p = logits.double().log_softmax(-1)
+    if score == "fine":
+        return log_p[..., 0].exp()
+    if score == "margin":
+        return log_p[..., 0] - torch.logsumexp(log_p[..., 1:], -1)
+    weights = torch.tensor([k * k / region_size ** 2 for k in split_sizes], dtype=torch.float64,
+                           device=logits.device)
+    return (log_p.exp() * weights).sum(-1)
 
 
 class GatingMaps:
@@ -32,26 +58,34 @@ class GatingMaps:
             raise ValueError(f"layers {bad} out of range: the model has DGE layers 1..{len(self.dges)}")
         if score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+        if score == "margin" and any(len(self.dges[l - 1].split_sizes) < 2 for l in self.layers):
+            raise ValueError("the margin score needs at least two candidate granularities")
         self.score = score
 
-    def names(self) -> list[str]:
-        return [f"layer{l}" for l in self.layers]
+    def name(self, layer: int) -> str:
+        return f"layer{layer}" if self.score == "fine" else f"layer{layer}-{self.score}"
 
-    def _score(self, logits: torch.Tensor, dge) -> torch.Tensor:
-        probabilities = logits.float().softmax(-1)
-        if self.score == "fine":
-            return probabilities[..., 0]
-        weights = torch.tensor([k * k / dge.region_size ** 2 for k in dge.split_sizes],
-                               device=logits.device)
-        return (probabilities * weights).sum(-1)
+    def names(self) -> list[str]:
+        return [self.name(l) for l in self.layers]
+
+    def describe(self) -> dict[str, dict]:
+        return {self.name(l): {"method": "gating", "layer": l, "score": self.score,
+                               "phi": list(self.dges[l - 1].phi)} for l in self.layers}
 
     @contextmanager
-    def capturing(self):
+    def capturing(self, stop: bool = False):
         """Records the router logits of the chosen layers during any forward pass run
-        inside the block (so another explainer's forward can serve this one too)."""
+        inside the block (so another explainer's forward can serve this one too);
+        with stop, the pass ends with _LastRouterSeen once they are all recorded."""
         captured: dict[int, torch.Tensor] = {}
+
+        def record(layer, logits):
+            captured[layer] = logits.detach()
+            if stop and len(captured) == len(self.layers):
+                raise _LastRouterSeen
+
         handles = [self.dges[l - 1].router.register_forward_hook(
-            lambda module, args, out, l=l: captured.__setitem__(l, out.detach())) for l in self.layers]
+            lambda module, args, out, l=l: record(l, out)) for l in self.layers]
         try:
             yield captured
         finally:
@@ -59,21 +93,24 @@ class GatingMaps:
                 handle.remove()
 
     def maps_from(self, captured: dict[int, torch.Tensor], size) -> dict[str, torch.Tensor]:
-        """Maps at the input size [H, W] from the logits ``capturing`` recorded."""
+        """float64 maps at the input size [H, W] from the logits ``capturing`` recorded."""
         maps = {}
         for layer in self.layers:
-            region = self._score(captured[layer], self.dges[layer - 1])   # [B, Hr, Wr]
-            maps[f"layer{layer}"] = F.interpolate(region[:, None], size=tuple(size), mode="bilinear",
-                                                  align_corners=False)[:, 0]
+            dge = self.dges[layer - 1]
+            region = gating_score(captured[layer], dge.split_sizes, dge.region_size, self.score)
+            maps[self.name(layer)] = F.interpolate(region[:, None], size=tuple(size), mode="bilinear",
+                                                   align_corners=False)[:, 0]
         return maps
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor, indices=None) -> dict[str, torch.Tensor]:
+    def __call__(self, images: torch.Tensor, ids=None) -> dict[str, torch.Tensor]:
         was_training = self.model.training
-        with self.capturing() as captured:
+        with self.capturing(stop=True) as captured:
             try:
                 self.model.eval()
                 self.model(images)
+            except _LastRouterSeen:
+                pass
             finally:
                 self.model.train(was_training)
         return self.maps_from(captured, images.shape[-2:])

@@ -1,6 +1,9 @@
-"""The random baseline: a uniform map per image, seeded by the image's dataset
-index, so that it does not depend on batching or on the process split."""
+"""The random baseline: a uniform map per image, seeded by the image's identity
+(its dataset key), so that it depends neither on batching, nor on the process
+split, nor on which other images the folder holds."""
 from __future__ import annotations
+
+import zlib
 
 import torch
 
@@ -12,8 +15,11 @@ class RandomMaps:
     def names(self) -> list[str]:
         return ["random"]
 
-    def __call__(self, images: torch.Tensor, indices) -> dict[str, torch.Tensor]:
+    def describe(self) -> dict[str, dict]:
+        return {"random": {"method": "random", "seed": self.seed}}
+
+    def __call__(self, images: torch.Tensor, ids) -> dict[str, torch.Tensor]:
         height, width = images.shape[-2:]
         maps = [torch.rand(height, width, generator=torch.Generator().manual_seed(
-            self.seed * 1_000_003 + int(index))) for index in indices]
+            self.seed * 1_000_003 + zlib.crc32(str(image_id).encode()))) for image_id in ids]
         return {"random": torch.stack(maps).to(images.device)}
