@@ -13,8 +13,6 @@ unless labels are given.
 from __future__ import annotations
 
 import torch
-from pytorch_grad_cam import GradCAM
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from dge_explain.models import PyramidVisionTransformer
@@ -42,19 +40,37 @@ class GradCAMMaps:
     def names(self) -> list[str]:
         return ["gradcam"]
 
+    def describe(self) -> dict[str, dict]:
+        layer = next(name for name, module in self.model.named_modules() if module is self.layer)
+        return {"gradcam": {"method": "gradcam", "target_layer": layer}}
+
     def _fold(self, tokens: torch.Tensor) -> torch.Tensor:
         height, width = self._grid
         spatial = tokens[:, tokens.shape[1] - height * width:]
         return spatial.reshape(tokens.shape[0], height, width, -1).permute(0, 3, 1, 2)
 
-    def __call__(self, images: torch.Tensor, indices=None, labels=None) -> dict[str, torch.Tensor]:
+    def __call__(self, images: torch.Tensor, ids=None, labels=None) -> dict[str, torch.Tensor]:
+        from pytorch_grad_cam import GradCAM  # imported here: it takes seconds, and most runs need none
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
         self._grid = (images.shape[-2] // self.stride, images.shape[-1] // self.stride)
         targets = None if labels is None else [ClassifierOutputTarget(int(c)) for c in labels]
-        # Hooks live only for this call, so other explainers' forwards stay untouched.
+        # GradCAM needs the gradient at the target layer only: the graph starts there
+        # (its output becomes a leaf) and no parameter gradient is computed, which
+        # leaves the model's .grad untouched and skips most of a full backward.
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        for parameter in trainable:
+            parameter.requires_grad_(False)
+        # Hooks live only for this call, so other explainers' forwards stay untouched;
+        # the cut runs before pytorch-grad-cam's hook, which then records the leaf.
+        cut = self.layer.register_forward_hook(lambda module, args, out: out.detach().requires_grad_(True))
         cam = GradCAM(model=self.model, target_layers=[self.layer], reshape_transform=self._fold)
         try:
             with torch.enable_grad():
                 maps = cam(input_tensor=images, targets=targets)
         finally:
             cam.activations_and_grads.release()
+            cut.remove()
+            for parameter in trainable:
+                parameter.requires_grad_(True)
         return {"gradcam": torch.from_numpy(maps).to(images.device)}
