@@ -92,7 +92,7 @@ def method_title(name: str) -> str:
     return {"gradcam": "GradCAM", "random": "Random"}.get(name, name)
 
 
-def _ordered(names: list[str]) -> list[str]:
+def ordered_names(names) -> list[str]:
     """Random, GradCAM, then layers (p_fine, margin, density), as in the paper's tables."""
     rank = {"random": 0, "gradcam": 1}
     scores = {"": 0, "margin": 1, "density": 2}
@@ -115,7 +115,7 @@ def _mask_issues(records: list[dict]) -> dict[str, dict]:
 
 
 def write_outputs(out: Path, ordered: list[dict], info: dict, limit: int | None) -> EvaluationResult:
-    names = _ordered(list(ordered[0]["scores"]))
+    names = ordered_names(ordered[0]["scores"])
     methods = {}
     for name in names:
         total = aggregate([ImageScore.from_record(r["scores"][name]) for r in ordered])

@@ -18,7 +18,8 @@ import torch  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from dge_explain.data import Preprocessing  # noqa: E402
-from dge_explain.evaluate import batch_maps, build_explainers, method_title, methods_of_run  # noqa: E402
+from dge_explain.evaluate import (batch_maps, build_explainers, method_title, methods_of_run,  # noqa: E402
+                                  ordered_names)
 from dge_explain.metrics import pr_curve  # noqa: E402
 from dge_explain.models import dge_modules  # noqa: E402
 from dge_explain.viz import (draw_granularity, draw_instances, heatmap_overlay,  # noqa: E402
@@ -59,7 +60,7 @@ def map_grid(images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
              colorbar: bool = True):
     """Rows: images; columns: image, mask (contour over the image), then one
     heatmap overlay per method; notes[row][method] is printed inside a panel."""
-    names = list(maps)
+    names = ordered_names(maps)
     figure, axes = _grid(len(images), 2 + len(names))
     for row, (image, mask) in enumerate(zip(images, masks)):
         axes[row, 0].imshow(image)
@@ -71,7 +72,7 @@ def map_grid(images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
                 axes[row, column].text(0.03, 0.04, notes[row][name], transform=axes[row, column].transAxes,
                                        fontsize=6, color="black", va="bottom",
                                        bbox=dict(facecolor="white", alpha=0.8, pad=1.5, linewidth=0))
-    for column, title in enumerate(["image", "mask"] + [method_title(n) for n in names]):
+    for column, title in enumerate(["image", "mask"] + [method_title(n).replace(" (", "\n(") for n in names]):
         axes[0, column].set_title(title)
     if colorbar:
         mappable = plt.cm.ScalarMappable(cmap="jet", norm=plt.Normalize(0, 1))
