@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dge_explain.methods import METHOD_HELP
+from dge_explain.methods import method_help
 from dge_explain.tables import format_table
 from dge_explain.train_config import TrainConfig
 
@@ -52,7 +52,8 @@ def _overrides(args) -> dict:
 def cmd_figures(args: argparse.Namespace) -> int:
     from dge_explain.figures import figures_for_run
 
-    for path in figures_for_run(args.run, args.out, images=args.images, home=args.home, dpi=args.dpi):
+    for path in figures_for_run(args.run, args.out, images=args.images, home=args.home, dpi=args.dpi,
+                                methods=args.methods):
         print(path)
     return 0
 
@@ -73,7 +74,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from dge_explain import zoo
     from dge_explain.data import Preprocessing
     from dge_explain.distributed import Distributed
-    from dge_explain.evaluate import build_explainers, evaluate, markdown_table
+    from dge_explain.evaluate import evaluate, markdown_table
+    from dge_explain.explain import build_explainers
 
     zoo.check_choice(args.model, args.checkpoint, args.weights, args.trained, args.random_weights)
     device = Distributed(args.device).device
@@ -218,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--dataset", required=True,
                           help="ecssd:FOLDER, masks:IMAGES,MASKS or imagenet-seg:FILE.mat")
     evaluate.add_argument("--methods", nargs="+", default=["random", "gradcam", "gating"],
-                          help=METHOD_HELP)
+                          help=method_help())
     evaluate.add_argument("--out", required=True, help="output folder (rerun to resume)")
     evaluate.add_argument("--limit", type=int, help="first N images only")
     evaluate.add_argument("--batch-size", type=int, default=16)
@@ -295,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     figures.add_argument("--out", required=True)
     figures.add_argument("--images", type=int, default=4, help="images per map figure")
     figures.add_argument("--dpi", type=int, default=150, help="resolution of the PNGs")
+    figures.add_argument("--methods", nargs="+",
+                         help="methods of the comparison figure (default: every method of the run but random)")
     figures.set_defaults(handler=cmd_figures)
 
     for sub in (info, evaluate, classify, train, bench, figures):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from contextlib import ExitStack, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,36 +28,9 @@ from tqdm import tqdm
 
 from dge_explain.data import Preprocessing, canonical_spec, segmentation_dataset
 from dge_explain.data.segmentation import MASK_ISSUES
-from dge_explain.explain import GatingMaps, GradCAMMaps, RandomMaps
-from dge_explain.methods import parse_method
+from dge_explain.explain import batch_maps
 from dge_explain.metrics import ImageScore, aggregate, score_maps
 from dge_explain.runs import RunError, RunFolder, match_records
-
-
-def build_explainers(model: nn.Module, methods: list[str], seed: int = 0) -> list:
-    """Explainers for method names (``dge_explain.methods``); the same set of maps
-    however the names are ordered or split (gating:4,8 = gating:8 gating:4)."""
-    layers_of: dict[str, list[int] | None] = {}
-    kinds = []
-    for method in methods:
-        kind, layers = parse_method(method)
-        if kind in layers_of and (layers_of[kind] is None or layers is None):
-            layers_of[kind] = None
-        elif kind in layers_of:
-            layers_of[kind] = sorted(set(layers_of[kind]) | set(layers))
-        else:
-            layers_of[kind] = None if layers is None else sorted(set(layers))
-            kinds.append(kind)
-    explainers = []
-    for kind in kinds:
-        if kind.startswith("gating"):
-            score = kind.partition("-")[2] or "fine"
-            explainers.append(GatingMaps(model, layers_of[kind], score))
-        elif kind == "gradcam":
-            explainers.append(GradCAMMaps(model))
-        else:
-            explainers.append(RandomMaps(seed))
-    return explainers
 
 
 def methods_of_run(settings: dict) -> list[str]:
@@ -85,23 +58,31 @@ class EvaluationResult:
     methods: dict[str, dict[str, float]]   # method -> Accuracy / mAP / mIoU (percent) + IoUs
 
 
+TITLES = {"random": "Random", "attention": "Raw attention", "rollout": "Rollout",
+          "attention-gradcam": "Attention GradCAM", "relevance": "Relevance", "gradcam": "GradCAM",
+          "gradcam++": "GradCAM++", "xgradcam": "XGradCAM", "layercam": "LayerCAM", "hirescam": "HiResCAM",
+          "gradcam-elementwise": "GradCAM (element-wise)", "eigencam": "EigenCAM",
+          "eigengradcam": "EigenGradCAM", "scorecam": "ScoreCAM", "ablationcam": "AblationCAM"}
+
+
 def method_title(name: str) -> str:
     if name.startswith("layer"):
         layer, _, score = name[5:].partition("-")
         return f"Layer {layer}" + (f" ({score})" if score else "")
-    return {"gradcam": "GradCAM", "random": "Random"}.get(name, name)
+    return TITLES.get(name, name)
 
 
 def ordered_names(names) -> list[str]:
-    """Random, GradCAM, then layers (p_fine, margin, density), as in the paper's tables."""
-    rank = {"random": 0, "gradcam": 1}
+    """Random, the attention baselines, the CAMs, then gating layers (p_fine, margin,
+    density): the paper's tables put random first and the layers last."""
+    rank = {name: i for i, name in enumerate(TITLES)}
     scores = {"": 0, "margin": 1, "density": 2}
 
     def key(name):
         if name.startswith("layer"):
             layer, _, score = name[5:].partition("-")
-            return (2, scores.get(score, 3), int(layer), name)
-        return (rank.get(name, 3), 0, 0, name)
+            return (1, scores.get(score, 3), int(layer), name)
+        return (0, rank.get(name, len(rank)), 0, name)
 
     return sorted(names, key=key)
 
@@ -261,21 +242,3 @@ def _score(dataset, explainers, run: RunFolder, rank: int, world: int, mine: lis
                 sink.write(json.dumps(record) + "\n")
             sink.flush()
             bar.update(min(len(batch["key"]) * world, bar.total - bar.n))  # rank 0 speaks for all
-
-
-def batch_maps(explainers: list, images: torch.Tensor, ids) -> dict[str, torch.Tensor]:
-    """Every explainer's maps of one batch, on the CPU.  With GradCAM present the
-    gating maps are read from the routers during GradCAM's forward pass (eval
-    mode, the same logits) instead of a forward of their own."""
-    carrier = next((e for e in explainers if isinstance(e, GradCAMMaps)), None)
-    riders = [e for e in explainers if isinstance(e, GatingMaps)] if carrier is not None else []
-    maps = {}
-    with ExitStack() as stack:
-        captured = [stack.enter_context(rider.capturing()) for rider in riders]
-        maps.update(carrier(images, ids) if carrier is not None else {})
-    for rider, logits in zip(riders, captured):
-        maps.update(rider.maps_from(logits, images.shape[-2:]))
-    for explainer in explainers:
-        if explainer is not carrier and explainer not in riders:
-            maps.update(explainer(images, ids))
-    return {name: m.detach().cpu() for name, m in maps.items()}

@@ -18,8 +18,8 @@ import torch  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from dge_explain.data import Preprocessing  # noqa: E402
-from dge_explain.evaluate import (batch_maps, build_explainers, method_title, methods_of_run,  # noqa: E402
-                                  ordered_names)
+from dge_explain.evaluate import method_title, methods_of_run, ordered_names  # noqa: E402
+from dge_explain.explain import batch_maps, build_explainers  # noqa: E402
 from dge_explain.metrics import pr_curve  # noqa: E402
 from dge_explain.models import dge_modules  # noqa: E402
 from dge_explain.viz import (draw_granularity, draw_instances, heatmap_overlay,  # noqa: E402
@@ -231,8 +231,9 @@ def pr_figure(histograms: dict[str, np.ndarray]):
     return figure
 
 
-def figures_for_run(run, out, images: int = 4, home=None, dpi: int = 150) -> list[Path]:
-    """Every figure an evaluation run (and a bench JSON inside it) supports."""
+def figures_for_run(run, out, images: int = 4, home=None, dpi: int = 150, methods=None) -> list[Path]:
+    """Every figure an evaluation run (and a bench JSON inside it) supports; the
+    comparison figure shows `methods` (default: every method of the run but random)."""
     from dge_explain import zoo
     from dge_explain.data import segmentation_dataset
 
@@ -249,25 +250,23 @@ def figures_for_run(run, out, images: int = 4, home=None, dpi: int = 150) -> lis
                              info.get("trained"), info.get("random_weights", False))
     dataset = segmentation_dataset(info["dataset"], Preprocessing(**info["preprocessing"]))
     indices = list(range(min(images, count)))
-    methods = methods_of_run(info)
-    gating = [m for m in methods if m.startswith("gating")]
-    if gating:
-        with_gradcam = "gradcam" in methods
-        explainers = build_explainers(model, ["gradcam", *gating] if with_gradcam else gating)
-        images_, masks, maps = collect_maps(dataset, explainers, indices)
-        layers = {name: values for name, values in maps.items() if name.startswith("layer")}
+    chosen = [m for m in methods_of_run(info) if m != "random"] if methods is None else list(methods)
+    if not chosen:
+        return written
+    images_, masks, maps = collect_maps(dataset, build_explainers(model, chosen), indices)
+    layers = {name: values for name, values in maps.items() if name.startswith("layer")}
+    if layers:
         written += save(map_grid(images_, masks, layers), out / "gating_layers", dpi)
         if hasattr(model, "patch_embed"):  # token grid of a ViT: one patch size
             batch = torch.stack([dataset[i]["image"] for i in indices])
-            chosen = sorted({int(name[5:].partition("-")[0]) for name in layers})
-            written += save(granularity_grid(model, batch, chosen, dataset.preprocessing),
+            numbers = sorted({int(name[5:].partition("-")[0]) for name in layers})
+            written += save(granularity_grid(model, batch, numbers, dataset.preprocessing),
                             out / "granularity", dpi)
-        if with_gradcam:
-            scores = per_image_miou(run)
-            keys = dataset.keys()
-            notes = [{name: f"mIoU {100 * scores[(keys[i], name)]:.0f}" for name in maps
-                      if (keys[i], name) in scores} for i in indices]
-            written += save(map_grid(images_, masks, maps, notes), out / "gradcam_comparison", dpi)
+    scores = per_image_miou(run)
+    keys = dataset.keys()
+    notes = [{name: f"mIoU {100 * scores[(keys[i], name)]:.0f}" for name in maps
+              if (keys[i], name) in scores} for i in indices]
+    written += save(map_grid(images_, masks, maps, notes), out / "comparison", dpi)
     for bench in sorted(run.glob("*bench*.json")):
         written += save(runtime_figure(json.loads(bench.read_text())), out / f"runtime_{bench.stem}", dpi)
     return written

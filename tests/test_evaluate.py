@@ -18,8 +18,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from dge_explain.data import ImagenetSegMat, MaskFolder, Preprocessing, segmentation_dataset
-from dge_explain.evaluate import batch_maps, build_explainers, evaluate, methods_of_run
-from dge_explain.explain import GatingMaps, GradCAMMaps, RandomMaps
+from dge_explain.evaluate import evaluate, methods_of_run
+from dge_explain.explain import CAMMaps, GatingMaps, RandomMaps, batch_maps, build_explainers, token_grid
 from dge_explain.metrics import aggregate, score_image
 from dge_explain.models import dge_modules
 from dge_explain.runs import RunError, RunFolder
@@ -195,12 +195,12 @@ def test_explainers_give_maps_at_input_resolution(dge_model, generator):
     assert gating["layer1"].dtype == torch.float64 and ((gating["layer1"] >= 0) & (gating["layer1"] <= 1)).all()
     assert all(not router._forward_hooks for router in routers), "gating hooks left behind on the routers"
     assert not dge_model.training
-    cam = GradCAMMaps(dge_model)(images)["gradcam"]
+    cam = CAMMaps(dge_model)(images)["gradcam"]
     assert cam.shape == (3, 224, 224) and torch.isfinite(cam).all() and cam.amax() > 0
     assert all(not block._forward_hooks for block in dge_model.blocks), "GradCAM hooks left behind"
     predicted = dge_model(images).argmax(1)
-    assert torch.equal(GradCAMMaps(dge_model)(images, labels=predicted)["gradcam"], cam)
-    other = GradCAMMaps(dge_model)(images, labels=(predicted + 1) % 10)["gradcam"]
+    assert torch.equal(CAMMaps(dge_model)(images, labels=predicted)["gradcam"], cam)
+    other = CAMMaps(dge_model)(images, labels=(predicted + 1) % 10)["gradcam"]
     assert not torch.allclose(other, cam), "a given target class changes the map"
     first = RandomMaps(3)(images, ["a.jpg", "b.jpg", "c.jpg"])["random"]
     assert torch.equal(first[1], RandomMaps(3)(images[:1], ["b.jpg"])["random"][0])
@@ -249,17 +249,23 @@ def test_large_logit_margins_still_give_a_map_that_varies(generator):
     p_fine to 1 everywhere; the gating map keeps the router's ranking."""
     model = timm.create_model("deit_dge_s12_tiny_patch16_224", depth=1, num_classes=10).eval()
     router = dge_modules(model)[0].router
-    with torch.no_grad():
-        router.gate.weight.zero_()
-        router.gate.weight[0, 0] = 8.0
-        router.gate.bias.copy_(torch.tensor([26.0, 0.0]))
     images = torch.randn(2, 3, 224, 224, generator=generator)
+    pooled = []
+    handle = router.register_forward_hook(lambda module, args, out: pooled.append(module.pool(*args)[..., 0]))
+    with torch.no_grad():
+        model(images)
+    handle.remove()
+    low, high = float(pooled[0].min()), float(pooled[0].max())
+    with torch.no_grad():     # fine-minus-coarse margins spread over [18, 34]
+        router.gate.weight.zero_()
+        router.gate.weight[0, 0] = 16 / (high - low)
+        router.gate.bias.copy_(torch.tensor([18 - 16 * low / (high - low), 0.0]))
     captured = GatingMaps(model)
     with captured.capturing() as logits:
         with torch.no_grad():
             model(images)
     margins = logits[1][..., 0] - logits[1][..., 1]
-    assert margins.min() > 18 and margins.max() < 34 and margins.std() > 1
+    assert margins.min() > 17.9 and margins.max() < 34.1 and margins.std() > 1
     assert (logits[1].softmax(-1)[..., 0] == 1).all(), "float32 saturates"
     fine = GatingMaps(model)(images)["layer1"]
     assert fine[0].max() > fine[0].min()
@@ -274,11 +280,12 @@ def test_gradcam_cuts_the_graph_at_its_target_layer_without_changing_the_map(dge
     from pytorch_grad_cam import GradCAM
 
     images = torch.randn(2, 3, 224, 224, generator=generator)
-    explainer = GradCAMMaps(dge_model)
+    explainer = CAMMaps(dge_model)
     ours = explainer(images)["gradcam"]
     assert all(p.requires_grad and p.grad is None for p in dge_model.parameters())
     assert not explainer.layer._forward_hooks
-    whole = GradCAM(model=dge_model, target_layers=[explainer.layer], reshape_transform=explainer._fold)
+    whole = GradCAM(model=dge_model, target_layers=[explainer.layer],
+                    reshape_transform=token_grid(dge_model).for_images(images))
     try:
         with torch.enable_grad():
             reference = whole(input_tensor=images, targets=None)
@@ -313,7 +320,7 @@ def test_gating_maps_of_pvt_and_density(generator):
     assert list(maps) == ["layer1-density", "layer2-density", "layer3-density", "layer4-density"]
     assert all(m.shape == (2, 128, 128) for m in maps.values())
     assert all(((m >= 1 / 16 - 1e-6) & (m <= 1 + 1e-6)).all() for m in maps.values())
-    cam = GradCAMMaps(small_pvt(phi=None, depths=(1, 1, 1, 2), dtype=torch.float32).eval())(images)
+    cam = CAMMaps(small_pvt(phi=None, depths=(1, 1, 1, 2), dtype=torch.float32).eval())(images)
     assert cam["gradcam"].shape == (2, 128, 128)
 
 
@@ -565,7 +572,7 @@ def test_two_processes_reduce_exactly(pairs, tmp_path, generator):
                    "--dpi", "60")
     assert figures.returncode == 0, figures.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == [
-        "gating_layers.pdf", "gating_layers.png", "gradcam_comparison.pdf", "gradcam_comparison.png",
+        "comparison.pdf", "comparison.png", "gating_layers.pdf", "gating_layers.png",
         "granularity.pdf", "granularity.png", "pr_curves.pdf", "pr_curves.png"]
 
 

@@ -22,7 +22,7 @@ def _run(script, *args):
 
 @pytest.mark.parametrize("script,args", [
     ("gating_layers.py", ["--images", "0", "1", "--layers", "4,8"]),
-    ("gradcam_comparison.py", ["--images", "0", "--layers", "8"]),
+    ("comparison.py", ["--images", "0", "--layers", "8", "--methods", "gradcam", "rollout", "gating"]),
     ("detection.py", ["--count", "2"]),
     ("semantic.py", ["--count", "2"]),
 ])

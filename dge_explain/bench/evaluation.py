@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader, Subset
 
 from dge_explain import paths, zoo
 from dge_explain.data import Preprocessing, segmentation_dataset
-from dge_explain.evaluate import build_explainers, evaluate
+from dge_explain.evaluate import evaluate
+from dge_explain.explain import build_explainers
 from dge_explain.tables import format_table
 
 

@@ -1,11 +1,74 @@
-"""Explainers: one interface, maps [B, H, W] at input resolution for a batch.
+"""Explainers: objects with ``names()``, ``describe()`` (their settings, recorded by
+a run) and a call ``(images, ids, labels=None) -> {name: maps [B, H, W]}`` at input
+resolution; ``ids`` are the images' identities (seeded methods depend on them, not
+on batching), ``labels`` the classes to explain (None: the predicted ones).
 
-Every explainer is called as ``explainer(images, indices)`` and returns a dict
-{method name: maps}; ``indices`` (the images' positions in the dataset) make
-seeded methods independent of batching and of the process split.
+``build_explainers(model, names)`` makes them from method names (the registry of
+``dge_explain.methods``: one module here per family, each declaring its METHODS);
+``batch_maps`` computes every explainer's maps of a batch, sharing passes:
+one forward (and backward) with the attention recorded for every attention
+explainer, the gating maps read from the routers during that pass or GradCAM's.
 """
+from __future__ import annotations
+
+import importlib
+from contextlib import ExitStack
+
+import torch
+from torch import nn
+
+from dge_explain.methods import merge_methods, registry
+
+from .attention_capture import AttentionExplainer, attention_pass
+from .cam import CAMMaps, token_grid
 from .gating import GatingMaps
-from .gradcam import GradCAMMaps, gradcam_target_layer
 from .random import RandomMaps
 
-__all__ = ["GatingMaps", "GradCAMMaps", "RandomMaps", "gradcam_target_layer"]
+__all__ = ["AttentionExplainer", "CAMMaps", "GatingMaps", "RandomMaps", "batch_maps", "build_explainers",
+           "token_grid"]
+
+
+def build_explainers(model: nn.Module, methods, seed: int = 0) -> list:
+    """Explainers for method names; the same set of maps however the names are
+    ordered or split (gating:4,8 = gating:8 gating:4)."""
+    by_module: dict[str, dict] = {}
+    for kind, layers in merge_methods(methods).items():
+        by_module.setdefault(registry()[kind][0], {})[kind] = layers
+    explainers = []
+    for module, requests in by_module.items():
+        explainers += importlib.import_module(f"{__name__}.{module}").build(model, requests, seed)
+    names = [n for e in explainers for n in e.names()]
+    if len(set(names)) != len(names):
+        raise ValueError(f"methods {list(methods)} name the same map twice: {names}")
+    return explainers
+
+
+def batch_maps(explainers: list, images: torch.Tensor, ids, labels=None) -> dict[str, torch.Tensor]:
+    """Every explainer's maps of one batch, on the CPU.  Attention explainers share
+    one pass (with a backward only if one of them needs gradients); the gating maps
+    ride on that pass, or else on the first gradient CAM's forward (eval mode, the
+    same logits), or else run their own, cut short after the last router.
+    labels: the classes to explain (None: the predicted ones)."""
+    attention = [e for e in explainers if isinstance(e, AttentionExplainer)]
+    gating = [e for e in explainers if isinstance(e, GatingMaps)]
+    carrier = None if attention or not gating else next(
+        (e for e in explainers if isinstance(e, CAMMaps) and e.uses_gradients), None)
+    maps, captured = {}, None
+    if attention:
+        record, captured = attention_pass(attention[0].model, images, labels,
+                                          any(e.gradients for e in attention), gating)
+        for explainer in attention:
+            maps[explainer.name] = explainer.map_from(record, images)
+    elif carrier is not None:
+        with ExitStack() as stack:
+            captured = [stack.enter_context(rider.capturing()) for rider in gating]
+            maps.update(carrier(images, ids, labels))
+    if captured is not None:
+        for rider, logits in zip(gating, captured):
+            maps.update(rider.maps_from(logits, images.shape[-2:]))
+    served = set(attention) | ({carrier} if carrier is not None else set()) | \
+        (set(gating) if captured is not None else set())
+    for explainer in explainers:
+        if explainer not in served:
+            maps.update(explainer(images, ids, labels))
+    return {name: m.detach().cpu() for name, m in maps.items()}

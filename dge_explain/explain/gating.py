@@ -29,6 +29,12 @@ from dge_explain.models import dge_modules
 
 SCORES = ("fine", "margin", "density")
 
+METHODS = {
+    "gating:LAYERS": "the finer-grained gating score p_fine of each DGE layer (default: every layer)",
+    "gating-margin:LAYERS": "the log-odds of the finest option (never saturates)",
+    "gating-density:LAYERS": "the expected query density sum_i p_i k_i^2 / S^2 (for |Phi| > 2)",
+}
+
 
 class _LastRouterSeen(Exception):
     """Ends a forward pass once every chosen router has run."""
@@ -47,6 +53,8 @@ def gating_score(logits: torch.Tensor, split_sizes, region_size: int, score: str
 
 
 class GatingMaps:
+    class_specific = False
+
     def __init__(self, model: nn.Module, layers=None, score: str = "fine"):
         self.model = model
         self.dges = dge_modules(model)
@@ -103,7 +111,7 @@ class GatingMaps:
         return maps
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor, ids=None) -> dict[str, torch.Tensor]:
+    def __call__(self, images: torch.Tensor, ids=None, labels=None) -> dict[str, torch.Tensor]:
         was_training = self.model.training
         with self.capturing(stop=True) as captured:
             try:
@@ -114,3 +122,7 @@ class GatingMaps:
             finally:
                 self.model.train(was_training)
         return self.maps_from(captured, images.shape[-2:])
+
+
+def build(model: nn.Module, requests: dict, seed: int) -> list:
+    return [GatingMaps(model, layers, kind.partition("-")[2] or "fine") for kind, layers in requests.items()]

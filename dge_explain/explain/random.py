@@ -8,7 +8,12 @@ import zlib
 import torch
 
 
+METHODS = {"random": "uniform noise per pixel, seeded by the image's identity"}
+
+
 class RandomMaps:
+    class_specific = False
+
     def __init__(self, seed: int = 0):
         self.seed = seed
 
@@ -18,8 +23,12 @@ class RandomMaps:
     def describe(self) -> dict[str, dict]:
         return {"random": {"method": "random", "seed": self.seed}}
 
-    def __call__(self, images: torch.Tensor, ids) -> dict[str, torch.Tensor]:
+    def __call__(self, images: torch.Tensor, ids, labels=None) -> dict[str, torch.Tensor]:
         height, width = images.shape[-2:]
         maps = [torch.rand(height, width, generator=torch.Generator().manual_seed(
             self.seed * 1_000_003 + zlib.crc32(str(image_id).encode()))) for image_id in ids]
         return {"random": torch.stack(maps).to(images.device)}
+
+
+def build(model, requests: dict, seed: int) -> list:
+    return [RandomMaps(seed)]

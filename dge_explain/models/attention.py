@@ -41,8 +41,31 @@ def _attend(q, k, v, table, dropout_p: float) -> torch.Tensor:
     return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
 
 
+def explicit_attention(q, k, v, table, dropout: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probabilities, output) of softmax(d^-1/2 Q K^T) V with the probabilities
+    materialised: packed q [L, h, d] -> [L, h, Nk] and [L, h, d], per sample; dense
+    q [B, h, Lq, d] -> [B, h, Lq, Nk] and [B, h, Lq, d].  Differentiable."""
+    scale = q.shape[-1] ** -0.5
+    if table is None:
+        probs = (q * scale @ k.transpose(-2, -1)).softmax(-1)
+        return probs, dropout(probs) @ v
+    offsets = [0] + table.lengths.cumsum(0).tolist()
+    probs = torch.cat([torch.einsum("lhd,hnd->lhn", q[start:end] * scale, k[b]).softmax(-1)
+                       for b, (start, end) in enumerate(zip(offsets[:-1], offsets[1:]))])   # [L, h, Nk]
+    # the output is computed from `probs` itself, so that its gradient is the probabilities'
+    outputs = [torch.einsum("lhn,hnd->lhd", dropout(probs[start:end]), v[b])
+               for b, (start, end) in enumerate(zip(offsets[:-1], offsets[1:]))]
+    return probs, torch.cat(outputs)
+
+
 class CrossAttention(nn.Module):
-    """q from the queries, k and v from the block's full (normalised) input."""
+    """q from the queries, k and v from the block's full (normalised) input.
+
+    ``capture``: set (by dge_explain.explain) to a callable(probabilities, table) to
+    run the explicit attention and hand it the probabilities; None (the default)
+    keeps the fused or compiled path, which never materialises them."""
+
+    capture = None
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, proj_bias: bool = True,
                  attn_drop: float = 0.0, proj_drop: float = 0.0):
@@ -63,6 +86,10 @@ class CrossAttention(nn.Module):
 
     def attend(self, q, k, v, table) -> torch.Tensor:
         """Per-head attention, heads merged back: [L, C] or [B, Lq, C]."""
+        if self.capture is not None:
+            probs, out = explicit_attention(q, k, v, table, self.attn_drop)
+            self.capture(probs, table)
+            return _merge_heads(out, table)
         dropout = self.attn_drop.p if self.training else 0.0
         return _merge_heads(_attend(q, k, v, table, dropout), table)
 

@@ -1,0 +1,214 @@
+"""The pytorch-grad-cam family through its own classes, for dense and DGE models
+of the DeiT/ViT and PVT families.
+
+Target layer: the output of the second-to-last block (= the input of the last
+block): ``blocks[-2]`` for a ViT, ``block4[-2]`` for PVT.  There the spatial tokens
+still reach the class token through the last block's attention, so they receive
+gradients (a classifier reads only the cls token, whose final output no spatial
+token influences after the last block), and the tensor is the residual stream of
+all tokens in dense and DGE models alike.  pytorch-grad-cam's ViT recipe targets
+``blocks[-1].norm1`` instead; in a DGE block that LayerNorm runs twice (on all
+tokens for the keys, on the packed queries for the queries), so the recipe's
+reshape sees [L, C] packed queries: pass ``token_grid(model)`` and ``blocks[-2]``.
+
+Gradient methods back-propagate from the logits to the target layer only (its
+output is made a leaf and the parameters are frozen for the call: the same maps,
+no parameter gradients, most of a backward saved).  AblationCAM runs, for its
+ablation passes, only the layers from the target on (the blocks before it are
+bypassed: the ablation layer replaces their result with the stored activations
+anyway).  The CAM target is the predicted class unless labels are given.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from dge_explain.models import PyramidVisionTransformer
+
+METHODS = {
+    "gradcam": "GradCAM (Selvaraju et al.): channel weights = mean gradient",
+    "gradcam++": "GradCAM++ (Chattopadhay et al.)",
+    "xgradcam": "XGradCAM (Fu et al.)",
+    "layercam": "LayerCAM (Jiang et al.)",
+    "hirescam": "HiResCAM (Draelos and Carin): gradient times activation, element-wise",
+    "gradcam-elementwise": "GradCAM with element-wise ReLU (pytorch-grad-cam's GradCAMElementWise)",
+    "eigencam": "EigenCAM (Muhammad and Yeasin): first principal component, no gradient",
+    "eigengradcam": "EigenGradCAM: first principal component of gradient times activation",
+    "scorecam": "ScoreCAM (Wang et al.): one forward per channel of the target layer",
+    "ablationcam": "AblationCAM (Desai and Ramaswamy): one ablated forward per channel",
+}
+
+
+def _classes() -> dict:
+    import pytorch_grad_cam as cams  # imported on first use: it takes seconds
+
+    return {"gradcam": cams.GradCAM, "gradcam++": cams.GradCAMPlusPlus, "xgradcam": cams.XGradCAM,
+            "layercam": cams.LayerCAM, "hirescam": cams.HiResCAM, "gradcam-elementwise": cams.GradCAMElementWise,
+            "eigencam": cams.EigenCAM, "eigengradcam": cams.EigenGradCAM, "scorecam": cams.ScoreCAM,
+            "ablationcam": cams.AblationCAM}
+
+
+def cam_target_layer(model: nn.Module) -> tuple[nn.Module, list[nn.Module], int]:
+    """(module whose output the CAMs read, the blocks before it, token stride in pixels)."""
+    if isinstance(model, PyramidVisionTransformer):
+        blocks, stride = list(model.block4), 32
+        before = [b for stage in (model.block1, model.block2, model.block3) for b in stage] + blocks[:-2]
+    elif hasattr(model, "blocks") and hasattr(model, "patch_embed"):
+        blocks, stride = list(model.blocks), model.patch_embed.proj.stride[0]
+        before = blocks[:-2]
+    else:
+        raise ValueError(f"no CAM target layer known for {type(model).__name__}")
+    if len(blocks) < 2:
+        raise ValueError("the CAMs need at least two blocks in the last stage")
+    return blocks[-2], before, stride
+
+
+class token_grid:
+    """reshape_transform for pytorch-grad-cam: tokens [B, N, C] -> [B, C, H, W] on
+    the token grid of the last images seen (extra tokens dropped)."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.grid = (0, 0)
+
+    def for_images(self, images: torch.Tensor) -> "token_grid":
+        _, _, stride = cam_target_layer(self.model)
+        self.grid = (images.shape[-2] // stride, images.shape[-1] // stride)
+        return self
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        if tokens.dim() != 3:
+            raise ValueError(f"the CAM target layer gave a {tuple(tokens.shape)} tensor, not tokens [B, N, C]: "
+                             "in a DGE block, LayerNorms and attention see packed queries [L, C]; target a "
+                             "block output such as model.blocks[-2]")
+        height, width = self.grid
+        spatial = tokens[:, tokens.shape[1] - height * width:]
+        return spatial.reshape(tokens.shape[0], height, width, -1).permute(0, 3, 1, 2)
+
+
+class _Passthrough(nn.Module):
+    def forward(self, x, *args):
+        return x
+
+
+@contextlib.contextmanager
+def _bypassed(modules: list[nn.Module]):
+    """Inside, each module returns its first input (their results are not needed)."""
+    for module in modules:
+        module.forward = _Passthrough().forward
+    try:
+        yield
+    finally:
+        for module in modules:
+            del module.forward
+
+
+@contextlib.contextmanager
+def _quiet():
+    """pytorch-grad-cam's ScoreCAM and AblationCAM draw a progress bar per image."""
+    import pytorch_grad_cam.ablation_cam as ablation
+    import pytorch_grad_cam.score_cam as score
+
+    class Silent:
+        @staticmethod
+        def tqdm(iterable, *args, **kwargs):
+            return iterable
+
+    saved = ablation.tqdm, score.tqdm
+    ablation.tqdm = score.tqdm = Silent
+    try:
+        yield
+    finally:
+        ablation.tqdm, score.tqdm = saved
+
+
+def _ablation_layer(before: list[nn.Module], stack: contextlib.ExitStack):
+    from pytorch_grad_cam.ablation_layer import AblationLayerVit
+
+    class TokenAblation(AblationLayerVit):
+        """pytorch-grad-cam's token ablation, called like a block (x, grid); from its
+        first ablation pass on, the blocks before the target are bypassed."""
+
+        def __call__(self, x, *args):
+            return super().__call__(x)
+
+        def set_next_batch(self, *args, **kwargs):
+            if not getattr(self, "bypassing", False):
+                stack.enter_context(_bypassed(before))
+                self.bypassing = True
+            return super().set_next_batch(*args, **kwargs)
+
+    return TokenAblation()
+
+
+# ScoreCAM builds [images, channels, 3, H, W] masked copies of its input at once:
+# it is given a few images at a time, and scores the copies in larger batches.
+SCORECAM_IMAGES, SCORECAM_BATCH = 2, 64
+
+
+class CAMMaps:
+    """Maps of one pytorch-grad-cam method, named as the method."""
+
+    def __init__(self, model: nn.Module, method: str = "gradcam"):
+        if method not in METHODS:
+            raise ValueError(f"unknown CAM method {method!r}; known: {', '.join(METHODS)}")
+        self.model, self.method = model, method
+        self.layer, self.before, _ = cam_target_layer(model)
+        self.reshape = token_grid(model)
+
+    def names(self) -> list[str]:
+        return [self.method]
+
+    def describe(self) -> dict[str, dict]:
+        layer = next(name for name, module in self.model.named_modules() if module is self.layer)
+        return {self.method: {"method": self.method, "target_layer": layer}}
+
+    @property
+    def uses_gradients(self) -> bool:
+        return self.method not in ("eigencam", "scorecam", "ablationcam")
+
+    @property
+    def class_specific(self) -> bool:
+        return self.method != "eigencam"
+
+    def __call__(self, images: torch.Tensor, ids=None, labels=None) -> dict[str, torch.Tensor]:
+        if self.method == "scorecam" and len(images) > SCORECAM_IMAGES:
+            parts = [self(images[i:i + SCORECAM_IMAGES], None,
+                          None if labels is None else labels[i:i + SCORECAM_IMAGES])[self.method]
+                     for i in range(0, len(images), SCORECAM_IMAGES)]
+            return {self.method: torch.cat(parts)}
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        self.reshape.for_images(images)
+        targets = None if labels is None else [ClassifierOutputTarget(int(c)) for c in labels]
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        was_training = self.model.training
+        self.model.eval()
+        with contextlib.ExitStack() as stack:
+            for parameter in trainable:
+                parameter.requires_grad_(False)
+            stack.callback(lambda: [p.requires_grad_(True) for p in trainable])
+            stack.callback(lambda: self.model.train(was_training))
+            # The graph starts at the target layer (its output a leaf); hooks live for this
+            # call only, and the cut runs before pytorch-grad-cam's hook, which records the leaf.
+            cut = self.layer.register_forward_hook(lambda module, args, out: out.detach().requires_grad_(True))
+            stack.callback(cut.remove)
+            extra = {"ablation_layer": _ablation_layer(self.before, stack)} if self.method == "ablationcam" else {}
+            cam = _classes()[self.method](model=self.model, target_layers=[self.layer],
+                                          reshape_transform=self.reshape, **extra)
+            if self.method == "scorecam":
+                cam.batch_size = SCORECAM_BATCH
+            stack.callback(cam.activations_and_grads.release)
+            stack.enter_context(_quiet())
+            with torch.enable_grad():
+                maps = cam(input_tensor=images, targets=targets)
+        return {self.method: torch.from_numpy(maps).to(images.device)}
+
+
+def build(model: nn.Module, requests: dict[str, str], seed: int) -> list:
+    for method, argument in requests.items():
+        if argument:
+            raise ValueError(f"method '{method}' takes no argument, got '{method}:{argument}'")
+    return [CAMMaps(model, method) for method in requests]

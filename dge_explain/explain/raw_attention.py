@@ -1,0 +1,18 @@
+"""Raw attention: the last block's attention averaged over heads, the class
+token's row over the spatial tokens."""
+from __future__ import annotations
+
+from .attention_capture import AttentionExplainer, cls_row_maps
+
+METHODS = {"attention": "raw attention: the last block's head-averaged attention, cls row"}
+
+
+class RawAttention(AttentionExplainer):
+    name = "attention"
+
+    def map_from(self, record, images):
+        return cls_row_maps(record.probs[-1].mean(1)[:, 0], self.model, images)
+
+
+def build(model, requests: dict[str, str], seed: int) -> list:
+    return [RawAttention(model)]

@@ -1,0 +1,275 @@
+"""The explainer league: every baseline on hand-set attention (raw attention and
+rollout by hand, attention GradCAM and relevance on hand-given gradients), the
+attention capture against autograd and against the reference op for DGE models,
+the pytorch-grad-cam family on dense, DGE and PVT models, the registry, and one
+shared pass per batch."""
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+from dge_explain import ops
+from dge_explain.explain import CAMMaps, batch_maps, build_explainers, token_grid
+from dge_explain.explain.attention_capture import AttentionRecord, attention_pass, recording
+from dge_explain.explain.attention_gradcam import AttentionGradCAM
+from dge_explain.explain.raw_attention import RawAttention
+from dge_explain.explain.relevance import Relevance
+from dge_explain.explain.rollout import Rollout
+from dge_explain.methods import method_help, parse_method, registry
+from dge_explain.models import from_dense
+from dge_explain.models.attention import explicit_attention
+
+from helpers import randomise_routers, small_pvt
+
+
+def tiny_vit(**kwargs):
+    """A ViT with 16-px patches, by default 32 x 32 pixels: cls + a 2 x 2 token grid."""
+    settings = {"img_size": 32, "depth": 2, "num_classes": 5, **kwargs}
+    return timm.create_model("vit_tiny_patch16_224", **settings).eval()
+
+
+def _upsampled(grid_values, size=32):
+    return F.interpolate(torch.as_tensor(grid_values, dtype=torch.float32).view(1, 1, 2, 2), size=(size, size),
+                         mode="bilinear", align_corners=False)[0]
+
+
+# Two blocks, two heads, five tokens (cls first); rows sum to 1.
+A1 = torch.tensor([[[0.2, 0.4, 0.1, 0.2, 0.1]] + [[0.2] * 5] * 4,
+                   [[0.6, 0.1, 0.1, 0.1, 0.1]] + [[0.2] * 5] * 4])
+A2 = torch.tensor([[[0.1, 0.1, 0.5, 0.2, 0.1]] + [[0.0, 0.25, 0.25, 0.25, 0.25]] * 4,
+                   [[0.3, 0.3, 0.1, 0.2, 0.1]] + [[1.0, 0.0, 0.0, 0.0, 0.0]] * 4])
+
+
+def _record(grads=None):
+    probs = [A1[None], A2[None]]
+    return AttentionRecord(probs, grads, torch.zeros(1, 5), torch.zeros(1, dtype=torch.long))
+
+
+def test_raw_attention_by_hand():
+    images = torch.zeros(1, 3, 32, 32)
+    got = RawAttention(tiny_vit()).map_from(_record(), images)
+    # last block, mean of the heads' cls rows over the spatial tokens: (0.1+0.3)/2, (0.5+0.1)/2, ...
+    torch.testing.assert_close(got, _upsampled([0.2, 0.3, 0.2, 0.1]))
+
+
+def test_rollout_by_hand():
+    images = torch.zeros(1, 3, 32, 32)
+    got = Rollout(tiny_vit()).map_from(_record(), images)
+    hat = []
+    for a in (A1, A2):
+        m = a.double().mean(0) + torch.eye(5, dtype=torch.float64)
+        hat.append(m / m.sum(-1, keepdim=True))
+    # cls row of A2_hat @ A1_hat: (A2_hat)[0] . A1_hat
+    joint = hat[1] @ hat[0]
+    expected = [float(joint[0, j]) for j in range(1, 5)]
+    # first row of A1_hat: mean cls row (0.4, 0.25, 0.1, 0.15, 0.1) + e_0, halved: (0.7, .125, .05, .075, .05)
+    assert torch.allclose(hat[0][0], torch.tensor([0.7, 0.125, 0.05, 0.075, 0.05], dtype=torch.float64))
+    torch.testing.assert_close(got, _upsampled(expected))
+
+
+def test_attention_gradcam_by_hand():
+    grads = [torch.zeros(1, 2, 5, 5), torch.zeros(1, 2, 5, 5)]
+    grads[1][0, 0, 0, 1:] = torch.tensor([1.0, 1.0, 2.0, 0.0])        # head 0: weight mean = 1
+    grads[1][0, 1, 0, 1:] = torch.tensor([-2.0, -2.0, -2.0, -2.0])    # head 1: weight -2
+    images = torch.zeros(1, 3, 32, 32)
+    got = AttentionGradCAM(tiny_vit()).map_from(_record(grads), images)
+    # mean over heads of weight_h * A2_h[cls, spatial], then ReLU:
+    # head 0: 1 * (0.1, 0.5, 0.2, 0.1); head 1: -2 * (0.3, 0.1, 0.2, 0.1)
+    expected = [max(0.0, (0.1 - 0.6) / 2), (0.5 - 0.2) / 2, (0.2 - 0.4) / 2, (0.1 - 0.2) / 2]
+    torch.testing.assert_close(got, _upsampled([max(0.0, v) for v in expected]))
+
+
+def test_relevance_by_hand():
+    grads = [torch.ones(1, 2, 5, 5), -torch.ones(1, 2, 5, 5)]
+    grads[1][0, 0, 0] = 2.0                                             # only head 0's cls row positive in block 2
+    images = torch.zeros(1, 3, 32, 32)
+    got = Relevance(tiny_vit()).map_from(_record(grads), images)
+    # block 1: A_bar = mean_h (1 * A1)^+ = mean_h A1; R = I + A_bar
+    r = torch.eye(5, dtype=torch.float64) + A1.double().mean(0)
+    # block 2: (grad * A2)^+ is 2 * A2[head 0] on the cls row, 0 elsewhere; halved by the head mean
+    bar = torch.zeros(5, 5, dtype=torch.float64)
+    bar[0] = A2[0, 0].double()
+    r = r + bar @ r
+    torch.testing.assert_close(got, _upsampled([float(v) for v in r[0, 1:]]))
+
+
+def _leaf_gradients(model, images, target):
+    """Independent gradients: one block at a time, its attention probabilities
+    replaced by a leaf (the other blocks' stay in the graph, so the gradient is the
+    total derivative, paths through later attention included)."""
+    probs, grads = [], []
+    for chosen in model.blocks:
+        leaves = []
+
+        def swap(module, args, out):
+            leaves.append(out.detach().clone().requires_grad_(True))
+            return leaves[-1]
+
+        chosen.attn.fused_attn = False
+        handle = chosen.attn.attn_drop.register_forward_hook(swap)
+        try:
+            logits = model(images)
+            grads.append(torch.autograd.grad(logits[torch.arange(len(images)), target].sum(), leaves)[0])
+        finally:
+            handle.remove()
+            chosen.attn.fused_attn = True
+        probs.append(leaves[0].detach())
+    return probs, grads
+
+
+def test_the_recorded_attention_and_its_gradients_are_autograds(generator):
+    model = tiny_vit()
+    images = torch.randn(3, 3, 32, 32, generator=generator)
+    record, _ = attention_pass(model, images, gradients=True)
+    leaves, grads = _leaf_gradients(model, images, record.targets)
+    for got, expected in zip(record.probs, leaves):
+        torch.testing.assert_close(got, expected)
+    for got, expected in zip(record.grads, grads):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-7)
+    assert all(block.attn.fused_attn for block in model.blocks), "the fused path is restored"
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())
+
+
+def test_dge_attention_capture_equals_the_reference_op(generator):
+    """The explicit path computes what the compiled varlen op computes; its
+    token-level rows are the covering queries' rows; gradients split by area."""
+    indices = torch.randint(0, 2, (2, 3, 2), generator=generator)
+    table = ops.route_to_patches(indices, (2, 1), 2, 1)
+    q = torch.randn(table.total, 3, 8, generator=generator, dtype=torch.float64)
+    k = torch.randn(2, 3, table.tokens, 8, generator=generator, dtype=torch.float64)
+    v = torch.randn_like(k)
+    probs, out = explicit_attention(q, k, v, table, torch.nn.Identity())
+    torch.testing.assert_close(out, ops.reference.varlen_attention(q, k, v, table.offsets, 8 ** -0.5))
+    torch.testing.assert_close(out, ops.varlen_attention(q, k, v, table))
+    from dge_explain.explain.attention_capture import split_over_tokens, token_attention
+
+    covering, area = ops.reference.token_rows(table)
+    tokens = token_attention(probs, table)
+    assert tokens.shape == (2, 3, table.tokens, table.tokens)
+    for b in range(2):
+        for t in range(table.tokens):
+            assert torch.equal(tokens[b, :, t], probs[covering[b, t]])
+    grad = torch.randn_like(probs)
+    split = split_over_tokens(grad, table)
+    summed = torch.zeros_like(grad)
+    summed.index_add_(0, covering.flatten(), split.permute(0, 2, 1, 3).reshape(-1, 3, table.tokens))
+    torch.testing.assert_close(summed, grad)
+
+
+def test_a_dge_model_computes_the_same_with_the_attention_recorded(generator):
+    model = from_dense(tiny_vit(img_size=64), phi=(1, 2)).eval()
+    randomise_routers(model, generator, std=0.5)
+    images = torch.randn(2, 3, 64, 64, generator=generator)
+    with torch.no_grad():
+        plain = model(images)
+        with recording(model) as recorder:
+            recorded = model(images)
+    torch.testing.assert_close(recorded, plain, rtol=1e-5, atol=1e-5)
+    assert len(recorder.blocks) == 2 and recorder.blocks[0][1] is not None, "packed queries with their table"
+    record, _ = attention_pass(model, images, gradients=True)
+    assert record.probs[0].shape == (2, 3, 17, 17) and all(torch.isfinite(g).all() for g in record.grads)
+    assert all(a.capture is None for a in (b.attn for b in model.blocks))
+    maps = batch_maps(build_explainers(model, ["attention", "rollout", "attention-gradcam", "relevance"]),
+                      images, ["a", "b"])
+    assert all(m.shape == (2, 64, 64) and torch.isfinite(m).all() for m in maps.values())
+
+
+def test_attention_explainers_on_pvt_where_defined(generator):
+    model = small_pvt(phi=(1, 2), depths=(1, 1, 1, 2), dtype=torch.float32).eval()
+    randomise_routers(model, generator)
+    images = torch.randn(2, 3, 128, 128, generator=generator)
+    maps = batch_maps(build_explainers(model, ["attention", "attention-gradcam"]), images, ["a", "b"])
+    assert all(m.shape == (2, 128, 128) and torch.isfinite(m).all() for m in maps.values())
+    for method in ("rollout", "relevance"):
+        with pytest.raises(ValueError, match=rf"{method} multiplies token-to-token attention across blocks; "
+                                             r"PVT's stages 1-3 attend to spatially reduced keys"):
+            build_explainers(model, [method])
+
+
+CAMS = ["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "gradcam-elementwise", "eigencam",
+        "eigengradcam", "scorecam", "ablationcam"]
+
+
+@pytest.mark.parametrize("family", ["dense", "dge", "pvt"])
+def test_the_pytorch_grad_cam_family(family, generator):
+    if family == "pvt":
+        model = small_pvt(phi=(1, 2), depths=(1, 1, 1, 2), dtype=torch.float32).eval()
+        randomise_routers(model, generator)
+        images = torch.randn(2, 3, 128, 128, generator=generator)
+    else:
+        model = tiny_vit(img_size=64, embed_dim=24, num_heads=2)
+        if family == "dge":
+            model = from_dense(model, phi=(1, 2)).eval()
+            randomise_routers(model, generator, std=0.5)
+        images = torch.randn(2, 3, 64, 64, generator=generator)
+    explainers = build_explainers(model, CAMS)
+    maps = batch_maps(explainers, images, ["a", "b"])
+    assert sorted(maps) == sorted(CAMS)
+    for name, m in maps.items():
+        assert m.shape == (2, *images.shape[-2:]) and torch.isfinite(m).all(), name
+        assert m.min() >= 0 and m.max() <= 1 + 1e-6, name
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())
+    labels = torch.tensor([1, 3])
+    assert torch.equal(CAMMaps(model, "gradcam")(images, labels=labels)["gradcam"],
+                       CAMMaps(model, "gradcam")(images, labels=labels)["gradcam"])
+
+
+def test_ablationcam_runs_only_the_tail_and_gives_pytorch_grad_cams_map(generator):
+    from pytorch_grad_cam import AblationCAM
+    from pytorch_grad_cam.ablation_layer import AblationLayerVit
+
+    model = tiny_vit(img_size=64, embed_dim=24, num_heads=2, depth=3)
+    images = torch.randn(2, 3, 64, 64, generator=generator)
+    calls = []
+    handle = model.blocks[0].attn.register_forward_hook(lambda *_: calls.append(1))
+    ours = CAMMaps(model, "ablationcam")(images)["ablationcam"]
+    handle.remove()
+    # pytorch-grad-cam's two full passes (activations, original scores); none per ablation batch
+    assert len(calls) == 2, "the blocks before the target run for the activations only"
+    reshape = token_grid(model).for_images(images)
+    whole = AblationCAM(model=model, target_layers=[model.blocks[-2]], reshape_transform=reshape,
+                        ablation_layer=AblationLayerVit())
+    with torch.no_grad():
+        expected = whole(input_tensor=images, targets=None)
+    torch.testing.assert_close(ours, torch.from_numpy(expected), rtol=0, atol=1e-5)
+
+
+def test_the_standard_recipe_on_a_dge_model_gets_a_clear_message(generator):
+    from pytorch_grad_cam import GradCAM
+
+    model = from_dense(tiny_vit(img_size=64), phi=(1, 2)).eval()
+    cam = GradCAM(model=model, target_layers=[model.blocks[-1].norm1],
+                  reshape_transform=token_grid(model).for_images(torch.zeros(1, 3, 64, 64)))
+    with pytest.raises(ValueError, match=r"packed queries \[L, C\]; target a block output such as "
+                                         r"model.blocks\[-2\]"):
+        cam(input_tensor=torch.randn(1, 3, 64, 64, generator=generator), targets=None)
+    cam.activations_and_grads.release()
+
+
+def test_the_registry_knows_every_explainer_without_importing_it():
+    names = set(registry())
+    assert {"random", "gating", "gating-margin", "gating-density", "attention", "rollout", "attention-gradcam",
+            "relevance", *CAMS} <= names
+    assert registry()["gating"][1] and not registry()["rollout"][1]
+    assert "gating[:L1,L2,...]" in method_help() and "scorecam" in method_help()
+    assert parse_method(" RollOut ") == ("rollout", None)
+    with pytest.raises(ValueError, match=r"method 'rollout:3' takes no layers"):
+        parse_method("rollout:3")
+
+
+def test_one_pass_serves_every_attention_explainer_and_the_gating_maps(generator):
+    model = from_dense(tiny_vit(img_size=64), phi=(1, 2)).eval()
+    randomise_routers(model, generator, std=0.5)
+    images = torch.randn(2, 3, 64, 64, generator=generator)
+    explainers = build_explainers(model, ["attention", "rollout", "relevance", "attention-gradcam", "gating"])
+    forwards = []
+    handle = model.register_forward_hook(lambda *_: forwards.append(1))
+    try:
+        shared = batch_maps(explainers, images, ["a", "b"])
+    finally:
+        handle.remove()
+    assert len(forwards) == 1
+    alone = {name: m for e in explainers for name, m in e(images, ["a", "b"]).items()}
+    assert sorted(shared) == sorted(alone)
+    for name in alone:
+        torch.testing.assert_close(shared[name], alone[name].cpu(), rtol=1e-5, atol=1e-7)
