@@ -93,6 +93,40 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_perturb(args: argparse.Namespace) -> int:
+    from dge_explain import paths
+    from dge_explain.data.folders import list_images
+    from dge_explain.methods import parse_method
+    from dge_explain.runs import RunFolder
+
+    for method in args.methods:
+        parse_method(method)
+    folder = paths.expand(args.images, args.home)
+    list_images(folder)
+    RunFolder(args.out, "perturb").previous_settings()
+
+    from dge_explain import zoo
+    from dge_explain.data import Preprocessing
+    from dge_explain.distributed import Distributed
+    from dge_explain.explain import build_explainers
+    from dge_explain.perturb import markdown_tables, perturb
+
+    zoo.check_choice(args.model, args.checkpoint, args.weights, args.trained, args.random_weights)
+    device = Distributed(args.device).device
+    model = zoo.load_by_name(**_model_choice(args))
+    explainers = build_explainers(model, args.methods, args.seed)
+    preprocessing = Preprocessing.of(model, input_size=args.image_size, interpolation=args.interpolation,
+                                     **_overrides(args))
+    summary = perturb(model, folder, explainers, args.out, limit=args.limit, batch_size=args.batch_size,
+                      forward_batch=args.forward_batch, device=device, workers=args.workers,
+                      info=zoo.identity(**_model_choice(args)), preprocessing=preprocessing,
+                      budget=None if args.no_router else args.budget)
+    if summary is not None:
+        print(markdown_tables(summary))
+        print(f"written to {args.out}/results.{{json,csv,md}} and perturbation.png")
+    return 0
+
+
 def cmd_classify(args: argparse.Namespace) -> int:
     import json
 
@@ -231,6 +265,26 @@ def build_parser() -> argparse.ArgumentParser:
     _preprocessing_arguments(evaluate, crop=False)
     evaluate.set_defaults(handler=cmd_evaluate)
 
+    perturb = commands.add_parser("perturb", help="faithfulness: the perturbation test of every explainer "
+                                                   "(and, for DGE models, the router test)")
+    _model_arguments(perturb)
+    perturb.add_argument("--images", default="$DGE_EXPLAIN_HOME/data/imagenet-sample",
+                         help="folder of synset-named images; FOLDER:even / FOLDER:odd for a half")
+    perturb.add_argument("--methods", nargs="+", default=["random", "attention", "rollout", "gating:1,4,8,12"],
+                         help=method_help())
+    perturb.add_argument("--out", required=True, help="output folder (rerun to resume)")
+    perturb.add_argument("--limit", type=int, help="first N images only")
+    perturb.add_argument("--batch-size", type=int, default=16, help="images whose maps are computed together")
+    perturb.add_argument("--forward-batch", type=int, default=64, help="perturbed images per forward pass")
+    perturb.add_argument("--budget", type=float, default=0.5,
+                         help="router test: share of regions forced to the finest granularity")
+    perturb.add_argument("--no-router", action="store_true", help="skip the router test")
+    perturb.add_argument("--image-size", type=int, help="crop size (default: the model's input size)")
+    perturb.add_argument("--workers", type=int, default=2)
+    perturb.add_argument("--seed", type=int, default=0, help="seed of the random maps")
+    _preprocessing_arguments(perturb, crop=True)
+    perturb.set_defaults(handler=cmd_perturb)
+
     classify = commands.add_parser("classify", help="top-1/top-5, complexity ratio and fine regions "
                                                      "per layer on labelled images")
     _model_arguments(classify)
@@ -301,12 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="methods of the comparison figure (default: every method of the run but random)")
     figures.set_defaults(handler=cmd_figures)
 
-    for sub in (info, evaluate, classify, train, bench, figures):
+    for sub in (info, evaluate, perturb, classify, train, bench, figures):
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                          help="show the full traceback of an error")
-    for sub in (evaluate, classify, train, bench, figures):
+    for sub in (evaluate, perturb, classify, train, bench, figures):
         sub.add_argument("--home", help="data home (default $DGE_EXPLAIN_HOME)")
-    for sub in (evaluate, classify):
+    for sub in (evaluate, perturb, classify):
         sub.add_argument("--device", default="cpu")
     return parser
 

@@ -14,23 +14,18 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Subset
-from tqdm import tqdm
 
 from dge_explain.data import Preprocessing, canonical_spec, segmentation_dataset
 from dge_explain.data.segmentation import MASK_ISSUES
 from dge_explain.explain import batch_maps
 from dge_explain.metrics import ImageScore, aggregate, score_maps
-from dge_explain.runs import RunError, RunFolder, match_records
+from dge_explain.runs import RunFolder, run_resumable, say
 
 
 def methods_of_run(settings: dict) -> list[str]:
@@ -44,12 +39,6 @@ def methods_of_run(settings: dict) -> list[str]:
         else:
             methods.append(config["method"])
     return sorted(set(methods)) + [f"{kind}:{','.join(map(str, sorted(ls)))}" for kind, ls in sorted(layers.items())]
-
-
-def _rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 @dataclass
@@ -147,10 +136,6 @@ def check_input_size(model: nn.Module, size: int, device) -> None:
         raise ValueError(f"image size {size}x{size} does not fit {type(model).__name__}: {error}") from None
 
 
-def _say(message: str) -> None:
-    tqdm.write(message, file=sys.stderr)
-
-
 def evaluate(model: nn.Module, dataset_spec: str, explainers: list, out, limit: int | None = None,
              batch_size: int = 16, device="cpu", workers: int = 2, progress: bool = True,
              info: dict | None = None, preprocessing: Preprocessing | None = None) -> EvaluationResult | None:
@@ -158,10 +143,6 @@ def evaluate(model: nn.Module, dataset_spec: str, explainers: list, out, limit: 
 
     preprocessing: the protocol's input (default: the model's mean and std, the
     whole image resized bilinearly to its input size; Preprocessing.for_segmentation)."""
-    if limit is not None and limit < 1:
-        raise ValueError(f"--limit must be at least 1, got {limit}")
-    if batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
     preprocessing = preprocessing or Preprocessing.of(model).for_segmentation()
     dataset = segmentation_dataset(dataset_spec, preprocessing)
     names = [n for e in explainers for n in e.names()]
@@ -169,76 +150,31 @@ def evaluate(model: nn.Module, dataset_spec: str, explainers: list, out, limit: 
         raise ValueError(f"the explainers name the same map twice: {names}")
     model = model.to(device).eval()
     check_input_size(model, preprocessing.input_size, device)
-    count = len(dataset) if limit is None else min(limit, len(dataset))
-    run = RunFolder(out, "evaluate")
-    rank, world = _rank_world()
-    settings = {"dataset": canonical_spec(dataset_spec), "maps": dict(sorted(
-        (name, config) for e in explainers for name, config in e.describe().items())),
+    settings = {"dataset": canonical_spec(dataset_spec), "maps": describe_maps(explainers),
                 "preprocessing": preprocessing.as_dict(), **(info or {})}
-    with run.locked() if rank == 0 else nullcontext():
-        if rank == 0:
-            _refuse_smaller_limit(run.out, limit, count)
-            run.start(settings)
-        if world > 1:  # the settings are checked before any rank reads or appends records
-            dist.barrier()
-        done, changed, removed = match_records(dataset, count, run.records())
-        if world > 1:  # every rank has read (and mended) the record files before any appends
-            dist.barrier()
-        if rank == 0:
-            for key in changed[:10]:
-                _say(f"{key} changed since it was scored: scoring it again")
-            if len(changed) > 10:
-                _say(f"... and {len(changed) - 10} more changed images")
-            if removed:
-                _say(f"{len(removed)} scored image(s) are no longer in the dataset and are left out of "
-                     f"the results: {', '.join(removed[:5])}{' ...' if len(removed) > 5 else ''}")
-        mine = [i for i in range(count) if i % world == rank and i not in done]
-        _score(dataset, explainers, run, rank, world, mine, count, len(done), batch_size, device,
-               workers, progress)
-        if world > 1:
-            dist.barrier()
-        if rank != 0:
-            return None
-        done, changed, _ = match_records(dataset, count, run.records())
-        missing = [dataset.keys()[i] for i in range(count) if i not in done]
-        if missing:
-            raise RuntimeError(f"records of images {missing[:10]} are missing from {run.records_dir}")
-        return write_outputs(run.out, [done[i] for i in range(count)], {"format": 2, **settings}, limit)
+
+    def score_batch(batch: dict) -> list[dict]:
+        maps = batch_maps(explainers, batch["image"].to(device), batch["key"])
+        scored = {name: score_maps(values, batch["mask"]) for name, values in maps.items()}
+        bodies = []
+        for j in range(len(batch["key"])):
+            issue = batch["mask_issue"][j]
+            if issue:
+                what = "; ".join(MASK_ISSUES[i] for i in issue.split(","))
+                say(f"warning: the mask of {dataset.describe(int(batch['index'][j]))} is {what}")
+            bodies.append({"mask_issue": issue,
+                           "scores": {name: values[j][0].to_record() for name, values in scored.items()},
+                           "histograms": {name: values[j][1].ravel().tolist() for name, values in scored.items()}})
+        return bodies
+
+    records = run_resumable(RunFolder(out, "evaluate"), dataset, settings, limit, score_batch, batch_size,
+                            workers, progress)
+    if records is None:
+        return None
+    return write_outputs(Path(out), records, {"format": 2, **settings}, limit)
 
 
-def _refuse_smaller_limit(out: Path, limit: int | None, count: int) -> None:
-    results = out / "results.json"
-    if limit is None or not results.exists():
-        return
-    previous = json.loads(results.read_text()).get("images", 0)
-    if count < previous:
-        raise RunError(f"{out} holds the results of {previous} images; --limit {limit} would replace them "
-                       f"with those of {count}: choose another --out, or a --limit of at least {previous}")
-
-
-def _score(dataset, explainers, run: RunFolder, rank: int, world: int, mine: list[int], count: int,
-           already: int, batch_size: int, device, workers: int, progress: bool) -> None:
-    loader = DataLoader(Subset(dataset, mine), batch_size=batch_size, num_workers=workers)
-    with run.sink(rank) as sink, tqdm(total=count, initial=already, desc="evaluating",
-                                      disable=not progress or rank != 0) as bar:
-        for batch in loader:
-            failed = [message for message in batch["error"] if message]
-            if failed:
-                raise RunError(f"{failed[0]}; the images scored so far are kept in {run.records_dir}: fix "
-                               "or remove the file and rerun to resume")
-            images = batch["image"].to(device)
-            maps = batch_maps(explainers, images, batch["key"])
-            masks = batch["mask"]
-            scored = {name: score_maps(values, masks) for name, values in maps.items()}
-            for j, key in enumerate(batch["key"]):
-                issue = batch["mask_issue"][j]
-                if issue:
-                    what = "; ".join(MASK_ISSUES[i] for i in issue.split(","))
-                    _say(f"warning: the mask of {dataset.describe(int(batch['index'][j]))} is {what}")
-                record = {"format": 2, "key": key, "stat": batch["stat"][j].tolist(),
-                          "digest": batch["digest"][j], "mask_issue": issue,
-                          "scores": {name: values[j][0].to_record() for name, values in scored.items()},
-                          "histograms": {name: values[j][1].ravel().tolist() for name, values in scored.items()}}
-                sink.write(json.dumps(record) + "\n")
-            sink.flush()
-            bar.update(min(len(batch["key"]) * world, bar.total - bar.n))  # rank 0 speaks for all
+def describe_maps(explainers: list) -> dict[str, dict]:
+    """The settings of every map, by name, in name order (so that the same set of
+    maps compares equal however it was asked for)."""
+    return dict(sorted((name, config) for e in explainers for name, config in e.describe().items()))

@@ -231,6 +231,30 @@ def pr_figure(histograms: dict[str, np.ndarray]):
     return figure
 
 
+def perturbation_figure(summary: dict):
+    """Top-1 against the fraction of pixels removed: one panel per explained class
+    (predicted, target) and order (positive: most relevant first; negative: least
+    relevant first), one line per method with its AUC in the legend."""
+    fractions = [0.0] + [round(0.1 * i, 1) for i in range(1, 10)]
+    figure, axes = plt.subplots(2, 2, figsize=(9.0, 6.4), sharex=True, sharey=True, squeeze=False)
+    colours = plt.cm.tab20(np.linspace(0, 1, max(1, len(summary["curves"]))))
+    for row, variant in enumerate(("predicted", "target")):
+        for column, direction in enumerate(("positive", "negative")):
+            axis = axes[row, column]
+            for colour, (name, curves) in zip(colours, summary["curves"].items()):
+                axis.plot(fractions, [100 * v for v in curves[variant][direction]], "-o", markersize=2,
+                          color=colour, label=f"{method_title(name)} ({summary['auc'][name][variant][direction]:.1f})")
+            axis.set_title(f"{direction} ({'lower' if direction == 'positive' else 'higher'} AUC is better), "
+                           f"{variant} class")
+            axis.grid(alpha=0.3)
+            axis.legend(fontsize=5, ncol=2)
+            if row == 1:
+                axis.set_xlabel("fraction of pixels removed")
+            if column == 0:
+                axis.set_ylabel("top-1 (%)")
+    return figure
+
+
 def figures_for_run(run, out, images: int = 4, home=None, dpi: int = 150, methods=None) -> list[Path]:
     """Every figure an evaluation run (and a bench JSON inside it) supports; the
     comparison figure shows `methods` (default: every method of the run but random)."""

@@ -8,7 +8,8 @@ import importlib
 
 _HOMES = {
     "ImagenetSegMat": "segmentation", "MaskFolder": "segmentation", "segmentation_dataset": "segmentation",
-    "LabelledImageFolder": "imagenet", "Preprocessing": "preprocess", "canonical_spec": "listing",
+    "LabelledImageFolder": "imagenet", "IdentifiedImages": "imagenet", "Preprocessing": "preprocess",
+    "canonical_spec": "listing",
     "list_images": "folders", "parse_folder_spec": "folders", "load_rgb": "transforms",
 }
 

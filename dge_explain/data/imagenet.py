@@ -3,13 +3,14 @@ imagenet-sample); the class index is the synset's rank among the 1000 ImageNet
 synsets, which sort in class-index order."""
 from __future__ import annotations
 
+import hashlib
 import re
 
 import torch
 from torch.utils.data import Dataset
 
 from .folders import list_images, parse_folder_spec
-from .transforms import load_rgb
+from .transforms import load_rgb, open_image
 
 SYNSET = re.compile(r"^(n\d{8})_")
 
@@ -47,3 +48,51 @@ class LabelledImageFolder(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.transform(load_rgb(self.files[i])), self.labels[i]
+
+    def keys(self) -> list[str]:
+        return [p.name for p in self.files]
+
+    def stat(self, i: int) -> list[int]:
+        try:
+            status = self.files[i].stat()
+        except OSError:  # gone since the listing: no fingerprint matches, reading names it
+            return [-1, -1]
+        return [status.st_size, status.st_mtime_ns]
+
+    def digest(self, i: int) -> str:
+        return hashlib.blake2b(self.files[i].read_bytes(), digest_size=16).hexdigest()
+
+
+class IdentifiedImages(Dataset):
+    """A LabelledImageFolder whose items are dicts with the image's identity (for the
+    resumable commands): image, label, index, key, stat, digest, error."""
+
+    def __init__(self, folder: LabelledImageFolder, size: int):
+        self.folder, self.size = folder, size
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def keys(self) -> list[str]:
+        return self.folder.keys()
+
+    def stat(self, i: int) -> list[int]:
+        return self.folder.stat(i)
+
+    def digest(self, i: int) -> str:
+        return self.folder.digest(i)
+
+    def describe(self, i: int) -> str:
+        return str(self.folder.files[i])
+
+    def __getitem__(self, i: int) -> dict:
+        path = self.folder.files[i]
+        item = {"label": self.folder.labels[i], "index": i, "key": path.name,
+                "stat": torch.tensor(self.stat(i), dtype=torch.long)}
+        try:
+            data = path.read_bytes()
+            image = self.folder.transform(open_image(data, path).convert("RGB"))
+        except (OSError, ValueError) as error:
+            message = error if isinstance(error, ValueError) else f"cannot read image {path}: {error}"
+            return {**item, "image": torch.zeros(3, self.size, self.size), "digest": "", "error": str(message)}
+        return {**item, "image": image, "digest": hashlib.blake2b(data, digest_size=16).hexdigest(), "error": ""}
