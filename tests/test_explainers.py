@@ -209,6 +209,9 @@ def test_the_pytorch_grad_cam_family(family, generator):
         assert m.shape == (2, *images.shape[-2:]) and torch.isfinite(m).all(), name
         assert m.min() >= 0 and m.max() <= 1 + 1e-6, name
     assert all(p.requires_grad and p.grad is None for p in model.parameters())
+    for e in explainers:     # one shared pass gives each method's own map
+        if e.uses_gradients:
+            torch.testing.assert_close(maps[e.method], e(images)[e.method], rtol=0, atol=1e-6)
     labels = torch.tensor([1, 3])
     assert torch.equal(CAMMaps(model, "gradcam")(images, labels=labels)["gradcam"],
                        CAMMaps(model, "gradcam")(images, labels=labels)["gradcam"])

@@ -20,7 +20,7 @@ from torch import nn
 from dge_explain.methods import merge_methods, registry
 
 from .attention_capture import AttentionExplainer, attention_pass
-from .cam import CAMMaps, token_grid
+from .cam import CAMMaps, shared_pass, token_grid
 from .gating import GatingMaps
 from .random import RandomMaps
 
@@ -45,29 +45,29 @@ def build_explainers(model: nn.Module, methods, seed: int = 0) -> list:
 
 def batch_maps(explainers: list, images: torch.Tensor, ids, labels=None) -> dict[str, torch.Tensor]:
     """Every explainer's maps of one batch, on the CPU.  Attention explainers share
-    one pass (with a backward only if one of them needs gradients); the gating maps
-    ride on that pass, or else on the first gradient CAM's forward (eval mode, the
-    same logits), or else run their own, cut short after the last router.
-    labels: the classes to explain (None: the predicted ones)."""
+    one pass (with a backward only if one of them needs gradients), the gradient
+    CAMs another (one forward and backward of pytorch-grad-cam, each method's class
+    weighing the same activations and gradients); the gating maps ride on the first
+    of these passes (eval mode, the same logits), or else run their own, cut short
+    after the last router.  labels: the classes to explain (None: the predicted ones)."""
     attention = [e for e in explainers if isinstance(e, AttentionExplainer)]
     gating = [e for e in explainers if isinstance(e, GatingMaps)]
-    carrier = None if attention or not gating else next(
-        (e for e in explainers if isinstance(e, CAMMaps) and e.uses_gradients), None)
+    gradient_cams = [e for e in explainers if isinstance(e, CAMMaps) and e.uses_gradients]
     maps, captured = {}, None
     if attention:
         record, captured = attention_pass(attention[0].model, images, labels,
                                           any(e.gradients for e in attention), gating)
         for explainer in attention:
             maps[explainer.name] = explainer.map_from(record, images)
-    elif carrier is not None:
+    if gradient_cams:
         with ExitStack() as stack:
-            captured = [stack.enter_context(rider.capturing()) for rider in gating]
-            maps.update(carrier(images, ids, labels))
+            riding = [] if captured is not None else [stack.enter_context(rider.capturing()) for rider in gating]
+            maps.update(shared_pass(gradient_cams, images, labels))
+        captured = captured if captured is not None else (riding or None)
     if captured is not None:
         for rider, logits in zip(gating, captured):
             maps.update(rider.maps_from(logits, images.shape[-2:]))
-    served = set(attention) | ({carrier} if carrier is not None else set()) | \
-        (set(gating) if captured is not None else set())
+    served = set(attention) | set(gradient_cams) | (set(gating) if captured is not None else set())
     for explainer in explainers:
         if explainer not in served:
             maps.update(explainer(images, ids, labels))

@@ -21,6 +21,7 @@ anyway).  The CAM target is the predicted class unless labels are given.
 from __future__ import annotations
 
 import contextlib
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -173,16 +174,10 @@ class CAMMaps:
     def class_specific(self) -> bool:
         return self.method != "eigencam"
 
-    def __call__(self, images: torch.Tensor, ids=None, labels=None) -> dict[str, torch.Tensor]:
-        if self.method == "scorecam" and len(images) > SCORECAM_IMAGES:
-            parts = [self(images[i:i + SCORECAM_IMAGES], None,
-                          None if labels is None else labels[i:i + SCORECAM_IMAGES])[self.method]
-                     for i in range(0, len(images), SCORECAM_IMAGES)]
-            return {self.method: torch.cat(parts)}
-        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-        self.reshape.for_images(images)
-        targets = None if labels is None else [ClassifierOutputTarget(int(c)) for c in labels]
+    @contextlib.contextmanager
+    def _prepared(self) -> Iterator[contextlib.ExitStack]:
+        """Eval mode, parameters frozen, and the graph cut at the target layer: its
+        output becomes a leaf, before pytorch-grad-cam's hook records it."""
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         was_training = self.model.training
         self.model.eval()
@@ -191,20 +186,51 @@ class CAMMaps:
                 parameter.requires_grad_(False)
             stack.callback(lambda: [p.requires_grad_(True) for p in trainable])
             stack.callback(lambda: self.model.train(was_training))
-            # The graph starts at the target layer (its output a leaf); hooks live for this
-            # call only, and the cut runs before pytorch-grad-cam's hook, which records the leaf.
             cut = self.layer.register_forward_hook(lambda module, args, out: out.detach().requires_grad_(True))
             stack.callback(cut.remove)
-            extra = {"ablation_layer": _ablation_layer(self.before, stack)} if self.method == "ablationcam" else {}
-            cam = _classes()[self.method](model=self.model, target_layers=[self.layer],
-                                          reshape_transform=self.reshape, **extra)
-            if self.method == "scorecam":
-                cam.batch_size = SCORECAM_BATCH
-            stack.callback(cam.activations_and_grads.release)
             stack.enter_context(_quiet())
-            with torch.enable_grad():
-                maps = cam(input_tensor=images, targets=targets)
-        return {self.method: torch.from_numpy(maps).to(images.device)}
+            yield stack
+
+    def _cam(self, stack: contextlib.ExitStack):
+        extra = {"ablation_layer": _ablation_layer(self.before, stack)} if self.method == "ablationcam" else {}
+        cam = _classes()[self.method](model=self.model, target_layers=[self.layer],
+                                      reshape_transform=self.reshape, **extra)
+        if self.method == "scorecam":
+            cam.batch_size = SCORECAM_BATCH
+        stack.callback(cam.activations_and_grads.release)
+        return cam
+
+    def __call__(self, images: torch.Tensor, ids=None, labels=None) -> dict[str, torch.Tensor]:
+        if self.method == "scorecam" and len(images) > SCORECAM_IMAGES:
+            parts = [self(images[i:i + SCORECAM_IMAGES], None,
+                          None if labels is None else labels[i:i + SCORECAM_IMAGES])[self.method]
+                     for i in range(0, len(images), SCORECAM_IMAGES)]
+            return {self.method: torch.cat(parts)}
+        return shared_pass([self], images, labels)
+
+
+def shared_pass(cams: list[CAMMaps], images: torch.Tensor, labels=None) -> dict[str, torch.Tensor]:
+    """The maps of several CAM methods on the same model and target layer from one
+    pytorch-grad-cam pass: the first method's forward (and backward) records the
+    activations and gradients; every other method's own class computes its map from
+    them (the gradient methods differ only in how they weigh the same tensors)."""
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    first = cams[0]
+    first.reshape.for_images(images)
+    targets = None if labels is None else [ClassifierOutputTarget(int(c)) for c in labels]
+    with first._prepared() as stack:
+        objects = [cam._cam(stack) for cam in cams]
+        for other in objects[1:]:
+            other.activations_and_grads.release()         # only the first one's hooks record
+        with torch.enable_grad():
+            maps = {first.method: objects[0](input_tensor=images, targets=targets)}
+        if targets is None:
+            targets = [ClassifierOutputTarget(int(c)) for c in objects[0].outputs.argmax(1)]
+        for cam, other in zip(cams[1:], objects[1:]):
+            other.activations_and_grads = objects[0].activations_and_grads
+            maps[cam.method] = other.aggregate_multi_layers(other.compute_cam_per_layer(images, targets, False))
+    return {method: torch.from_numpy(values).to(images.device) for method, values in maps.items()}
 
 
 def build(model: nn.Module, requests: dict[str, str], seed: int) -> list:

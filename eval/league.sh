@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The README's explainer league: segmentation on all 1000 ECSSD images and
+# perturbation on the labelled ImageNet images, for the shipped DGE-DeiT-Tiny
+# (every baseline, gating layers 1, 4, 8, 12, random) and its dense teacher
+# (every baseline, random).  ScoreCAM (one forward pass per channel of its target
+# layer: 192 per image) runs on the first SCORECAM_IMAGES images only.
+# PERTURB_IMAGES limits the perturbation runs (default all 1000).  Resumable:
+# rerun to continue.  Extra arguments go to every dge-explain call (e.g. --device cuda).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DGE_EXPLAIN_HOME="${DGE_EXPLAIN_HOME:-$(cd .. && pwd)/shared}"
+SCORECAM_IMAGES="${SCORECAM_IMAGES:-100}"
+PERTURB_IMAGES="${PERTURB_IMAGES:-1000}"
+BASELINES="random attention rollout attention-gradcam relevance gradcam gradcam++ xgradcam layercam hirescam
+           gradcam-elementwise eigencam eigengradcam ablationcam"
+DGE=(--model deit_tiny_dge_s12)
+# the teacher, with the shipped model's preprocessing (timm's config for it says crop 0.9)
+DENSE=(--model deit_tiny_patch16_224 --checkpoint "$DGE_EXPLAIN_HOME/weights/deit_tiny_patch16_224.safetensors"
+       --crop-pct 0.875)
+ECSSD="ecssd:$DGE_EXPLAIN_HOME/data/ecssd"
+run() { echo "+ dge-explain $*" >&2; /usr/bin/time -f "%e s" .venv/bin/dge-explain "$@"; }
+
+run evaluate "${DGE[@]}" --dataset "$ECSSD" --methods $BASELINES gating:1,4,8,12 --out runs/league-ecssd-dge "$@"
+run evaluate "${DENSE[@]:0:4}" --dataset "$ECSSD" --methods $BASELINES --out runs/league-ecssd-dense "$@"
+run evaluate "${DGE[@]}" --dataset "$ECSSD" --methods scorecam --limit "$SCORECAM_IMAGES" \
+    --out runs/league-ecssd-dge-scorecam "$@"
+run evaluate "${DENSE[@]:0:4}" --dataset "$ECSSD" --methods scorecam --limit "$SCORECAM_IMAGES" \
+    --out runs/league-ecssd-dense-scorecam "$@"
+run perturb "${DGE[@]}" --methods $BASELINES gating:1,4,8,12 --limit "$PERTURB_IMAGES" \
+    --out runs/league-perturb-dge "$@"
+run perturb "${DENSE[@]}" --methods $BASELINES --limit "$PERTURB_IMAGES" --out runs/league-perturb-dense "$@"
+run perturb "${DGE[@]}" --methods scorecam --limit "$SCORECAM_IMAGES" --out runs/league-perturb-dge-scorecam "$@"
+run perturb "${DENSE[@]}" --methods scorecam --limit "$SCORECAM_IMAGES" --out runs/league-perturb-dense-scorecam "$@"
