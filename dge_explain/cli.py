@@ -58,29 +58,38 @@ def cmd_figures(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from dge_explain import paths
-    from dge_explain.data.listing import check_dataset
+def _explainers_and_model(args: argparse.Namespace, command: str, check_data):
+    """(model, explainers, device) of an evaluate or perturb command, after every check
+    that needs neither torch, timm nor the model (method names, data, run folder)."""
     from dge_explain.methods import parse_method
     from dge_explain.runs import RunFolder
 
-    # Everything that can be checked before torch, timm and the model load is checked first.
     for method in args.methods:
         parse_method(method)
-    dataset = paths.expand(args.dataset, args.home)
-    check_dataset(dataset)
-    RunFolder(args.out, "evaluate").previous_settings()
+    check_data()
+    RunFolder(args.out, command).previous_settings()
 
     from dge_explain import zoo
-    from dge_explain.data import Preprocessing
     from dge_explain.distributed import Distributed
-    from dge_explain.evaluate import evaluate, markdown_table
     from dge_explain.explain import build_explainers
 
     zoo.check_choice(args.model, args.checkpoint, args.weights, args.trained, args.random_weights)
     device = Distributed(args.device).device
     model = zoo.load_by_name(**_model_choice(args))
-    explainers = build_explainers(model, args.methods, args.seed)
+    return model, build_explainers(model, args.methods, args.seed), device
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from dge_explain import paths
+    from dge_explain.data.listing import check_dataset
+
+    dataset = paths.expand(args.dataset, args.home)
+    model, explainers, device = _explainers_and_model(args, "evaluate", lambda: check_dataset(dataset))
+
+    from dge_explain import zoo
+    from dge_explain.data import Preprocessing
+    from dge_explain.evaluate import evaluate, markdown_table
+
     preprocessing = Preprocessing.of(model, input_size=args.image_size, mean=args.mean, std=args.std
                                      ).for_segmentation(args.interpolation)
     result = evaluate(model, dataset, explainers, args.out, limit=args.limit, batch_size=args.batch_size,
@@ -96,25 +105,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_perturb(args: argparse.Namespace) -> int:
     from dge_explain import paths
     from dge_explain.data.folders import list_images
-    from dge_explain.methods import parse_method
-    from dge_explain.runs import RunFolder
 
-    for method in args.methods:
-        parse_method(method)
     folder = paths.expand(args.images, args.home)
-    list_images(folder)
-    RunFolder(args.out, "perturb").previous_settings()
+    model, explainers, device = _explainers_and_model(args, "perturb", lambda: list_images(folder))
 
     from dge_explain import zoo
     from dge_explain.data import Preprocessing
-    from dge_explain.distributed import Distributed
-    from dge_explain.explain import build_explainers
     from dge_explain.perturb import markdown_tables, perturb
 
-    zoo.check_choice(args.model, args.checkpoint, args.weights, args.trained, args.random_weights)
-    device = Distributed(args.device).device
-    model = zoo.load_by_name(**_model_choice(args))
-    explainers = build_explainers(model, args.methods, args.seed)
     preprocessing = Preprocessing.of(model, input_size=args.image_size, interpolation=args.interpolation,
                                      **_overrides(args))
     summary = perturb(model, folder, explainers, args.out, limit=args.limit, batch_size=args.batch_size,

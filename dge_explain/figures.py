@@ -217,17 +217,19 @@ def budget_figure(points: dict[str, dict], dense_top1: float | None = None):
 
 
 def pr_figure(histograms: dict[str, np.ndarray]):
-    """Dataset precision-recall curves of each method (two-channel protocol)."""
-    figure, axis = plt.subplots(figsize=(3.6, 3.2))
-    for name in histograms:
+    """Dataset precision-recall curves of every method of a run (two-channel protocol)."""
+    figure, axis = plt.subplots(figsize=(4.4, 3.6))
+    names = ordered_names(histograms)
+    colours = plt.cm.tab20(np.linspace(0, 1, max(1, len(names))))
+    for index, (colour, name) in enumerate(zip(colours, names)):
         recall, precision = pr_curve(histograms[name])
-        axis.plot(recall, precision, label=method_title(name))
+        axis.plot(recall, precision, color=colour, linestyle=("-", "--")[index % 2], label=method_title(name))
     axis.set_xlabel("recall")
     axis.set_ylabel("precision")
     axis.set_xlim(0, 1)
     axis.set_ylim(0, 1)
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=6)
+    axis.legend(fontsize=5, ncol=2)
     return figure
 
 

@@ -93,6 +93,21 @@ def test_relevance_by_hand():
     torch.testing.assert_close(got, _upsampled([float(v) for v in r[0, 1:]]))
 
 
+def test_a_model_whose_queries_are_zero_attends_uniformly_and_rolls_out_by_hand(generator):
+    """q = 0 in every block (weights set by hand): every attention row is 1/N, N = 5
+    tokens; rollout over two blocks: ((U + I) / 2)^2 = (3U + I) / 4, so the cls row
+    is 3 / (4N) on every spatial token."""
+    model = tiny_vit()
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.qkv.weight[:192].zero_()
+            block.attn.qkv.bias[:192].zero_()
+    images = torch.randn(2, 3, 32, 32, generator=generator)
+    maps = batch_maps(build_explainers(model, ["attention", "rollout"]), images, ["a", "b"])
+    torch.testing.assert_close(maps["attention"], torch.full((2, 32, 32), 1 / 5))
+    torch.testing.assert_close(maps["rollout"], torch.full((2, 32, 32), 3 / 20))
+
+
 def _leaf_gradients(model, images, target):
     """Independent gradients: one block at a time, its attention probabilities
     replaced by a leaf (the other blocks' stay in the graph, so the gradient is the
