@@ -1,8 +1,9 @@
 """Score explanation maps as soft segmentations (appendix Tables 5 and 6).
 
-For every batch: one forward pass for all gating layers (GradCAM's forward when
-it is evaluated too), the random maps, then every map scored by one compiled
-call per method (``dge_explain.metrics``); one record per image is appended to
+For every batch: every explainer's maps (``dge_explain.explain.batch_maps``: one
+pass per family of explainers, the gating maps riding along), then every map
+scored by one compiled call per method (``dge_explain.metrics``); one record per
+image is appended to
 ``OUT/records/rank<r>.jsonl``, keyed by the image's identity (``dge_explain.runs``).
 Rerunning with the same OUT resumes: images already scored are skipped, new or
 changed ones are scored.  Under torchrun the images are split across ranks; rank
