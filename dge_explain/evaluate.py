@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -55,10 +56,19 @@ TITLES = {"random": "Random", "attention": "Raw attention", "rollout": "Rollout"
           "eigengradcam": "EigenGradCAM", "scorecam": "ScoreCAM", "ablationcam": "AblationCAM"}
 
 
+GATING_NAME = re.compile(r"^layer(\d+)(?:-(\w+))?$")
+
+
+def gating_layer(name: str) -> tuple[int, str] | None:
+    """'layer8' -> (8, ''), 'layer8-margin' -> (8, 'margin'); None for other maps."""
+    match = GATING_NAME.match(name)
+    return (int(match.group(1)), match.group(2) or "") if match else None
+
+
 def method_title(name: str) -> str:
-    if name.startswith("layer"):
-        layer, _, score = name[5:].partition("-")
-        return f"Layer {layer}" + (f" ({score})" if score else "")
+    gating = gating_layer(name)
+    if gating:
+        return f"Layer {gating[0]}" + (f" ({gating[1]})" if gating[1] else "")
     return TITLES.get(name, name)
 
 
@@ -69,9 +79,9 @@ def ordered_names(names) -> list[str]:
     scores = {"": 0, "margin": 1, "density": 2}
 
     def key(name):
-        if name.startswith("layer"):
-            layer, _, score = name[5:].partition("-")
-            return (1, scores.get(score, 3), int(layer), name)
+        gating = gating_layer(name)
+        if gating:
+            return (1, scores.get(gating[1], 3), gating[0], name)
         return (0, rank.get(name, len(rank)), 0, name)
 
     return sorted(names, key=key)

@@ -18,7 +18,7 @@ import torch  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from dge_explain.data import Preprocessing  # noqa: E402
-from dge_explain.evaluate import method_title, methods_of_run, ordered_names  # noqa: E402
+from dge_explain.evaluate import gating_layer, method_title, methods_of_run, ordered_names  # noqa: E402
 from dge_explain.explain import batch_maps, build_explainers  # noqa: E402
 from dge_explain.metrics import pr_curve  # noqa: E402
 from dge_explain.models import dge_modules  # noqa: E402
@@ -280,12 +280,12 @@ def figures_for_run(run, out, images: int = 4, home=None, dpi: int = 150, method
     if not chosen:
         return written
     images_, masks, maps = collect_maps(dataset, build_explainers(model, chosen), indices)
-    layers = {name: values for name, values in maps.items() if name.startswith("layer")}
+    layers = {name: values for name, values in maps.items() if gating_layer(name)}
     if layers:
         written += save(map_grid(images_, masks, layers), out / "gating_layers", dpi)
         if hasattr(model, "patch_embed"):  # token grid of a ViT: one patch size
             batch = torch.stack([dataset[i]["image"] for i in indices])
-            numbers = sorted({int(name[5:].partition("-")[0]) for name in layers})
+            numbers = sorted({gating_layer(name)[0] for name in layers})
             written += save(granularity_grid(model, batch, numbers, dataset.preprocessing),
                             out / "granularity", dpi)
     scores = per_image_miou(run)
