@@ -332,6 +332,12 @@ def test_method_lists_name_one_set_of_maps(dge_model):
     settings = {"maps": {n: c for e in build_explainers(dge_model, ["gating:2", "gating-margin:1", "gradcam"])
                          for n, c in e.describe().items()}}
     assert methods_of_run(settings) == ["gradcam", "gating:2", "gating-margin:1"]
+    from dge_explain.evaluate import method_title, ordered_names
+
+    assert ordered_names(["layer12", "layercam", "layer2-margin", "random", "layer2", "relevance"]) == \
+        ["random", "relevance", "layercam", "layer2", "layer12", "layer2-margin"]
+    assert [method_title(n) for n in ("layercam", "layer2-margin", "attention-gradcam")] == \
+        ["LayerCAM", "Layer 2 (margin)", "Attention GradCAM"]
 
 
 # ---------------------------------------------------------------- runs
