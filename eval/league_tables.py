@@ -1,0 +1,125 @@
+"""The README's league tables from the run folders of eval/league.sh: segmentation
+(accuracy / mAP / mIoU) and perturbation AUCs, the DGE model beside its dense
+teacher, one row per method (ScoreCAM from its own, shorter runs).
+
+    .venv/bin/python eval/league_tables.py [--runs runs] > league.md
+"""
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+from dge_explain.evaluate import method_title, ordered_names
+from dge_explain.metrics import ImageScore, aggregate
+from dge_explain.runs import RunFolder
+
+
+def _load(folder: Path) -> dict | None:
+    path = folder / "results.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _merged(runs: Path, kind: str, model: str) -> tuple[dict, dict]:
+    """(method -> result row, method -> number of images) over the main run and the ScoreCAM run."""
+    rows, images = {}, {}
+    for suffix in ("", "-scorecam"):
+        results = _load(runs / f"league-{kind}-{model}{suffix}")
+        if results is None:
+            continue
+        table = results["methods"] if kind == "ecssd" else results["auc"]
+        for name, row in table.items():
+            rows[name], images[name] = row, results["images"]
+    return rows, images
+
+
+def segmentation_table(runs: Path) -> str:
+    dge, dge_images = _merged(runs, "ecssd", "dge")
+    dense, dense_images = _merged(runs, "ecssd", "dense")
+    lines = ["| Method | DGE-DeiT-Ti Accuracy | mAP | mIoU | DeiT-Ti Accuracy | mAP | mIoU |",
+             "|---|---|---|---|---|---|---|"]
+    for name in ordered_names(set(dge) | set(dense)):
+        cells = []
+        for rows in (dge, dense):
+            row = rows.get(name)
+            cells += [f"{row[m]:.1f}" for m in ("Accuracy", "mAP", "mIoU")] if row else ["", "", ""]
+        counts = {dge_images.get(name), dense_images.get(name)} - {None}
+        note = "" if counts <= {1000} else f" ({'/'.join(str(c) for c in sorted(counts))} images)"
+        lines.append(f"| {method_title(name)}{note} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def first_images(folder: Path, count: int) -> dict[str, dict[str, float]]:
+    """Every method's scores over the first `count` images of a finished evaluation
+    run (to set a shorter run, such as ScoreCAM's, beside the others)."""
+    with (folder / "per_image.csv").open() as handle:
+        keys = list(dict.fromkeys(row["image"] for row in csv.DictReader(handle)))[:count]
+    records = RunFolder(folder, "evaluate").records()
+    chosen = [records[key][-1] for key in keys]
+    return {name: aggregate([ImageScore.from_record(r["scores"][name]) for r in chosen]).as_percent()
+            for name in chosen[0]["scores"]}
+
+
+def scorecam_comparison(runs: Path) -> str:
+    """ScoreCAM's subset beside the best maps of the main run on the same images."""
+    lines = []
+    for model in ("dge", "dense"):
+        scorecam = _load(runs / f"league-ecssd-{model}-scorecam")
+        if scorecam is None or not (runs / f"league-ecssd-{model}").exists():
+            continue
+        subset = first_images(runs / f"league-ecssd-{model}", scorecam["images"])
+        subset["scorecam"] = scorecam["methods"]["scorecam"]
+        names = [n for n in ordered_names(subset) if n in ("scorecam", "relevance", "gradcam-elementwise", "layer8")]
+        lines.append(f"{model}, first {scorecam['images']} images: " + "; ".join(
+            f"{method_title(n)} {subset[n]['Accuracy']:.1f} / {subset[n]['mAP']:.1f} / {subset[n]['mIoU']:.1f}"
+            for n in names))
+    return "\n\n".join(lines)
+
+
+def perturbation_table(runs: Path) -> str:
+    dge, dge_images = _merged(runs, "perturb", "dge")
+    dense, dense_images = _merged(runs, "perturb", "dense")
+    lines = ["| Method | DGE neg. ↑ | DGE pos. ↓ | DGE neg. target ↑ | DGE pos. target ↓ "
+             "| dense neg. ↑ | dense pos. ↓ | dense neg. target ↑ | dense pos. target ↓ |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name in ordered_names(set(dge) | set(dense)):
+        cells = []
+        for rows in (dge, dense):
+            row = rows.get(name)
+            cells += [f"{row[v][d]:.1f}" for v in ("predicted", "target") for d in ("negative", "positive")] \
+                if row else [""] * 4
+        counts = sorted({dge_images.get(name), dense_images.get(name)} - {None})
+        lines.append(f"| {method_title(name)} ({'/'.join(map(str, counts))} images) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def router_table(runs: Path) -> str:
+    results = _load(runs / "league-perturb-dge")
+    if results is None or not results.get("router"):
+        return ""
+    router = results["router"]
+    lines = [f"| Map ({results['images']} images, budget {results['run']['router_budget']}) "
+             "| fine where the map is highest | fine where lowest | difference |", "|---|---|---|---|"]
+    for name in ordered_names({key.rpartition("@")[0] for key in router if "@" in key}):
+        high, low = router[f"{name}@highest"], router[f"{name}@lowest"]
+        lines.append(f"| {method_title(name)} | {100 * high:.1f} | {100 * low:.1f} | {100 * (high - low):+.1f} |")
+    lines.append(f"| random regions | {100 * router['random regions']:.1f} | | |")
+    lines.append(f"| the trained routers (their own budget) | {100 * router['trained router']:.1f} | | |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", default="runs", help="folder holding the league-* run folders")
+    args = parser.parse_args(argv)
+    runs = Path(args.runs)
+    for title, table in (("Segmentation, ECSSD", segmentation_table(runs)),
+                         ("ScoreCAM beside other maps on its images", scorecam_comparison(runs)),
+                         ("Perturbation AUC, imagenet-sample", perturbation_table(runs)),
+                         ("Router test", router_table(runs))):
+        print(f"### {title}\n\n{table}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
