@@ -93,6 +93,24 @@ def test_relevance_by_hand():
     torch.testing.assert_close(got, _upsampled([float(v) for v in r[0, 1:]]))
 
 
+def test_rollout_and_relevance_equal_the_full_matrix_products(generator):
+    """Four blocks of random attention and gradients: the cls row carried down equals
+    the cls row of the product of the N x N matrices, as the definitions write it."""
+    probs = [torch.rand(2, 3, 5, 5, generator=generator, dtype=torch.float64).softmax(-1) for _ in range(4)]
+    grads = [torch.randn(2, 3, 5, 5, generator=generator, dtype=torch.float64) for _ in range(4)]
+    record = AttentionRecord(probs, grads, torch.zeros(2, 5), torch.zeros(2, dtype=torch.long))
+    images = torch.zeros(2, 3, 32, 32)
+    eye = torch.eye(5, dtype=torch.float64)
+    joint, relevance = eye, eye
+    for a, g in zip(probs, grads):
+        hat = a.mean(1) + eye
+        joint = (hat / hat.sum(-1, keepdim=True)) @ joint
+        relevance = relevance + (g * a).clamp(min=0).mean(1) @ relevance
+    for explainer, matrix in ((Rollout(tiny_vit()), joint), (Relevance(tiny_vit()), relevance)):
+        expected = torch.stack([_upsampled([float(v) for v in matrix[b, 0, 1:]])[0] for b in range(2)])
+        torch.testing.assert_close(explainer.map_from(record, images), expected)
+
+
 def test_a_model_whose_queries_are_zero_attends_uniformly_and_rolls_out_by_hand(generator):
     """q = 0 in every block (weights set by hand): every attention row is 1/N, N = 5
     tokens; rollout over two blocks: ((U + I) / 2)^2 = (3U + I) / 4, so the cls row
@@ -135,12 +153,17 @@ def _leaf_gradients(model, images, target):
 def test_the_recorded_attention_and_its_gradients_are_autograds(generator):
     model = tiny_vit()
     images = torch.randn(3, 3, 32, 32, generator=generator)
-    record, _ = attention_pass(model, images, gradients=True)
+    record, _ = attention_pass(model, images, gradients="all")
     leaves, grads = _leaf_gradients(model, images, record.targets)
     for got, expected in zip(record.probs, leaves):
         torch.testing.assert_close(got, expected)
     for got, expected in zip(record.grads, grads):
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-7)
+    last, _ = attention_pass(model, images, gradients="last")
+    assert last.grads[0] is None, "the backward stops at the last block"
+    torch.testing.assert_close(last.grads[1], grads[1], rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="gradients must be one of"):
+        attention_pass(model, images, gradients=True)
     assert all(block.attn.fused_attn for block in model.blocks), "the fused path is restored"
     assert all(p.requires_grad and p.grad is None for p in model.parameters())
 
@@ -181,7 +204,7 @@ def test_a_dge_model_computes_the_same_with_the_attention_recorded(generator):
             recorded = model(images)
     torch.testing.assert_close(recorded, plain, rtol=1e-5, atol=1e-5)
     assert len(recorder.blocks) == 2 and recorder.blocks[0][1] is not None, "packed queries with their table"
-    record, _ = attention_pass(model, images, gradients=True)
+    record, _ = attention_pass(model, images, gradients="all")
     assert record.probs[0].shape == (2, 3, 17, 17) and all(torch.isfinite(g).all() for g in record.grads)
     assert all(a.capture is None for a in (b.attn for b in model.blocks))
     maps = batch_maps(build_explainers(model, ["attention", "rollout", "attention-gradcam", "relevance"]),

@@ -19,7 +19,7 @@ from torch import nn
 
 from dge_explain.methods import merge_methods, registry
 
-from .attention_capture import AttentionExplainer, attention_pass
+from .attention_capture import AttentionExplainer, attention_pass, gradient_blocks
 from .cam import CAMMaps, shared_pass, token_grid
 from .gating import GatingMaps
 from .random import RandomMaps
@@ -45,7 +45,7 @@ def build_explainers(model: nn.Module, methods, seed: int = 0) -> list:
 
 def batch_maps(explainers: list, images: torch.Tensor, ids, labels=None) -> dict[str, torch.Tensor]:
     """Every explainer's maps of one batch, on the CPU.  Attention explainers share
-    one pass (with a backward only if one of them needs gradients), the gradient
+    one pass (with a backward only as deep as their gradients are needed), the gradient
     CAMs another (one forward and backward of pytorch-grad-cam, each method's class
     weighing the same activations and gradients); the gating maps ride on the first
     of these passes (eval mode, the same logits), or else run their own, cut short
@@ -55,8 +55,8 @@ def batch_maps(explainers: list, images: torch.Tensor, ids, labels=None) -> dict
     gradient_cams = [e for e in explainers if isinstance(e, CAMMaps) and e.uses_gradients]
     maps, captured = {}, None
     if attention:
-        record, captured = attention_pass(attention[0].model, images, labels,
-                                          any(e.gradients for e in attention), gating)
+        record, captured = attention_pass(attention[0].model, images, labels, gradient_blocks(attention),
+                                          gating)
         for explainer in attention:
             maps[explainer.name] = explainer.map_from(record, images)
     if gradient_cams:

@@ -63,7 +63,8 @@ def split_over_tokens(grad: torch.Tensor, table) -> torch.Tensor:
 @dataclass
 class AttentionRecord:
     probs: list[torch.Tensor]              # per block, [B, h, N, Nk]
-    grads: Optional[list[torch.Tensor]]    # the target logits' gradient of each, or None
+    grads: Optional[list]                  # the target logits' gradient of each block asked for
+                                           # (None for the others), or None without gradients
     logits: torch.Tensor
     targets: torch.Tensor                  # the explained class of each image
 
@@ -73,8 +74,6 @@ class _Recorder:
         self.blocks: list[tuple[torch.Tensor, object]] = []   # (probabilities as computed, table)
 
     def __call__(self, probs: torch.Tensor, table) -> None:
-        if probs.requires_grad:
-            probs.retain_grad()
         self.blocks.append((probs, table))
 
 
@@ -100,21 +99,44 @@ def recording(model: nn.Module) -> Iterator[_Recorder]:
             restore()
 
 
-def _token_level(recorder: _Recorder, gradients: bool):
-    probs, grads = [], [] if gradients else None
-    for raw, table in recorder.blocks:
-        probs.append(raw.detach() if table is None else token_attention(raw.detach(), table))
-        if gradients:
-            grad = raw.grad if raw.grad is not None else torch.zeros_like(raw)
-            grads.append(grad if table is None else split_over_tokens(grad, table))
+GRADIENT_BLOCKS = (None, "last", "all")
+
+
+def gradient_blocks(explainers) -> str | None:
+    """The blocks whose attention gradients a set of explainers needs, as for attention_pass."""
+    wanted = {e.gradient_blocks for e in explainers}
+    return max(wanted, key=GRADIENT_BLOCKS.index, default=None)
+
+
+def _attention_gradients(recorder: _Recorder, target: torch.Tensor, blocks: str) -> list:
+    """d target / d probabilities of the last block or of all blocks (None for the
+    others); autograd walks back only as far as the earliest block asked for."""
+    raws = [raw for raw, _ in recorder.blocks]
+    wanted = raws if blocks == "all" else raws[-1:]
+    found = torch.autograd.grad(target, wanted, allow_unused=True)
+    return [None] * (len(raws) - len(wanted)) + [torch.zeros_like(raw) if grad is None else grad
+                                                 for raw, grad in zip(wanted, found)]
+
+
+def _token_level(recorder: _Recorder, raw_grads: list | None):
+    probs = [raw.detach() if table is None else token_attention(raw.detach(), table)
+             for raw, table in recorder.blocks]
+    if raw_grads is None:
+        return probs, None
+    grads = [grad if grad is None or table is None else split_over_tokens(grad, table)
+             for grad, (_, table) in zip(raw_grads, recorder.blocks)]
     return probs, grads
 
 
-def attention_pass(model: nn.Module, images: torch.Tensor, labels=None, gradients: bool = False,
+def attention_pass(model: nn.Module, images: torch.Tensor, labels=None, gradients: str | None = None,
                    riders=()) -> tuple[AttentionRecord, list]:
     """One forward pass with every block's attention recorded (riders' captures
-    active too), and with `gradients` one backward pass from the sum of the target
-    logits (labels, or the predicted classes).  No parameter gradient is computed."""
+    active too); with `gradients` ("last" or "all": the blocks whose attention
+    gradients are wanted) one backward pass from the sum of the target logits
+    (labels, or the predicted classes), only as deep as those blocks.  No parameter
+    gradient is computed."""
+    if gradients not in GRADIENT_BLOCKS:
+        raise ValueError(f"gradients must be one of {GRADIENT_BLOCKS}, got {gradients!r}")
     was_training = model.training
     trainable = [p for p in model.parameters() if p.requires_grad]
     model.eval()
@@ -124,17 +146,18 @@ def attention_pass(model: nn.Module, images: torch.Tensor, labels=None, gradient
         try:
             for parameter in trainable:
                 parameter.requires_grad_(False)
-            inputs = images.detach().requires_grad_(gradients)
-            with torch.set_grad_enabled(gradients):
+            # an input that requires grad makes autograd record the graph, parameters frozen
+            inputs = images.detach().requires_grad_(gradients is not None)
+            with torch.set_grad_enabled(gradients is not None):
                 logits = model(inputs)
                 targets = logits.argmax(1) if labels is None else torch.as_tensor(labels, device=logits.device)
-                if gradients:
-                    logits.gather(1, targets.view(-1, 1)).sum().backward()
+                raw_grads = None if gradients is None else _attention_gradients(
+                    recorder, logits.gather(1, targets.view(-1, 1)).sum(), gradients)
         finally:
             for parameter in trainable:
                 parameter.requires_grad_(True)
             model.train(was_training)
-    probs, grads = _token_level(recorder, gradients)
+    probs, grads = _token_level(recorder, raw_grads)
     return AttentionRecord(probs, grads, logits.detach(), targets.detach()), captured
 
 
@@ -168,17 +191,19 @@ def require_token_attention(model: nn.Module, method: str) -> None:
 
 class AttentionExplainer:
     """An explainer computed from the recorded attention (and, with
-    ``gradients``, its gradients): subclasses name themselves and implement
+    ``gradient_blocks``, its gradients): subclasses name themselves and implement
     ``map_from``.  Called alone it runs its own pass; ``batch_maps`` runs one pass
-    for every attention explainer of a batch (gating maps riding along)."""
+    for every attention explainer of a batch (gating maps riding along).
+    ``gradient_blocks``: None, or the blocks whose attention gradients it reads
+    ("last" or "all")."""
 
     name = ""
-    gradients = False
+    gradient_blocks: str | None = None
     needs_token_attention = False
 
     @property
     def class_specific(self) -> bool:
-        return self.gradients
+        return self.gradient_blocks is not None
 
     def __init__(self, model: nn.Module):
         if self.needs_token_attention:
@@ -196,5 +221,5 @@ class AttentionExplainer:
         raise NotImplementedError
 
     def __call__(self, images: torch.Tensor, ids=None, labels=None) -> dict[str, torch.Tensor]:
-        record, _ = attention_pass(self.model, images, labels, self.gradients)
+        record, _ = attention_pass(self.model, images, labels, self.gradient_blocks)
         return {self.name: self.map_from(record, images)}

@@ -14,7 +14,7 @@ METHODS = {"attention-gradcam": "GradCAM on the last block's attention (Chefer e
 
 class AttentionGradCAM(AttentionExplainer):
     name = "attention-gradcam"
-    gradients = True
+    gradient_blocks = "last"
 
     def map_from(self, record, images):
         extra, _, _ = layout(self.model, images)

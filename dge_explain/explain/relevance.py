@@ -13,18 +13,20 @@ METHODS = {"relevance": "Chefer et al. (ICCV 2021) gradient-weighted attention r
 
 class Relevance(AttentionExplainer):
     name = "relevance"
-    gradients = True
+    gradient_blocks = "all"
     needs_token_attention = True
 
     def map_from(self, record, images):
-        relevance = None
-        for probs, grad in zip(record.probs, record.grads):
+        # R = (I + A_bar_L) ... (I + A_bar_1): its cls row is carried from the last
+        # block down, a row vector times each factor (O(N^2) per block, not O(N^3))
+        row = None
+        for probs, grad in zip(reversed(record.probs), reversed(record.grads)):
             weighted = (grad.double() * probs.double()).clamp(min=0).mean(1)     # [B, N, N]
-            if relevance is None:
-                relevance = torch.eye(weighted.shape[-1], dtype=weighted.dtype,
-                                      device=weighted.device).expand_as(weighted)
-            relevance = relevance + weighted @ relevance
-        return cls_row_maps(relevance[:, 0], self.model, images)
+            if row is None:
+                row = torch.zeros_like(weighted[:, 0])
+                row[:, 0] = 1
+            row = row + (row[:, None] @ weighted)[:, 0]
+        return cls_row_maps(row, self.model, images)
 
 
 def build(model, requests: dict[str, str], seed: int) -> list:

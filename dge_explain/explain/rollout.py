@@ -16,13 +16,15 @@ class Rollout(AttentionExplainer):
     needs_token_attention = True
 
     def map_from(self, record, images):
-        joint = None
-        for probs in record.probs:
+        # the cls row of A_L ... A_1, carried from the last block down as a row
+        # vector times each factor (O(N^2) per block, not O(N^3))
+        row = None
+        for probs in reversed(record.probs):
             attention = probs.mean(1).double()
             attention = attention + torch.eye(attention.shape[-1], dtype=attention.dtype, device=attention.device)
             attention = attention / attention.sum(-1, keepdim=True)
-            joint = attention if joint is None else attention @ joint
-        return cls_row_maps(joint[:, 0], self.model, images)
+            row = attention[:, 0] if row is None else (row[:, None] @ attention)[:, 0]
+        return cls_row_maps(row, self.model, images)
 
 
 def build(model, requests: dict[str, str], seed: int) -> list:
