@@ -41,10 +41,16 @@ demo: build
 		--dataset ecssd:$(DGE_EXPLAIN_HOME)/data/ecssd --methods random gradcam gating:1,4,8,12 gating-margin:1,4,8,12 \
 		--limit $(DEMO_IMAGES) --out runs/demo-$(DEMO_IMAGES)
 
-# The README's example figures (needs runs/ecssd-full from eval/ecssd_table.sh and
-# runs/bench-cpu.json from `dge-explain bench --json runs/bench-cpu.json`).
+# The README's example figures (needs runs/ecssd-full from eval/ecssd_table.sh, the
+# league's runs/league-* from eval/league.sh and runs/bench-cpu.json from
+# `dge-explain bench --json runs/bench-cpu.json`).
 readme-figures: build
 	$(VENV)/bin/dge-explain figures --run runs/ecssd-full --out docs/figures --images 3 --dpi 80
+	# the league's figures (runs/league-* from eval/league.sh)
+	$(PY) figures/comparison.py --methods attention rollout attention-gradcam relevance gradcam \
+		gradcam-elementwise gating --layers 8 --images 0 1 2 --out docs/figures/league_comparison --dpi 80
+	$(PY) figures/pr_curves.py --run runs/league-ecssd-dge --out docs/figures/league_pr_curves --dpi 80
+	cp runs/league-perturb-dge/perturbation.png docs/figures/league_perturbation.png
 	$(PY) figures/detection.py --out docs/figures/detection --dpi 80
 	$(PY) figures/semantic.py --out docs/figures/semantic --dpi 80
 	$(PY) figures/runtime.py runs/bench-cpu.json --out docs/figures/runtime --dpi 80

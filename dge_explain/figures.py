@@ -236,24 +236,27 @@ def pr_figure(histograms: dict[str, np.ndarray]):
 def perturbation_figure(summary: dict):
     """Top-1 against the fraction of pixels removed: one panel per explained class
     (predicted, target) and order (positive: most relevant first; negative: least
-    relevant first), one line per method with its AUC in the legend."""
+    relevant first), one line per method; one legend beside the panels (the AUCs
+    are in the run's tables)."""
     fractions = [0.0] + [round(0.1 * i, 1) for i in range(1, 10)]
-    figure, axes = plt.subplots(2, 2, figsize=(9.0, 6.4), sharex=True, sharey=True, squeeze=False)
+    figure, axes = plt.subplots(2, 2, figsize=(10.0, 6.4), sharex=True, sharey=True, squeeze=False)
     colours = plt.cm.tab20(np.linspace(0, 1, max(1, len(summary["curves"]))))
     for row, variant in enumerate(("predicted", "target")):
         for column, direction in enumerate(("positive", "negative")):
             axis = axes[row, column]
             for colour, (name, curves) in zip(colours, summary["curves"].items()):
                 axis.plot(fractions, [100 * v for v in curves[variant][direction]], "-o", markersize=2,
-                          color=colour, label=f"{method_title(name)} ({summary['auc'][name][variant][direction]:.1f})")
+                          color=colour, label=method_title(name))
             axis.set_title(f"{direction} ({'lower' if direction == 'positive' else 'higher'} AUC is better), "
-                           f"{variant} class")
+                           f"{variant} class", fontsize=9)
             axis.grid(alpha=0.3)
-            axis.legend(fontsize=5, ncol=2)
             if row == 1:
                 axis.set_xlabel("fraction of pixels removed")
             if column == 0:
                 axis.set_ylabel("top-1 (%)")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="center left", bbox_to_anchor=(0.8, 0.5), fontsize=7, frameon=False)
+    figure.subplots_adjust(right=0.79)
     return figure
 
 

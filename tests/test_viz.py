@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from dge_explain.data.annotations import CocoInstances, coco_json_from_yolo, read_label_map, yolo_instances
-from dge_explain.figures import (budget_figure, instance_grid, map_grid, pr_figure, runtime_figure, save,
-                                 semantic_grid)
+from dge_explain.figures import (budget_figure, instance_grid, map_grid, perturbation_figure, pr_figure,
+                                 runtime_figure, save, semantic_grid)
 from dge_explain.viz import (ADE20K_CLASSES, Instance, draw_granularity, draw_instances,
                              heatmap_overlay, mask_contours, semantic_overlay, voc_palette)
 
@@ -94,6 +94,20 @@ def test_figures_are_written_with_labels(tmp_path):
     figure = pr_figure({"random": np.ones((2, 100)), "layer8": histogram})
     assert [t.get_text() for t in figure.axes[0].get_legend().get_texts()] == ["Random", "Layer 8"]
     assert _not_blank(save(figure, tmp_path / "pr", dpi=80)[0])
+
+
+def test_perturbation_figure_panels_lines_and_one_legend(tmp_path):
+    curve = {v: {"positive": [0.8] + [0.8 - 0.08 * i for i in range(1, 10)], "negative": [0.8] * 10}
+             for v in ("predicted", "target")}
+    summary = {"curves": {"random": curve, "layer8": curve}}
+    figure = perturbation_figure(summary)
+    assert [axis.get_title() for axis in figure.axes] == [
+        "positive (lower AUC is better), predicted class", "negative (higher AUC is better), predicted class",
+        "positive (lower AUC is better), target class", "negative (higher AUC is better), target class"]
+    assert all(len(axis.lines) == 2 for axis in figure.axes)
+    assert list(figure.axes[0].lines[0].get_ydata()) == pytest.approx([80] + [80 - 8 * i for i in range(1, 10)])
+    assert [t.get_text() for t in figure.legends[0].get_texts()] == ["Random", "Layer 8"]
+    assert _not_blank(save(figure, tmp_path / "perturbation", dpi=80)[0])
 
 
 def test_runtime_figure_panels_and_speedups(tmp_path):
