@@ -203,14 +203,20 @@ def markdown_tables(summary: dict) -> str:
     router = summary["router"]
     if router:
         lines += ["", "Router test: top-1 with the finest granularity forced on the regions each map ranks "
-                      "highest vs lowest (the same compute)", "",
-                  "| Method | fine where highest | fine where lowest | difference |", "|---|---|---|---|"]
-        for name in ordered_names({k.rpartition("@")[0] for k in router if "@" in k}):
-            high, low = router[f"{name}@highest"], router[f"{name}@lowest"]
-            lines.append(f"| {method_title(name)} | {100 * high:.1f} | {100 * low:.1f} | {100 * (high - low):+.1f} |")
-        lines.append(f"| random regions | {100 * router['random regions']:.1f} | | |")
-        lines.append(f"| trained router (its own budget) | {100 * router['trained router']:.1f} | | |")
+                      "highest vs lowest (the same compute)", "", *router_table(router)]
     return "\n".join(lines)
+
+
+def router_table(router: dict, first_column: str = "Method") -> list[str]:
+    """The router test's Markdown rows: per map, top-1 with the finest granularity on
+    its highest and on its lowest regions; random regions; the trained routers."""
+    lines = [f"| {first_column} | fine where highest | fine where lowest | difference |", "|---|---|---|---|"]
+    for name in ordered_names({k.rpartition("@")[0] for k in router if "@" in k}):
+        high, low = router[f"{name}@highest"], router[f"{name}@lowest"]
+        lines.append(f"| {method_title(name)} | {100 * high:.1f} | {100 * low:.1f} | {100 * (high - low):+.1f} |")
+    lines.append(f"| random regions | {100 * router['random regions']:.1f} | | |")
+    lines.append(f"| trained router (its own budget) | {100 * router['trained router']:.1f} | | |")
+    return lines
 
 
 def write_outputs(out: Path, records: list[dict], settings: dict, limit: int | None) -> dict:

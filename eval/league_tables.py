@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+from dge_explain import perturb
 from dge_explain.evaluate import method_title, ordered_names
 from dge_explain.metrics import ImageScore, aggregate
 from dge_explain.runs import RunFolder
@@ -97,15 +98,8 @@ def router_table(runs: Path) -> str:
     results = _load(runs / "league-perturb-dge")
     if results is None or not results.get("router"):
         return ""
-    router = results["router"]
-    lines = [f"| Map ({results['images']} images, budget {results['run']['router_budget']}) "
-             "| fine where the map is highest | fine where lowest | difference |", "|---|---|---|---|"]
-    for name in ordered_names({key.rpartition("@")[0] for key in router if "@" in key}):
-        high, low = router[f"{name}@highest"], router[f"{name}@lowest"]
-        lines.append(f"| {method_title(name)} | {100 * high:.1f} | {100 * low:.1f} | {100 * (high - low):+.1f} |")
-    lines.append(f"| random regions | {100 * router['random regions']:.1f} | | |")
-    lines.append(f"| the trained routers (their own budget) | {100 * router['trained router']:.1f} | | |")
-    return "\n".join(lines)
+    title = f"Map ({results['images']} images, budget {results['run']['router_budget']})"
+    return "\n".join(perturb.router_table(results["router"], title))
 
 
 def main(argv=None) -> int:

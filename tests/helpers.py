@@ -1,6 +1,8 @@
 """Small model builders and utilities shared by the model tests."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
@@ -35,3 +37,14 @@ def randomise_routers(model: nn.Module, generator: torch.Generator, std: float =
 def used_options(model: nn.Module) -> set[int]:
     """Gate indices chosen anywhere in the last forward."""
     return {int(i) for dge in dge_modules(model) for i in dge.routing.gates.argmax(-1).unique()}
+
+
+@contextlib.contextmanager
+def counting_calls(module: nn.Module):
+    """Inside the block, the list gains an entry per forward call of `module`."""
+    calls = []
+    handle = module.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        yield calls
+    finally:
+        handle.remove()

@@ -25,7 +25,7 @@ from dge_explain.models import dge_modules
 from dge_explain.runs import RunError, RunFolder
 
 from conftest import shared_file
-from helpers import randomise_routers, small_pvt
+from helpers import counting_calls, randomise_routers, small_pvt
 
 PLAIN = Preprocessing(224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bicubic", 0.875).for_segmentation()
 
@@ -298,12 +298,8 @@ def test_gradcam_cuts_the_graph_at_its_target_layer_without_changing_the_map(dge
 def test_gating_maps_ride_along_gradcams_forward(dge_model, generator):
     images = torch.randn(2, 3, 224, 224, generator=generator)
     explainers = build_explainers(dge_model, ["gradcam", "gating:1,3", "gating-density:2", "random"])
-    calls = []
-    handle = dge_model.register_forward_hook(lambda *_: calls.append(1))
-    try:
+    with counting_calls(dge_model) as calls:
         shared = batch_maps(explainers, images, ["a", "b"])
-    finally:
-        handle.remove()
     assert len(calls) == 1, "one forward (GradCAM's) should serve the gating maps"
     assert sorted(shared) == ["gradcam", "layer1", "layer2-density", "layer3", "random"]
     alone = {**GatingMaps(dge_model, [1, 3])(images), **GatingMaps(dge_model, [2], "density")(images)}

@@ -19,7 +19,7 @@ from dge_explain.methods import method_help, parse_method, registry
 from dge_explain.models import from_dense
 from dge_explain.models.attention import explicit_attention
 
-from helpers import randomise_routers, small_pvt
+from helpers import counting_calls, randomise_routers, small_pvt
 
 
 def tiny_vit(**kwargs):
@@ -261,10 +261,8 @@ def test_ablationcam_runs_only_the_tail_and_gives_pytorch_grad_cams_map(generato
 
     model = tiny_vit(img_size=64, embed_dim=24, num_heads=2, depth=3)
     images = torch.randn(2, 3, 64, 64, generator=generator)
-    calls = []
-    handle = model.blocks[0].attn.register_forward_hook(lambda *_: calls.append(1))
-    ours = CAMMaps(model, "ablationcam")(images)["ablationcam"]
-    handle.remove()
+    with counting_calls(model.blocks[0].attn) as calls:
+        ours = CAMMaps(model, "ablationcam")(images)["ablationcam"]
     # pytorch-grad-cam's two full passes (activations, original scores); none per ablation batch
     assert len(calls) == 2, "the blocks before the target run for the activations only"
     reshape = token_grid(model).for_images(images)
@@ -303,12 +301,8 @@ def test_one_pass_serves_every_attention_explainer_and_the_gating_maps(generator
     randomise_routers(model, generator, std=0.5)
     images = torch.randn(2, 3, 64, 64, generator=generator)
     explainers = build_explainers(model, ["attention", "rollout", "relevance", "attention-gradcam", "gating"])
-    forwards = []
-    handle = model.register_forward_hook(lambda *_: forwards.append(1))
-    try:
+    with counting_calls(model) as forwards:
         shared = batch_maps(explainers, images, ["a", "b"])
-    finally:
-        handle.remove()
     assert len(forwards) == 1
     alone = {name: m for e in explainers for name, m in e(images, ["a", "b"]).items()}
     assert sorted(shared) == sorted(alone)
