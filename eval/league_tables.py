@@ -8,6 +8,7 @@ import argparse
 import csv
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 from dge_explain import perturb
@@ -80,6 +81,9 @@ def scorecam_comparison(runs: Path) -> str:
 def perturbation_table(runs: Path) -> str:
     dge, dge_images = _merged(runs, "perturb", "dge")
     dense, dense_images = _merged(runs, "perturb", "dense")
+    if not dge_images and not dense_images:
+        return ""
+    usual = Counter([*dge_images.values(), *dense_images.values()]).most_common(1)[0][0]
     lines = ["| Method | DGE neg. ↑ | DGE pos. ↓ | DGE neg. target ↑ | DGE pos. target ↓ "
              "| dense neg. ↑ | dense pos. ↓ | dense neg. target ↑ | dense pos. target ↓ |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -89,9 +93,10 @@ def perturbation_table(runs: Path) -> str:
             row = rows.get(name)
             cells += [f"{row[v][d]:.1f}" for v in ("predicted", "target") for d in ("negative", "positive")] \
                 if row else [""] * 4
-        counts = sorted({dge_images.get(name), dense_images.get(name)} - {None})
-        lines.append(f"| {method_title(name)} ({'/'.join(map(str, counts))} images) | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        counts = {dge_images.get(name), dense_images.get(name)} - {None}
+        note = "" if counts <= {usual} else f" ({'/'.join(str(c) for c in sorted(counts))} images)"
+        lines.append(f"| {method_title(name)}{note} | " + " | ".join(cells) + " |")
+    return f"{usual} images unless a row says otherwise\n\n" + "\n".join(lines)
 
 
 def router_table(runs: Path) -> str:
