@@ -97,3 +97,15 @@ def test_op_benchmark_cells_for_one_and_several_rounds():
     three = op_bench.pooling_rows([[record(1.0, 0.5)], [record(2.0, 0.5)], [record(0.5, 0.5)]])
     assert three == [["s", "compress", "2000.0", "1000.000 ms", "2.0 (1.0-4.0)", "4.0 (4.0-4.0)",
                       "50% (25%-100%)"]]
+
+
+def test_explainer_benchmark_times_every_entry_and_names_what_cannot_run():
+    from dge_explain.bench.explainers import explainer_costs
+    from dge_explain.bench.timing import Timing
+
+    model = timm.create_model("vit_tiny_patch16_224", img_size=32, depth=2, num_classes=5).eval()
+    images = torch.randn(2, 3, 32, 32)
+    costs = explainer_costs(model, images, ["a", "b"], ["attention", "rollout relevance", "gating"], min_time=0)
+    assert list(costs) == ["forward", "forward + backward", "attention", "rollout relevance", "gating"]
+    assert all(isinstance(costs[k], Timing) and costs[k].repeats >= 5 for k in list(costs)[:4])
+    assert costs["gating"] == "VisionTransformer has no DGE routers to read gating maps from"

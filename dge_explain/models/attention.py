@@ -43,19 +43,25 @@ def _attend(q, k, v, table, dropout_p: float) -> torch.Tensor:
 
 def explicit_attention(q, k, v, table, dropout: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """(probabilities, output) of softmax(d^-1/2 Q K^T) V with the probabilities
-    materialised: packed q [L, h, d] -> [L, h, Nk] and [L, h, d], per sample; dense
+    materialised: packed q [L, h, d] -> [L, h, Nk] and [L, h, d]; dense
     q [B, h, Lq, d] -> [B, h, Lq, Nk] and [B, h, Lq, d].  Differentiable."""
     scale = q.shape[-1] ** -0.5
     if table is None:
         probs = (q * scale @ k.transpose(-2, -1)).softmax(-1)
         return probs, dropout(probs) @ v
-    offsets = [0] + table.lengths.cumsum(0).tolist()
-    probs = torch.cat([torch.einsum("lhd,hnd->lhn", q[start:end] * scale, k[b]).softmax(-1)
-                       for b, (start, end) in enumerate(zip(offsets[:-1], offsets[1:]))])   # [L, h, Nk]
+    # packed rows go to a [B, longest, ...] padding through one index per direction:
+    # per-sample slices would cost a full-size zero gradient per sample in the backward
+    offsets = table.offsets.to(q.device)
+    sample = torch.repeat_interleave(torch.arange(len(table.lengths), device=q.device),
+                                     table.lengths.to(q.device), output_size=q.shape[0])
+    rows = (sample, torch.arange(q.shape[0], device=q.device) - offsets[sample])
+    longest = int(table.lengths.max()) if q.shape[0] else 0
+    batch, heads, keys = k.shape[0], k.shape[1], k.shape[2]
+    padded = q.new_zeros(batch, longest, heads, q.shape[-1]).index_put(rows, q * scale)
+    probs = torch.einsum("blhd,bhnd->blhn", padded, k)[rows].softmax(-1)           # [L, h, Nk]
     # the output is computed from `probs` itself, so that its gradient is the probabilities'
-    outputs = [torch.einsum("lhn,hnd->lhd", dropout(probs[start:end]), v[b])
-               for b, (start, end) in enumerate(zip(offsets[:-1], offsets[1:]))]
-    return probs, torch.cat(outputs)
+    spread = probs.new_zeros(batch, longest, heads, keys).index_put(rows, dropout(probs))
+    return probs, torch.einsum("blhn,bhnd->blhd", spread, v)[rows]
 
 
 class CrossAttention(nn.Module):
