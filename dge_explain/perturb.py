@@ -38,7 +38,7 @@ from dge_explain.data.folders import parse_folder_spec
 from dge_explain.evaluate import check_input_size, describe_maps, method_title, ordered_names
 from dge_explain.explain import batch_maps
 from dge_explain.models import dge_modules, force_gates
-from dge_explain.runs import RunFolder, run_resumable
+from dge_explain.runs import RunFolder, release_freed_memory, run_resumable
 
 FRACTIONS = tuple(round(0.1 * i, 1) for i in range(1, 10))
 VARIANTS = ("predicted", "target")
@@ -72,6 +72,8 @@ def perturbed_correct(model: nn.Module, images: torch.Tensor, labels: torch.Tens
     batch = len(images)
     perturbed = images[:, None, None] * keep[:, :, :, None].to(images.dtype)    # [B, 2, 9, 3, H, W]
     predicted = _classify(model, perturbed.flatten(0, 2), chunk).view(batch, 2, len(FRACTIONS))
+    del perturbed, keep
+    release_freed_memory()   # glibc would keep this map's ~1-2 GB of freed blocks on its heap
     return predicted == labels.view(-1, 1, 1)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
+import functools
 import json
 import os
 import socket
@@ -161,6 +162,28 @@ def _refuse_smaller_limit(out: Path, limit: int | None, count: int) -> None:
                        f"with those of {count}: choose another --out, or a --limit of at least {previous}")
 
 
+@functools.cache
+def _libc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None where the C library is not glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_freed_memory() -> None:
+    """Hand memory the process has freed back to the system (glibc keeps it otherwise).
+    A batch of perturbation allocates and frees ~10 GB in blocks whose sizes glibc
+    keeps on its heap once its mmap threshold has risen; without this, a long
+    `perturb` run grew by ~0.6 GB per batch of 16 images until out of memory."""
+    trim = _libc_trim()
+    if trim is not None:
+        trim(0)
+
+
 def run_resumable(run: RunFolder, dataset, settings: dict, limit: int | None,
                   score_batch: Callable[[dict], list[dict]], batch_size: int, workers: int,
                   progress: bool) -> list[dict] | None:
@@ -208,6 +231,7 @@ def run_resumable(run: RunFolder, dataset, settings: dict, limit: int | None,
                               "digest": batch["digest"][j], **body}
                     sink.write(json.dumps(record) + "\n")
                 sink.flush()
+                release_freed_memory()
                 bar.update(min(len(batch["key"]) * world, bar.total - bar.n))  # rank 0 speaks for all
         _barrier(world)
         if rank != 0:
