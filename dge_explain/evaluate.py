@@ -178,11 +178,8 @@ def evaluate(model: nn.Module, dataset_spec: str, explainers: list, out, limit: 
                            "histograms": {name: values[j][1].ravel().tolist() for name, values in scored.items()}})
         return bodies
 
-    records = run_resumable(RunFolder(out, "evaluate"), dataset, settings, limit, score_batch, batch_size,
-                            workers, progress)
-    if records is None:
-        return None
-    return write_outputs(Path(out), records, {"format": 2, **settings}, limit)
+    return run_resumable(RunFolder(out, "evaluate"), dataset, settings, limit, score_batch, write_outputs,
+                         batch_size, workers, progress)
 
 
 def describe_maps(explainers: list) -> dict[str, dict]:

@@ -238,7 +238,7 @@ def perturbation_figure(summary: dict):
     (predicted, target) and order (positive: most relevant first; negative: least
     relevant first), one line per method; one legend beside the panels (the AUCs
     are in the run's tables)."""
-    fractions = [0.0] + [round(0.1 * i, 1) for i in range(1, 10)]
+    fractions = summary["fractions"]
     figure, axes = plt.subplots(2, 2, figsize=(10.0, 6.4), sharex=True, sharey=True, squeeze=False)
     colours = plt.cm.tab20(np.linspace(0, 1, max(1, len(summary["curves"]))))
     for row, variant in enumerate(("predicted", "target")):

@@ -163,11 +163,8 @@ def perturb(model: nn.Module, images: str, explainers: list, out, limit: int | N
             bodies.append(body)
         return bodies
 
-    records = run_resumable(RunFolder(out, "perturb"), dataset, settings, limit, score_batch, batch_size,
-                            workers, progress)
-    if records is None:
-        return None
-    return write_outputs(Path(out), records, {"format": 2, **settings}, limit)
+    return run_resumable(RunFolder(out, "perturb"), dataset, settings, limit, score_batch, write_outputs,
+                         batch_size, workers, progress)
 
 
 def auc(accuracies: list[float]) -> float:
@@ -191,7 +188,8 @@ def summarise(records: list[dict]) -> dict:
     router = None
     if "router" in records[0]:
         router = {key: float(np.mean([r["router"][key] for r in records])) for key in records[0]["router"]}
-    return {"images": len(records), "top1": top1, "auc": aucs, "curves": curves, "router": router}
+    return {"images": len(records), "top1": top1, "fractions": [0.0, *FRACTIONS], "auc": aucs, "curves": curves,
+            "router": router}
 
 
 def markdown_tables(summary: dict) -> str:

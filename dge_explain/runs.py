@@ -185,13 +185,14 @@ def release_freed_memory() -> None:
 
 
 def run_resumable(run: RunFolder, dataset, settings: dict, limit: int | None,
-                  score_batch: Callable[[dict], list[dict]], batch_size: int, workers: int,
-                  progress: bool) -> list[dict] | None:
+                  score_batch: Callable[[dict], list[dict]], write_outputs: Callable,
+                  batch_size: int, workers: int, progress: bool):
     """The loop of every resumable command: lock the folder (rank 0), check or record
     the settings, skip the images already scored, split the rest across ranks,
     score batch by batch (score_batch(batch) -> one record body per image) and
-    append each record with its image's identity, then return, on rank 0, one
-    record per image of the current listing in order (None on other ranks).
+    append each record with its image's identity; then, on rank 0, return
+    write_outputs(out, records, settings with the record format, limit), records
+    being one per image of the current listing in order (None on other ranks).
     dataset items are dicts with key, stat, digest and error (see data.segmentation)."""
     from torch.utils.data import DataLoader, Subset
     from tqdm import tqdm
@@ -240,4 +241,4 @@ def run_resumable(run: RunFolder, dataset, settings: dict, limit: int | None,
         missing = [dataset.keys()[i] for i in range(count) if i not in done]
         if missing:
             raise RuntimeError(f"records of images {missing[:10]} are missing from {run.records_dir}")
-        return [done[i] for i in range(count)]
+        return write_outputs(run.out, [done[i] for i in range(count)], {"format": FORMAT, **settings}, limit)

@@ -99,13 +99,14 @@ def test_figures_are_written_with_labels(tmp_path):
 def test_perturbation_figure_panels_lines_and_one_legend(tmp_path):
     curve = {v: {"positive": [0.8] + [0.8 - 0.08 * i for i in range(1, 10)], "negative": [0.8] * 10}
              for v in ("predicted", "target")}
-    summary = {"curves": {"random": curve, "layer8": curve}}
+    summary = {"fractions": [0.0, *(i / 10 for i in range(1, 10))], "curves": {"random": curve, "layer8": curve}}
     figure = perturbation_figure(summary)
     assert [axis.get_title() for axis in figure.axes] == [
         "positive (lower AUC is better), predicted class", "negative (higher AUC is better), predicted class",
         "positive (lower AUC is better), target class", "negative (higher AUC is better), target class"]
     assert all(len(axis.lines) == 2 for axis in figure.axes)
     assert list(figure.axes[0].lines[0].get_ydata()) == pytest.approx([80] + [80 - 8 * i for i in range(1, 10)])
+    assert list(figure.axes[0].lines[0].get_xdata()) == summary["fractions"]
     assert [t.get_text() for t in figure.legends[0].get_texts()] == ["Random", "Layer 8"]
     assert _not_blank(save(figure, tmp_path / "perturbation", dpi=80)[0])
 
