@@ -17,7 +17,7 @@ from dge_explain.explain.relevance import Relevance
 from dge_explain.explain.rollout import Rollout
 from dge_explain.methods import method_help, parse_method, registry
 from dge_explain.models import from_dense
-from dge_explain.models.attention import explicit_attention
+from dge_explain.models.attention import attention_probabilities, packed_products
 
 from helpers import counting_calls, randomise_routers, small_pvt
 
@@ -168,30 +168,86 @@ def test_the_recorded_attention_and_its_gradients_are_autograds(generator):
     assert all(p.requires_grad and p.grad is None for p in model.parameters())
 
 
+def _packed_output(probs, v, table):
+    """O = P V, sample by sample: packed probabilities [L, h, Nk] -> [L, h, d]."""
+    offsets = table.offsets.tolist()
+    return torch.cat([torch.einsum("lhn,hnd->lhd", probs[offsets[b]:offsets[b + 1]], v[b])
+                      for b in range(len(offsets) - 1)])
+
+
 def test_dge_attention_capture_equals_the_reference_op(generator):
-    """The explicit path computes what the compiled varlen op computes; its
-    token-level rows are the covering queries' rows; gradients split by area."""
+    """The recorded probabilities are what the compiled varlen op computes inside;
+    dO V^T is autograd's gradient of P."""
     indices = torch.randint(0, 2, (2, 3, 2), generator=generator)
     table = ops.route_to_patches(indices, (2, 1), 2, 1)
     q = torch.randn(table.total, 3, 8, generator=generator, dtype=torch.float64)
     k = torch.randn(2, 3, table.tokens, 8, generator=generator, dtype=torch.float64)
     v = torch.randn_like(k)
-    probs, out = explicit_attention(q, k, v, table, torch.nn.Identity())
+    probs = attention_probabilities(q, k, table)
+    out = _packed_output(probs, v, table)
     torch.testing.assert_close(out, ops.reference.varlen_attention(q, k, v, table.offsets, 8 ** -0.5))
     torch.testing.assert_close(out, ops.varlen_attention(q, k, v, table))
-    from dge_explain.explain.attention_capture import split_over_tokens, token_attention
+    leaf = probs.clone().requires_grad_(True)
+    grad_out = torch.randn_like(out)
+    expected, = torch.autograd.grad((_packed_output(leaf, v, table) * grad_out).sum(), leaf)
+    torch.testing.assert_close(packed_products(grad_out, v, table), expected)
 
-    covering, area = ops.reference.token_rows(table)
-    tokens = token_attention(probs, table)
-    assert tokens.shape == (2, 3, table.tokens, table.tokens)
+
+def _token_level(record):
+    """The record with every packed block expanded to token rows [B, h, N, Nk]."""
+    def expand(values, block):
+        return values if values is None else record.at_tokens(values, block).permute(0, 2, 1, 3)
+    probs = [expand(p, b) for b, p in enumerate(record.probs)]
+    grads = None if record.grads is None else [expand(g, b) for b, g in enumerate(record.grads)]
+    return AttentionRecord(probs, grads, record.logits, record.targets)
+
+
+def test_packed_records_act_as_their_token_level_matrices(generator):
+    """Each token takes its covering query's row; row x matrix, cls rows and the
+    four attention explainers equal those of the expanded token-level record."""
+    model = from_dense(tiny_vit(img_size=64), phi=(1, 2)).eval()
+    randomise_routers(model, generator, std=0.5)
+    images = torch.randn(2, 3, 64, 64, generator=generator)
+    record, _ = attention_pass(model, images, gradients="all")
+    table = record.tables[0]
+    assert table is not None and record.probs[0].shape == (table.total, 3, 17)
+    tokens = _token_level(record)
+    covering, _ = ops.reference.token_rows(table)
     for b in range(2):
-        for t in range(table.tokens):
-            assert torch.equal(tokens[b, :, t], probs[covering[b, t]])
-    grad = torch.randn_like(probs)
-    split = split_over_tokens(grad, table)
-    summed = torch.zeros_like(grad)
-    summed.index_add_(0, covering.flatten(), split.permute(0, 2, 1, 3).reshape(-1, 3, table.tokens))
-    torch.testing.assert_close(summed, grad)
+        for t in range(17):
+            assert torch.equal(tokens.probs[0][b, :, t], record.probs[0][covering[b, t]])
+    row = torch.rand(2, 17, generator=generator, dtype=torch.float64)
+    matrix = torch.rand(table.total, 17, generator=generator, dtype=torch.float64)
+    torch.testing.assert_close(record.times(row, matrix, 0), (row[:, None] @ matrix[covering])[:, 0])
+    torch.testing.assert_close(record.cls_rows(record.probs[0], 0), tokens.probs[0][:, :, 0])
+    for explainer in (RawAttention(model), Rollout(model), AttentionGradCAM(model), Relevance(model)):
+        torch.testing.assert_close(explainer.map_from(record, images), explainer.map_from(tokens, images),
+                                   rtol=1e-6, atol=1e-9)
+
+
+def test_dge_attention_gradients_are_autograds_on_explicit_probabilities(generator):
+    """Each block in turn computes O = P V from a leaf P: autograd's gradient of
+    that leaf, divided by each query's area (its tokens' share), is what
+    attention_pass records."""
+    model = from_dense(tiny_vit(img_size=64), phi=(1, 2)).eval().double()
+    randomise_routers(model, generator, std=0.5)
+    images = torch.randn(2, 3, 64, 64, generator=generator, dtype=torch.float64)
+    record, _ = attention_pass(model, images, gradients="all")
+    for index, chosen in enumerate(model.blocks):
+        leaves = []
+
+        def explicit(q, k, v, table):
+            leaves.append((attention_probabilities(q, k, table).detach().requires_grad_(True), table))
+            return _packed_output(leaves[-1][0], v, table).reshape(len(q), -1)
+
+        chosen.attn.attend = explicit
+        try:
+            logits = model(images)
+            grad, = torch.autograd.grad(logits[torch.arange(2), record.targets].sum(), leaves[0][0])
+        finally:
+            del chosen.attn.attend
+        _, area = ops.reference.token_rows(leaves[0][1])
+        torch.testing.assert_close(record.grads[index], grad / area.double().view(-1, 1, 1))
 
 
 def test_a_dge_model_computes_the_same_with_the_attention_recorded(generator):
@@ -203,9 +259,9 @@ def test_a_dge_model_computes_the_same_with_the_attention_recorded(generator):
         with recording(model) as recorder:
             recorded = model(images)
     torch.testing.assert_close(recorded, plain, rtol=1e-5, atol=1e-5)
-    assert len(recorder.blocks) == 2 and recorder.blocks[0][1] is not None, "packed queries with their table"
+    assert len(recorder.blocks) == 2 and recorder.blocks[0].table is not None, "packed queries with their table"
     record, _ = attention_pass(model, images, gradients="all")
-    assert record.probs[0].shape == (2, 3, 17, 17) and all(torch.isfinite(g).all() for g in record.grads)
+    assert all(torch.isfinite(g).all() for g in record.grads)
     assert all(a.capture is None for a in (b.attn for b in model.blocks))
     maps = batch_maps(build_explainers(model, ["attention", "rollout", "attention-gradcam", "relevance"]),
                       images, ["a", "b"])

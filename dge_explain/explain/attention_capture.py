@@ -3,18 +3,22 @@ rollout, attention GradCAM, relevance), recorded only when one is asked for.
 
 The fast paths never materialise the attention matrix: timm's ``Attention``
 calls fused scaled-dot-product attention, and dge-explain's attention the
-compiled varlen kernel.  While an ``AttentionPass`` runs, timm's modules take
+compiled varlen kernel.  While an ``attention_pass`` runs, timm's modules take
 their explicit path (``fused_attn = False``; the probabilities are read at
-``attn_drop``), and dge-explain's compute softmax(scale Q K^T) explicitly (the
-pure-PyTorch attention the reference op is tested against), per sample for
-packed queries.
+``attn_drop``, their gradients by autograd).  dge-explain's modules keep their
+kernels and hand over q, k, v and the per-head output O: the probabilities are
+computed aside from q and k (outside autograd), and since O = P V (eval mode),
+the gradient with respect to P is dO V^T, from the gradient of O.  The forward
+and backward are the model's own; only each block's P (and dO V^T) come extra.
 
-Token level: the probabilities are returned per block as [B, h, N, Nk] over the
-block's tokens.  In a DGE block a coarse query stands for all tokens of its patch
-(decompress copies its output to them), so a token's row is the row of the query
-that covers it; the gradient of that shared row is split evenly over the tokens
-it covers (as compress's backward splits a gradient), so that token-level
-gradients sum to the query's.
+Token level: a block's attention is a matrix over its tokens, [B, h, N, Nk].  In
+a DGE block a coarse query stands for all tokens of its patch (decompress copies
+its output to them), so a token's row is the row of the query that covers it;
+the gradient of that shared row is split evenly over the tokens it covers (as
+compress's backward splits a gradient), so that token-level gradients sum to the
+query's.  The record keeps such blocks packed, one row per query ([L, h, Nk],
+gradients already divided by the area), and applies the token-level matrix
+through the covering index (``AttentionRecord.times``) instead of expanding it.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ from timm.models.vision_transformer import Attention
 from torch import nn
 
 from dge_explain.models import PyramidVisionTransformer
-from dge_explain.models.attention import CrossAttention
+from dge_explain.models.attention import CrossAttention, attention_probabilities, packed_products
 from dge_explain.ops import reference
 
 
@@ -46,35 +50,82 @@ def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return found
 
 
-def token_attention(probs: torch.Tensor, table) -> torch.Tensor:
-    """Packed query rows [L, h, Nk] -> token rows [B, h, N, Nk] (each token takes the
-    row of the query covering it)."""
-    covering, _ = reference.token_rows(table)
-    return probs[covering].permute(0, 2, 1, 3)
+@dataclass
+class AttentionRecord:
+    probs: list[torch.Tensor]              # per block, [B, h, N, Nk] token rows, or [L, h, Nk] packed
+                                           # query rows where `tables` gives the block a patch table
+    grads: Optional[list]                  # the target logits' gradient of each block asked for (None
+                                           # for the others), in the layout of `probs`, a packed row's
+                                           # divided by its area; or None without gradients
+    logits: torch.Tensor
+    targets: torch.Tensor                  # the explained class of each image
+    tables: Optional[list] = None          # per block, the patch table of packed rows, or None
 
+    def __post_init__(self):
+        self._covering: dict[int, torch.Tensor] = {}
 
-def split_over_tokens(grad: torch.Tensor, table) -> torch.Tensor:
-    """Gradient of packed rows [L, h, Nk] -> [B, h, N, Nk], each row's gradient
-    shared evenly by the tokens it covers."""
-    covering, area = reference.token_rows(table)
-    return (grad / area.to(grad.dtype).view(-1, 1, 1))[covering].permute(0, 2, 1, 3)
+    def _table(self, block: int):
+        return self.tables[block] if self.tables else None
+
+    def covering(self, block: int) -> torch.Tensor:
+        """[B, N]: the packed row covering each token of a packed block."""
+        block %= len(self.probs)
+        if block not in self._covering:
+            self._covering[block] = reference.token_rows(self._table(block))[0]
+        return self._covering[block]
+
+    def at_tokens(self, values: torch.Tensor, block: int) -> torch.Tensor:
+        """Per-row values [L, ...] of a packed block -> [B, N, ...] (each token takes its
+        query's); token-level values [B, N, ...] as they are."""
+        return values if self._table(block) is None else values[self.covering(block)]
+
+    def cls_rows(self, values: torch.Tensor, block: int) -> torch.Tensor:
+        """The class token's row of per-head values: [B, h, N, Nk] or packed [L, h, Nk] -> [B, h, Nk]."""
+        return values[:, :, 0] if self._table(block) is None else values[self.covering(block)[:, 0]]
+
+    def times(self, row: torch.Tensor, matrix: torch.Tensor, block: int) -> torch.Tensor:
+        """row [B, N] times the block's token-level matrix, given as [B, N, Nk] or as
+        packed rows [L, Nk]: sum over queries of (the row summed over the query's
+        tokens) x the query's row."""
+        table = self._table(block)
+        if table is None:
+            return (row[:, None] @ matrix)[:, 0]
+        pooled = row.new_zeros(len(matrix)).index_add_(0, self.covering(block).flatten(), row.flatten())
+        sample = table.rows[:, 0].to(matrix.device, torch.long)
+        return row.new_zeros(row.shape[0], matrix.shape[-1]).index_add_(0, sample, pooled[:, None] * matrix)
+
+    def cls_one_hot(self) -> torch.Tensor:
+        """[B, Nk] float64, 1 at the class token: the row that matrix products start from."""
+        row = torch.zeros(len(self.targets), self.probs[-1].shape[-1], dtype=torch.float64,
+                          device=self.probs[-1].device)
+        row[:, 0] = 1
+        return row
 
 
 @dataclass
-class AttentionRecord:
-    probs: list[torch.Tensor]              # per block, [B, h, N, Nk]
-    grads: Optional[list]                  # the target logits' gradient of each block asked for
-                                           # (None for the others), or None without gradients
-    logits: torch.Tensor
-    targets: torch.Tensor                  # the explained class of each image
+class _Block:
+    probs: torch.Tensor                    # as the module computes them: packed [L, h, Nk] or [B, h, Lq, Nk]
+    source: torch.Tensor                   # the tensor whose gradient gives the probabilities' gradient
+    values: Optional[torch.Tensor]         # v [B, h, Nk, d] where that tensor is the output O = P V
+    table: object                          # the patch table of packed queries, else None
 
 
 class _Recorder:
     def __init__(self):
-        self.blocks: list[tuple[torch.Tensor, object]] = []   # (probabilities as computed, table)
+        self.blocks: list[_Block] = []
 
-    def __call__(self, probs: torch.Tensor, table) -> None:
-        self.blocks.append((probs, table))
+    def explicit(self, probs: torch.Tensor) -> None:
+        """timm's explicit path: the probabilities themselves, in the graph."""
+        self.blocks.append(_Block(probs, probs, None, None))
+
+    def __call__(self, q, k, v, out, table) -> None:
+        """dge-explain's modules: inputs and output of the fused or compiled kernel."""
+        with torch.no_grad():
+            probs = attention_probabilities(q, k, table)
+        self.blocks.append(_Block(probs, out, v.detach(), table))
+
+    def probability_gradient(self, block: _Block, grad: torch.Tensor) -> torch.Tensor:
+        return grad if block.values is None else packed_products(grad, block.values, block.table)
 
 
 @contextlib.contextmanager
@@ -89,7 +140,7 @@ def recording(model: nn.Module) -> Iterator[_Recorder]:
         else:
             fused = module.fused_attn
             module.fused_attn = False
-            handle = module.attn_drop.register_forward_hook(lambda m, args, out: recorder(args[0], None))
+            handle = module.attn_drop.register_forward_hook(lambda m, args, out: recorder.explicit(args[0]))
             undo.append(lambda module=module, fused=fused, handle=handle: (
                 setattr(module, "fused_attn", fused), handle.remove()))
     try:
@@ -111,21 +162,20 @@ def gradient_blocks(explainers) -> str | None:
 def _attention_gradients(recorder: _Recorder, target: torch.Tensor, blocks: str) -> list:
     """d target / d probabilities of the last block or of all blocks (None for the
     others); autograd walks back only as far as the earliest block asked for."""
-    raws = [raw for raw, _ in recorder.blocks]
-    wanted = raws if blocks == "all" else raws[-1:]
-    found = torch.autograd.grad(target, wanted, allow_unused=True)
-    return [None] * (len(raws) - len(wanted)) + [torch.zeros_like(raw) if grad is None else grad
-                                                 for raw, grad in zip(wanted, found)]
+    wanted = recorder.blocks if blocks == "all" else recorder.blocks[-1:]
+    found = torch.autograd.grad(target, [block.source for block in wanted], allow_unused=True)
+    gradients = [torch.zeros_like(block.probs) if grad is None else recorder.probability_gradient(block, grad)
+                 for block, grad in zip(wanted, found)]
+    return [None] * (len(recorder.blocks) - len(wanted)) + gradients
 
 
-def _token_level(recorder: _Recorder, raw_grads: list | None):
-    probs = [raw.detach() if table is None else token_attention(raw.detach(), table)
-             for raw, table in recorder.blocks]
+def _per_token_share(recorder: _Recorder, raw_grads: list | None) -> list | None:
+    """A packed row's gradient divided by its area: each covered token's share."""
     if raw_grads is None:
-        return probs, None
-    grads = [grad if grad is None or table is None else split_over_tokens(grad, table)
-             for grad, (_, table) in zip(raw_grads, recorder.blocks)]
-    return probs, grads
+        return None
+    return [grad if grad is None or block.table is None
+            else grad / reference.token_rows(block.table)[1].to(grad.dtype).view(-1, 1, 1)
+            for grad, block in zip(raw_grads, recorder.blocks)]
 
 
 def attention_pass(model: nn.Module, images: torch.Tensor, labels=None, gradients: str | None = None,
@@ -157,8 +207,10 @@ def attention_pass(model: nn.Module, images: torch.Tensor, labels=None, gradient
             for parameter in trainable:
                 parameter.requires_grad_(True)
             model.train(was_training)
-    probs, grads = _token_level(recorder, raw_grads)
-    return AttentionRecord(probs, grads, logits.detach(), targets.detach()), captured
+    probs = [block.probs.detach() for block in recorder.blocks]
+    record = AttentionRecord(probs, _per_token_share(recorder, raw_grads), logits.detach(), targets.detach(),
+                             [block.table for block in recorder.blocks])
+    return record, captured
 
 
 def layout(model: nn.Module, images: torch.Tensor) -> tuple[int, tuple[int, int], int]:

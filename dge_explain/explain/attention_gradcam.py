@@ -18,8 +18,8 @@ class AttentionGradCAM(AttentionExplainer):
 
     def map_from(self, record, images):
         extra, _, _ = layout(self.model, images)
-        cam = record.probs[-1][:, :, 0, extra:]           # [B, h, spatial]
-        grad = record.grads[-1][:, :, 0, extra:]
+        cam = record.cls_rows(record.probs[-1], -1)[:, :, extra:]           # [B, h, spatial]
+        grad = record.cls_rows(record.grads[-1], -1)[:, :, extra:]
         weights = grad.mean(-1, keepdim=True)
         rows = (cam * weights).mean(1).clamp(min=0)
         pad = rows.new_zeros(rows.shape[0], extra)         # cls_row_maps drops the extra tokens again

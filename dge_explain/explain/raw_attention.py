@@ -11,7 +11,7 @@ class RawAttention(AttentionExplainer):
     name = "attention"
 
     def map_from(self, record, images):
-        return cls_row_maps(record.probs[-1].mean(1)[:, 0], self.model, images)
+        return cls_row_maps(record.cls_rows(record.probs[-1], -1).mean(1), self.model, images)
 
 
 def build(model, requests: dict[str, str], seed: int) -> list:

@@ -4,8 +4,6 @@ as the identity; for every block in order, A_bar = mean over heads of
 the map is the class token's row of R over the spatial tokens."""
 from __future__ import annotations
 
-import torch
-
 from .attention_capture import AttentionExplainer, cls_row_maps
 
 METHODS = {"relevance": "Chefer et al. (ICCV 2021) gradient-weighted attention relevance, no LRP"}
@@ -18,14 +16,12 @@ class Relevance(AttentionExplainer):
 
     def map_from(self, record, images):
         # R = (I + A_bar_L) ... (I + A_bar_1): its cls row is carried from the last
-        # block down, a row vector times each factor (O(N^2) per block, not O(N^3))
-        row = None
-        for probs, grad in zip(reversed(record.probs), reversed(record.grads)):
-            weighted = (grad.double() * probs.double()).clamp(min=0).mean(1)     # [B, N, N]
-            if row is None:
-                row = torch.zeros_like(weighted[:, 0])
-                row[:, 0] = 1
-            row = row + (row[:, None] @ weighted)[:, 0]
+        # block down, a row vector times each factor (O(N^2) per block, not O(N^3));
+        # the head mean is taken on packed rows where the block has them
+        row = record.cls_one_hot()
+        for block in reversed(range(len(record.probs))):
+            weighted = (record.grads[block].double() * record.probs[block].double()).clamp(min=0).mean(1)
+            row = row + record.times(row, weighted, block)
         return cls_row_maps(row, self.model, images)
 
 

@@ -4,8 +4,6 @@ renormalised to sum 1; the product R = A_L ... A_1 from the first block to the
 last; the class token's row of R over the spatial tokens."""
 from __future__ import annotations
 
-import torch
-
 from .attention_capture import AttentionExplainer, cls_row_maps
 
 METHODS = {"rollout": "attention rollout: product of head-averaged attention plus identity, cls row"}
@@ -17,13 +15,13 @@ class Rollout(AttentionExplainer):
 
     def map_from(self, record, images):
         # the cls row of A_L ... A_1, carried from the last block down as a row
-        # vector times each factor (O(N^2) per block, not O(N^3))
-        row = None
-        for probs in reversed(record.probs):
-            attention = probs.mean(1).double()
-            attention = attention + torch.eye(attention.shape[-1], dtype=attention.dtype, device=attention.device)
-            attention = attention / attention.sum(-1, keepdim=True)
-            row = attention[:, 0] if row is None else (row[:, None] @ attention)[:, 0]
+        # vector times each factor (O(N^2) per block, not O(N^3)): with s the row
+        # sums of mean_h A + I, row (mean_h A + I) / s = row (mean_h A / s) + row / s
+        row = record.cls_one_hot()
+        for block in reversed(range(len(record.probs))):
+            attention = record.probs[block].mean(1).double()
+            sums = attention.sum(-1) + 1
+            row = record.times(row, attention / sums[..., None], block) + row / record.at_tokens(sums, block)
         return cls_row_maps(row, self.model, images)
 
 

@@ -41,35 +41,35 @@ def _attend(q, k, v, table, dropout_p: float) -> torch.Tensor:
     return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
 
 
-def explicit_attention(q, k, v, table, dropout: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """(probabilities, output) of softmax(d^-1/2 Q K^T) V with the probabilities
-    materialised: packed q [L, h, d] -> [L, h, Nk] and [L, h, d]; dense
-    q [B, h, Lq, d] -> [B, h, Lq, Nk] and [B, h, Lq, d].  Differentiable."""
-    scale = q.shape[-1] ** -0.5
+def packed_products(rows: torch.Tensor, keys: torch.Tensor, table: Optional[ops.PatchTable]) -> torch.Tensor:
+    """Each query-side row times its own sample's keys, per head: packed rows
+    [L, h, d] with keys [B, h, Nk, d] -> [L, h, Nk]; dense rows [B, h, Lq, d] ->
+    [B, h, Lq, Nk]."""
     if table is None:
-        probs = (q * scale @ k.transpose(-2, -1)).softmax(-1)
-        return probs, dropout(probs) @ v
-    # packed rows go to a [B, longest, ...] padding through one index per direction:
-    # per-sample slices would cost a full-size zero gradient per sample in the backward
-    offsets = table.offsets.to(q.device)
-    sample = torch.repeat_interleave(torch.arange(len(table.lengths), device=q.device),
-                                     table.lengths.to(q.device), output_size=q.shape[0])
-    rows = (sample, torch.arange(q.shape[0], device=q.device) - offsets[sample])
-    longest = int(table.lengths.max()) if q.shape[0] else 0
-    batch, heads, keys = k.shape[0], k.shape[1], k.shape[2]
-    padded = q.new_zeros(batch, longest, heads, q.shape[-1]).index_put(rows, q * scale)
-    probs = torch.einsum("blhd,bhnd->blhn", padded, k)[rows].softmax(-1)           # [L, h, Nk]
-    # the output is computed from `probs` itself, so that its gradient is the probabilities'
-    spread = probs.new_zeros(batch, longest, heads, keys).index_put(rows, dropout(probs))
-    return probs, torch.einsum("blhn,bhnd->blhd", spread, v)[rows]
+        return rows @ keys.transpose(-2, -1)
+    # packed rows go to a [B, longest, ...] padding and back through one index each way
+    offsets = table.offsets.to(rows.device)
+    sample = torch.repeat_interleave(torch.arange(len(table.lengths), device=rows.device),
+                                     table.lengths.to(rows.device), output_size=rows.shape[0])
+    where = (sample, torch.arange(rows.shape[0], device=rows.device) - offsets[sample])
+    longest = int(table.lengths.max()) if rows.shape[0] else 0
+    padded = rows.new_zeros(keys.shape[0], longest, *rows.shape[1:]).index_put(where, rows)
+    return torch.einsum("blhd,bhnd->blhn", padded, keys)[where]
+
+
+def attention_probabilities(q, k, table: Optional[ops.PatchTable]) -> torch.Tensor:
+    """softmax(d^-1/2 Q K^T), materialised: [L, h, Nk] for packed q [L, h, d],
+    [B, h, Lq, Nk] for dense q; what the fused and compiled kernels compute inside."""
+    return packed_products(q * q.shape[-1] ** -0.5, k, table).softmax(-1)
 
 
 class CrossAttention(nn.Module):
     """q from the queries, k and v from the block's full (normalised) input.
 
-    ``capture``: set (by dge_explain.explain) to a callable(probabilities, table) to
-    run the explicit attention and hand it the probabilities; None (the default)
-    keeps the fused or compiled path, which never materialises them."""
+    ``capture``: set (by dge_explain.explain) to a callable(q, k, v, output, table)
+    that sees every attention call's inputs and per-head output (the fused or
+    compiled kernels, which never materialise the probabilities, still compute
+    it); None by default.  Only meaningful in eval mode (no attention dropout)."""
 
     capture = None
 
@@ -92,12 +92,11 @@ class CrossAttention(nn.Module):
 
     def attend(self, q, k, v, table) -> torch.Tensor:
         """Per-head attention, heads merged back: [L, C] or [B, Lq, C]."""
-        if self.capture is not None:
-            probs, out = explicit_attention(q, k, v, table, self.attn_drop)
-            self.capture(probs, table)
-            return _merge_heads(out, table)
         dropout = self.attn_drop.p if self.training else 0.0
-        return _merge_heads(_attend(q, k, v, table, dropout), table)
+        out = _attend(q, k, v, table, dropout)
+        if self.capture is not None:
+            self.capture(q, k, v, out, table)
+        return _merge_heads(out, table)
 
     def forward(self, qn: torch.Tensor, xn: torch.Tensor, grid: tuple[int, int],
                 table: Optional[ops.PatchTable]) -> torch.Tensor:
