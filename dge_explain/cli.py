@@ -206,6 +206,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_fraction(text: str) -> float:
+    """argparse type of a share strictly between 0 and 1 (refused before any model loads)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {value}")
+    return value
+
+
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="deit_tiny_dge_s12",
                         help="shipped model name (deit_tiny_dge_s12) or a timm model name")
@@ -274,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     perturb.add_argument("--limit", type=int, help="first N images only")
     perturb.add_argument("--batch-size", type=int, default=16, help="images whose maps are computed together")
     perturb.add_argument("--forward-batch", type=int, default=64, help="perturbed images per forward pass")
-    perturb.add_argument("--budget", type=float, default=0.5,
+    perturb.add_argument("--budget", type=_open_fraction, default=0.5,
                          help="router test: share of regions forced to the finest granularity")
     perturb.add_argument("--no-router", action="store_true", help="skip the router test")
     perturb.add_argument("--image-size", type=int, help="crop size (default: the model's input size)")

@@ -192,3 +192,12 @@ def test_two_processes_give_the_numbers_of_one(tmp_path, generator):
     results = [json.loads((tmp_path / name / "results.json").read_text()) for name in ("ranks", "single")]
     for key in ("images", "top1", "auc", "curves", "router"):
         assert results[0][key] == results[1][key], key
+
+
+@pytest.mark.parametrize("budget", ["0", "1.5", "half"])
+def test_a_budget_outside_zero_one_is_refused_before_anything_loads(tmp_path, budget):
+    result = subprocess.run([sys.executable, "-m", "dge_explain", "perturb", "--model", "deit_tiny_dge_s12",
+                             "--images", str(tmp_path / "absent"), "--budget", budget, "--out", str(tmp_path / "run")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "argument --budget: " in result.stderr and "(0, 1)" in result.stderr
+    assert not (tmp_path / "run").exists()
