@@ -48,6 +48,40 @@ def test_fallback_is_announced_and_still_correct():
     assert "compiled ops unavailable" in result.stderr
 
 
+@pytest.fixture
+def build_without_cuda(monkeypatch):
+    """The loaded extension as a build without CUDA kernels would present it."""
+    from types import SimpleNamespace
+
+    from dge_explain.ops import _backend
+
+    monkeypatch.setattr(_backend, "_EXTENSION", SimpleNamespace(with_cuda=False))
+    monkeypatch.setattr(_backend, "_warned_cuda", False)
+    return _backend
+
+
+def test_cuda_tensors_without_cuda_kernels_are_said_once(build_without_cuda, monkeypatch):
+    import torch
+
+    monkeypatch.setenv("DGE_EXPLAIN_REQUIRE_EXT", "0")
+    with pytest.warns(RuntimeWarning, match="CUDA tensors run on the slow pure-PyTorch reference ops: "
+                                            "dge_explain._C was built without CUDA kernels"):
+        assert not build_without_cuda.compiled_on(torch.device("cuda", 0))
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not build_without_cuda.compiled_on(torch.device("cuda", 0)), "said once"
+        assert build_without_cuda.compiled_on(torch.device("cpu"))
+
+
+def test_cuda_tensors_without_cuda_kernels_are_an_error_when_required(build_without_cuda, monkeypatch):
+    import torch
+
+    monkeypatch.setenv("DGE_EXPLAIN_REQUIRE_EXT", "1")
+    with pytest.raises(RuntimeError, match="DGE_EXPLAIN_REQUIRE_EXT=1 but CUDA tensors reached the DGE ops"):
+        build_without_cuda.compiled_on(torch.device("cuda"))
+
+
 def test_use_backend_rejects_unknown_names():
     with pytest.raises(ValueError, match="backend must be one of"):
         with ops.use_backend("fast"):

@@ -79,11 +79,32 @@ def build_info() -> dict:
     }
 
 
+_warned_cuda = False
+
+
+def _reference_on_cuda() -> None:
+    """A build without CUDA kernels meets CUDA tensors: the reference ops would run
+    them far slower than the model's own layers, so this is said (once), or refused
+    under DGE_EXPLAIN_REQUIRE_EXT=1."""
+    global _warned_cuda
+    reason = ("dge_explain._C was built without CUDA kernels (no CUDA toolkit at build time, or "
+              "DGE_EXPLAIN_CUDA=0); rebuild with CUDA_HOME set and DGE_EXPLAIN_CUDA=1 (`make build`)")
+    if os.environ.get(REQUIRE_ENV) == "1":
+        raise RuntimeError(f"{REQUIRE_ENV}=1 but CUDA tensors reached the DGE ops and {reason}")
+    if not _warned_cuda:
+        warnings.warn(f"dge_explain: CUDA tensors run on the slow pure-PyTorch reference ops: {reason}.",
+                      RuntimeWarning, stacklevel=3)
+        _warned_cuda = True
+
+
 def compiled_on(device: torch.device) -> bool:
     """Whether the ops run compiled kernels for tensors on this device."""
     if active() != "compiled" or _EXTENSION is None:
         return False
-    return device.type == "cpu" or (device.type == "cuda" and bool(_EXTENSION.with_cuda))
+    if device.type == "cuda" and not _EXTENSION.with_cuda:
+        _reference_on_cuda()
+        return False
+    return device.type in ("cpu", "cuda")
 
 
 def needs_grad(*tensors) -> bool:
