@@ -5,29 +5,9 @@
 
 #include "cpu/blas.h"
 #include "dge_ops.h"
+#include "op_schemas.h"
 
-TORCH_LIBRARY(dge_explain, m) {
-  m.def(
-      "route_to_patches(Tensor indices, int[] split_sizes, int region_size, int num_extra)"
-      " -> (Tensor rows, Tensor region_start, Tensor region_k, Tensor offsets, Tensor lengths)");
-  m.def(
-      "compress(Tensor x, Tensor rows, Tensor region_start, Tensor region_k, Tensor offsets,"
-      " int grid_h, int grid_w, int num_extra, bool average) -> Tensor");
-  m.def(
-      "decompress(Tensor src, Tensor? subtract, Tensor? reference, Tensor region_start,"
-      " Tensor region_k, Tensor offsets, int grid_h, int grid_w, int num_extra,"
-      " bool divide_by_area) -> Tensor");
-  m.def(
-      "varlen_attention_forward(Tensor q, Tensor k, Tensor v, Tensor offsets, float scale,"
-      " bool return_lse) -> (Tensor out, Tensor lse)");
-  m.def(
-      "varlen_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out,"
-      " Tensor lse, Tensor offsets, float scale) -> (Tensor grad_q, Tensor grad_k,"
-      " Tensor grad_v)");
-  m.def(
-      "segmentation_scores(Tensor maps, Tensor masks, int bins)"
-      " -> (Tensor counts, Tensor ap, Tensor histograms)");
-}
+TORCH_LIBRARY(dge_explain, m) { dge::define_ops(m); }
 
 TORCH_LIBRARY_IMPL(dge_explain, CPU, m) {
   m.impl("route_to_patches", &dge::route_to_patches_cpu);

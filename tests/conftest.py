@@ -68,4 +68,4 @@ def shared_file(relative: str) -> str:
 
 
 requires_cuda = pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="no CUDA device visible: CUDA kernels compiled, not run")
+    not torch.cuda.is_available(), reason="no CUDA device visible (the CUDA kernels run through the CUDA emulation instead)")

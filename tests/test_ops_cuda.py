@@ -1,6 +1,7 @@
 """CUDA kernels against the reference (float32, float16, bfloat16 with float32
-accumulation, and float64), on the default and on a side stream.  Skipped with a
-message where no CUDA device is visible; CI compiles these kernels regardless."""
+accumulation, and float64): on a GPU where one is visible, and everywhere through
+the CUDA emulation (tests/emulation.py: the same kernel sources built as host
+code, every CUDA thread a coroutine), with CPU tensors standing for the device's."""
 import pytest
 import torch
 
@@ -9,18 +10,30 @@ from dge_explain.ops import reference
 from dge_explain.ops.selfcheck import TOLERANCE, check_all, random_case
 
 from conftest import poisoned_outputs, requires_cuda
+from emulation import emulated_cuda
 
-pytestmark = [pytest.mark.cuda, requires_cuda]
+pytestmark = pytest.mark.cuda
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 
 
+@pytest.fixture(params=["emulated", pytest.param("cuda", marks=requires_cuda)])
+def device(request):
+    """The device the kernels' tensors live on: a GPU, or the CPU under the emulation."""
+    if request.param == "cuda":
+        yield "cuda"
+    else:
+        with emulated_cuda():
+            yield "cpu"
+
+
+@requires_cuda
 def test_extension_has_cuda_kernels():
     assert ops.build_info()["compiled_cuda"], "extension built without CUDA kernels"
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_selfcheck(dtype):
-    failed = [r for r in check_all("cuda", dtype) if not r.passed]
+def test_selfcheck(dtype, device):
+    failed = [r for r in check_all(device, dtype) if not r.passed]
     assert not failed, failed
 
 
@@ -28,8 +41,8 @@ def test_selfcheck(dtype):
 @pytest.mark.parametrize("batch,grid,num_extra,channels", [(1, (1, 1), 0, 5), (3, (2, 3), 1, 13),
                                                            (4, (4, 4), 2, 192)])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_pooling_matches_reference(splits, batch, grid, num_extra, channels, dtype, generator):
-    case = random_case(batch, grid, splits, num_extra, channels, dtype, "cuda", generator)
+def test_pooling_matches_reference(splits, batch, grid, num_extra, channels, dtype, generator, device):
+    case = random_case(batch, grid, splits, num_extra, channels, dtype, device, generator)
     ref = reference.reference_table(case.indices.cpu(), splits, case.region_size, num_extra)
     for got, want in zip((case.table.rows, case.table.region_start, case.table.region_k,
                           case.table.offsets, case.table.lengths),
@@ -51,14 +64,14 @@ def test_pooling_matches_reference(splits, batch, grid, num_extra, channels, dty
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("lengths,heads,head_dim,keys", [
     ([5], 1, 8, 7), ([17, 3], 3, 64, 257), ([1, 40, 9, 12], 2, 13, 50), ([300, 0, 70], 6, 128, 65)])
-def test_attention_matches_reference(dtype, lengths, heads, head_dim, keys, generator):
+def test_attention_matches_reference(dtype, lengths, heads, head_dim, keys, generator, device):
     offsets = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
     randn = lambda *s: torch.randn(*s, generator=generator, dtype=torch.float64)
     q64, k64, v64 = randn(int(offsets[-1]), heads, head_dim), randn(len(lengths), heads, keys, head_dim), \
         randn(len(lengths), heads, keys, head_dim)
-    q, k, v = (t.to("cuda", dtype).requires_grad_() for t in (q64, k64, v64))
+    q, k, v = (t.to(device, dtype, copy=True).requires_grad_() for t in (q64, k64, v64))
     with poisoned_outputs():
-        out = ops.varlen_attention(q, k, v, offsets.cuda())
+        out = ops.varlen_attention(q, k, v, offsets.to(device))
         grad = torch.randn_like(out)
         out.backward(grad)
     refs = [t.clone().requires_grad_() for t in (q64, k64, v64)]
@@ -72,6 +85,7 @@ def test_attention_matches_reference(dtype, lengths, heads, head_dim, keys, gene
         assert (got.grad.double().cpu() - expected.grad).abs().max() <= tol * scale
 
 
+@requires_cuda
 def test_ops_follow_the_current_stream(generator):
     case = random_case(4, (8, 8), (4, 2, 1), 1, 384, torch.float32, "cuda", generator)
     expected = ops.compress(case.x, case.table)

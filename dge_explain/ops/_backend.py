@@ -97,8 +97,38 @@ def _reference_on_cuda() -> None:
         _warned_cuda = True
 
 
+_emulated: str | None = None
+
+
+@contextlib.contextmanager
+def emulating_cuda(library: str) -> Iterator[None]:
+    """Inside, the ops hand CPU tensors to torch.ops.<library>: the CUDA kernels
+    built as host code against the CUDA emulation (tests/emulation.py builds and
+    loads it), and accept CUDA's dtypes on the CPU."""
+    global _emulated
+    if not hasattr(torch.ops, library) or not hasattr(getattr(torch.ops, library), "compress"):
+        raise RuntimeError(f"torch.ops.{library} is not loaded: build the CUDA emulation first")
+    previous, _emulated = _emulated, library
+    try:
+        yield
+    finally:
+        _emulated = previous
+
+
+def emulated() -> bool:
+    """Whether CPU tensors run the CUDA kernels through the emulation now."""
+    return _emulated is not None
+
+
+def kernels():
+    """The op namespace the compiled path calls."""
+    return getattr(torch.ops, _emulated) if _emulated else torch.ops.dge_explain
+
+
 def compiled_on(device: torch.device) -> bool:
     """Whether the ops run compiled kernels for tensors on this device."""
+    if _emulated is not None:
+        return device.type == "cpu"
     if active() != "compiled" or _EXTENSION is None:
         return False
     if device.type == "cuda" and not _EXTENSION.with_cuda:

@@ -13,7 +13,7 @@ class _VarlenAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, offsets, scale):
         need_grad = any(ctx.needs_input_grad[:3])
-        out, lse = torch.ops.dge_explain.varlen_attention_forward(q, k, v, offsets, scale, need_grad)
+        out, lse = _backend.kernels().varlen_attention_forward(q, k, v, offsets, scale, need_grad)
         if need_grad:
             ctx.save_for_backward(q, k, v, out, lse, offsets)
             ctx.scale = scale
@@ -23,7 +23,7 @@ class _VarlenAttention(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad):
         q, k, v, out, lse, offsets = ctx.saved_tensors
-        grad_q, grad_k, grad_v = torch.ops.dge_explain.varlen_attention_backward(
+        grad_q, grad_k, grad_v = _backend.kernels().varlen_attention_backward(
             grad, q, k, v, out, lse, offsets, ctx.scale)
         return grad_q, grad_k, grad_v, None, None
 
@@ -69,4 +69,4 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     if _backend.needs_grad(q, k, v):
         return _VarlenAttention.apply(q, k, v, offsets, scale)
-    return torch.ops.dge_explain.varlen_attention_forward(q, k, v, offsets, scale, False)[0]
+    return _backend.kernels().varlen_attention_forward(q, k, v, offsets, scale, False)[0]

@@ -6,6 +6,8 @@ from typing import Callable
 
 import torch
 
+from . import _backend
+
 CPU_DTYPES = (torch.float32, torch.float64)
 CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -27,7 +29,7 @@ def check_tensor(name: str, tensor, ndim: int, layout: str) -> None:
 
 
 def check_float(name: str, tensor: torch.Tensor) -> None:
-    allowed = CUDA_DTYPES if tensor.device.type == "cuda" else CPU_DTYPES
+    allowed = CUDA_DTYPES if tensor.device.type == "cuda" or _backend.emulated() else CPU_DTYPES
     require(tensor.dtype in allowed,
             lambda: f"{name} has dtype {tensor.dtype}; on {tensor.device.type} the ops support "
                     f"{', '.join(str(d).replace('torch.', '') for d in allowed)}")

@@ -62,7 +62,7 @@ def route_to_patches(indices: torch.Tensor, split_sizes, region_size: int | None
     require(int(num_extra) >= 0, lambda: f"num_extra must be >= 0, got {num_extra}")
     indices = indices.long()
     if _backend.compiled_on(indices.device):
-        fields = torch.ops.dge_explain.route_to_patches(indices, list(splits), size, int(num_extra))
+        fields = _backend.kernels().route_to_patches(indices, list(splits), size, int(num_extra))
     else:
         fields = reference.route_fields(indices, splits, size, int(num_extra))
     return PatchTable(*fields, split_sizes=splits, region_size=size, num_extra=int(num_extra))

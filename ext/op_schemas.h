@@ -1,0 +1,32 @@
+// The schemas of the DGE ops, shared by the extension (torch.ops.dge_explain)
+// and by the CUDA emulation's test build (torch.ops.dge_explain_emu).
+#pragma once
+
+#include <torch/library.h>
+
+namespace dge {
+
+inline void define_ops(torch::Library& m) {
+  m.def(
+      "route_to_patches(Tensor indices, int[] split_sizes, int region_size, int num_extra)"
+      " -> (Tensor rows, Tensor region_start, Tensor region_k, Tensor offsets, Tensor lengths)");
+  m.def(
+      "compress(Tensor x, Tensor rows, Tensor region_start, Tensor region_k, Tensor offsets,"
+      " int grid_h, int grid_w, int num_extra, bool average) -> Tensor");
+  m.def(
+      "decompress(Tensor src, Tensor? subtract, Tensor? reference, Tensor region_start,"
+      " Tensor region_k, Tensor offsets, int grid_h, int grid_w, int num_extra,"
+      " bool divide_by_area) -> Tensor");
+  m.def(
+      "varlen_attention_forward(Tensor q, Tensor k, Tensor v, Tensor offsets, float scale,"
+      " bool return_lse) -> (Tensor out, Tensor lse)");
+  m.def(
+      "varlen_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out,"
+      " Tensor lse, Tensor offsets, float scale) -> (Tensor grad_q, Tensor grad_k,"
+      " Tensor grad_v)");
+  m.def(
+      "segmentation_scores(Tensor maps, Tensor masks, int bins)"
+      " -> (Tensor counts, Tensor ap, Tensor histograms)");
+}
+
+}  // namespace dge
