@@ -1,44 +1,91 @@
 """The CUDA emulation's build for the tests: ext/cuda's sources, rewritten by
 ext/emu/translate.py, compiled as host C++ against ext/emu (coroutine threads,
 meeting points, launch and shared-memory checks) and registered for CPU tensors
-as torch.ops.dge_explain_emu.  Built once into build/emu (ninja rebuilds what
-changed); `emulated_cuda()` then runs the ops' CUDA kernels on CPU tensors."""
+as torch.ops.dge_explain_emu.  Objects are cached in build/emu by the hash of
+their source, the headers and the flags, so a seeded-bug build (`mutations`)
+recompiles only the file it changes; `emulated_cuda()` runs the ops' CUDA
+kernels on CPU tensors."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import subprocess
 import sys
+import sysconfig
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+EXT = ROOT / "ext"
 LIBRARY = "dge_explain_emu"
+TRANSLATED = ("attention", "patches")
+sys.path.insert(0, str(EXT / "emu"))
+from translate import translate  # noqa: E402
 
 
-def build(directory: Path | None = None, flags=()) -> Path:
-    """Translate and compile; returns the shared library (loaded)."""
-    from torch.utils.cpp_extension import load
+def _flags(extra) -> list[str]:
+    from torch.utils.cpp_extension import include_paths
+
+    includes = [EXT / "emu" / "shim", EXT / "emu", EXT]
+    return ["-fPIC", "-std=c++20", "-O1", "-DDGE_WITH_CUDA", "-DTORCH_API_INCLUDE_EXTENSION_H",
+            "-Wno-unknown-pragmas", *[f"-I{p}" for p in includes],
+            *[f"-isystem{p}" for p in [*include_paths(), sysconfig.get_paths()["include"]]], *extra]
+
+
+def _headers() -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(EXT.rglob("*")) if p.suffix in (".h", ".cuh"))
+
+
+def _compile(source: Path, text: str, directory: Path, flags: list[str], headers: bytes) -> Path:
+    key = hashlib.sha1(text.encode() + headers + " ".join(flags).encode()).hexdigest()[:16]
+    obj = directory / f"{source.stem}-{key}.o"
+    if not obj.exists():
+        written = directory / f"{source.stem}-{key}.cpp"
+        written.write_text(text)
+        result = subprocess.run(["c++", *flags, f"-I{source.parent}", "-c", str(written), "-o", str(obj)],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"compiling {source.name} for the CUDA emulation failed:\n{result.stderr[-4000:]}")
+    return obj
+
+
+def build(mutations: dict[str, list[tuple[str, str]]] | None = None, name: str = "dge_emu",
+          flags=(), directory: Path | None = None) -> Path:
+    """The emulated ops' shared library (not loaded).  `mutations`: per CUDA source
+    ("attention", "patches"), (exact text, replacement) pairs applied before the build."""
+    from torch.utils.cpp_extension import library_paths
 
     directory = directory or ROOT / "build" / "emu"
     directory.mkdir(parents=True, exist_ok=True)
-    sources = directory / "src"
-    subprocess.run([sys.executable, str(ROOT / "ext" / "emu" / "translate.py"), str(sources)], check=True)
-    load(name="dge_emu", build_directory=str(directory), is_python_module=False, verbose=False,
-         sources=[str(sources / "cuda" / "attention.cpp"), str(sources / "cuda" / "patches.cpp"),
-                  str(ROOT / "ext" / "checks.cpp"), str(ROOT / "ext" / "emu" / "cuda_emu.cpp"),
-                  str(ROOT / "ext" / "emu" / "bindings.cpp")],
-         extra_include_paths=[str(ROOT / "ext" / "emu" / "shim"), str(ROOT / "ext" / "emu"), str(ROOT / "ext"),
-                              str(sources)],
-         extra_cflags=["-O1", "-DDGE_WITH_CUDA", "-Wno-unknown-pragmas", *flags])
-    return directory / "dge_emu.so"
+    compile_flags, headers = _flags(flags), _headers()
+    units = []
+    for stem in TRANSLATED:
+        text = translate((EXT / "cuda" / f"{stem}.cu").read_text())
+        for old, new in (mutations or {}).get(stem, []):
+            if old not in text:
+                raise ValueError(f"mutation target not found in ext/cuda/{stem}.cu: {old!r}")
+            text = text.replace(old, new)
+        units.append((EXT / "cuda" / f"{stem}.cu", text))
+    units += [(path, path.read_text()) for path in (EXT / "checks.cpp", EXT / "emu" / "cuda_emu.cpp",
+                                                    EXT / "emu" / "bindings.cpp")]
+    with ThreadPoolExecutor(2) as pool:
+        objects = list(pool.map(lambda unit: _compile(*unit, directory, compile_flags, headers), units))
+    library = directory / f"{name}.so"
+    link = ["c++", "-shared", *map(str, objects), *flags, *[f"-L{p}" for p in library_paths()],
+            "-lc10", "-ltorch_cpu", "-ltorch", "-o", str(library)]
+    result = subprocess.run(link, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"linking the CUDA emulation failed:\n{result.stderr[-4000:]}")
+    return library
 
 
 @contextlib.contextmanager
 def emulated_cuda():
     from dge_explain.ops import _backend
 
-    if not hasattr(torch.ops, LIBRARY) or not hasattr(getattr(torch.ops, LIBRARY), "compress"):
-        build()
+    if not hasattr(getattr(torch.ops, LIBRARY), "compress"):
+        torch.ops.load_library(str(build()))
     with _backend.emulating_cuda(LIBRARY):
         yield

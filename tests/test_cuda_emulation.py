@@ -6,6 +6,7 @@ AddressSanitizer) and run as its own process."""
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,52 @@ def test_the_emulation_under_address_sanitizer(tmp_path):
         result = subprocess.run([str(binary), case], capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, f"{case}: {result.stderr[-3000:]}"
         assert "ERROR: AddressSanitizer" not in result.stderr and "runtime error" not in result.stderr, case
+
+
+# Seeded bugs in ext/cuda (exact source text -> replacement): the emulated op
+# self-check must fail on each, and pass on the unchanged sources.
+MUTANTS = {
+    "decompress with x and y swapped": {"patches": [(
+        "const int64_t y = (n - num_extra) / grid_w, x = (n - num_extra) % grid_w;",
+        "const int64_t x = (n - num_extra) / grid_w, y = (n - num_extra) % grid_w;")]},
+    "attention's shared memory one vector short per warp": {"attention": [(
+        "launch_shape(kernel, (dim * kTileStride + dim) * sizeof(acc_t))",
+        "launch_shape(kernel, (dim * kTileStride) * sizeof(acc_t))")]},
+    "attention warps' shared slices overlapping": {"attention": [(
+        "reinterpret_cast<acc_t*>(shared_raw) + warp * (dim * kTileStride + dim);",
+        "reinterpret_cast<acc_t*>(shared_raw) + warp * (dim * kTileStride + dim) / 2;")]},
+    "attention launched with a partial warp": {"attention": [(
+        "grid, warps * kWarp, bytes, stream)", "grid, warps * kWarp - 8, bytes, stream)")]},
+}
+
+SELF_CHECK = """
+import sys, torch
+torch.ops.load_library(sys.argv[1])
+from dge_explain.ops import _backend
+from dge_explain.ops.selfcheck import check_all
+with _backend.emulating_cuda("dge_explain_emu"):
+    try:
+        failed = [r for dtype in (torch.float32, torch.float64) for r in check_all("cpu", dtype) if not r.passed]
+    except RuntimeError as error:
+        print("refused:", str(error).splitlines()[0]); sys.exit(3)
+print("wrong:", sorted({f"{r.op} ({r.dtype})" for r in failed})); sys.exit(1 if failed else 0)
+"""
+
+
+def _self_check(library: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", SELF_CHECK, str(library)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.slow
+def test_the_emulated_self_check_catches_every_seeded_bug():
+    from emulation import build
+
+    control = _self_check(build(name="unchanged"))
+    assert control.returncode == 0, control.stdout + control.stderr[-3000:]
+    for index, (bug, mutations) in enumerate(MUTANTS.items()):
+        result = _self_check(build(mutations, name=f"mutant{index}"))
+        caught = (result.returncode == 1 and result.stdout.startswith("wrong: ")) or \
+            (result.returncode == 3 and result.stdout.startswith("refused: "))
+        assert caught, f"{bug}: not caught ({result.returncode})\n{result.stdout}{result.stderr[-3000:]}"
+        print(f"{bug}: {result.stdout.strip()}")

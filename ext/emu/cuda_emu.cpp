@@ -17,7 +17,7 @@ namespace emu {
 namespace {
 
 constexpr size_t kStackBytes = 256 * 1024;
-constexpr size_t kCanaryBytes = 64;
+constexpr size_t kCanaryBytes = 4096;  // guards, so that an overrun is reported, not a heap corruption
 constexpr unsigned char kPoison = 0xFF, kCanary = 0xA5;
 
 enum class Wait { kRunnable, kBlock, kWarp, kDone };

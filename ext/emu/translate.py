@@ -3,17 +3,13 @@ CUDA emulation: launches ``kernel<<<grid, block[, bytes[, stream]]>>>(args)``
 become ``::emu::launch_kernel(kernel, "kernel", grid, block, bytes, stream)(args)``
 and ``extern __shared__ T name[];`` becomes a pointer to the block's dynamic
 shared memory.  Nothing else changes; CUDA's keywords, built-ins and runtime
-calls come from cuda_runtime_emu.h, included first in every translated file.
-
-    python ext/emu/translate.py OUT_DIR     # writes OUT_DIR/cuda/*.cpp, *.cuh, OUT_DIR/dge_ops.h
+calls come from cuda_runtime_emu.h, included first in every translated file
+(tests/emulation.py builds the result).
 """
 from __future__ import annotations
 
 import re
-import sys
-from pathlib import Path
 
-EXT = Path(__file__).resolve().parents[1]
 _SHARED = re.compile(r"extern\s+__shared__\s+(?:__align__\(\s*\d+\s*\)\s+)?([\w:\s]+?)\s+(\w+)\s*\[\s*\]\s*;")
 _LAUNCH = re.compile(r"([A-Za-z_][\w:]*(?:<[^<>;]*>)?)\s*<<<")
 
@@ -57,19 +53,4 @@ def rewrite_shared(source: str) -> str:
 
 
 def translate(source: str) -> str:
-    return '#include "cuda_runtime_emu.h"\n' + rewrite_shared(rewrite_launches(source))
-
-
-def main(argv: list[str]) -> int:
-    out = Path(argv[0])
-    (out / "cuda").mkdir(parents=True, exist_ok=True)
-    for path in sorted((EXT / "cuda").iterdir()):
-        if path.suffix in (".cu", ".cuh"):
-            name = path.with_suffix(".cpp").name if path.suffix == ".cu" else path.name
-            (out / "cuda" / name).write_text(translate(path.read_text()))
-    (out / "dge_ops.h").write_text((EXT / "dge_ops.h").read_text())
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    return "#include \"cuda_runtime_emu.h\"\n" + rewrite_shared(rewrite_launches(source))
