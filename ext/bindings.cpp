@@ -57,5 +57,7 @@ PyMODINIT_FUNC PyInit__C(void) {
 #endif
   PyModule_AddStringConstant(module, "torch_version", DGE_STRINGIFY(DGE_TORCH_VERSION));
   PyModule_AddStringConstant(module, "cpu_gemm", dge::blas::backend_name());
+  PyModule_AddIntConstant(module, "cuda_max_head_dim", dge::kMaxHeadDim);
+  PyModule_AddIntConstant(module, "cuda_max_heads", dge::kMaxCudaHeads);
   return module;
 }

@@ -107,6 +107,16 @@ void check_attention_args(const at::Tensor& q, const at::Tensor& k, const at::Te
   TORCH_CHECK_VALUE(q.size(2) > 0, "q ", q.sizes(), " has an empty head dim");
   TORCH_CHECK_VALUE(q.stride(2) == 1 && k.stride(3) == 1 && v.stride(3) == 1,
                     "q, k, v need a unit stride on the head dim");
+  // The kernels index q by these bounds: on CUDA the check costs one copy of B + 1
+  // integers to the host (and a synchronisation), the price of never reading past q.
+  const at::Tensor host = offsets.is_cpu() ? offsets.contiguous() : offsets.to(at::kCPU);
+  const int64_t* off = host.data_ptr<int64_t>();
+  const int64_t batch = k.size(0), total = q.size(0);
+  TORCH_CHECK_VALUE(off[0] == 0 && off[batch] == total, "offsets must run from 0 to L = ", total,
+                    ", got ", off[0], " .. ", off[batch]);
+  for (int64_t b = 0; b < batch; ++b)
+    TORCH_CHECK_VALUE(off[b] <= off[b + 1], "offsets must be non-decreasing, got ", off[b],
+                      " then ", off[b + 1]);
 }
 
 void check_attention_grad_args(const at::Tensor& q, const at::Tensor& grad_out,

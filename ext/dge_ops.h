@@ -23,6 +23,24 @@ constexpr int64_t kMaxRegionSize = 64;
 // Largest head dimension of the CUDA attention kernels (4 values per lane).
 constexpr int64_t kMaxHeadDim = 128;
 
+// CUDA limits: split sizes of one routing (the table kernel's fixed array) and
+// heads (the attention grid's y dimension).  Split sizes divide the region size,
+// so no valid routing can have more of them than a region size <= 64 has divisors.
+constexpr int64_t kMaxSplitOptions = 16;
+constexpr int64_t kMaxCudaHeads = 65535;
+
+constexpr int64_t most_divisors(int64_t up_to) {
+  int64_t most = 0;
+  for (int64_t n = 1; n <= up_to; ++n) {
+    int64_t count = 0;
+    for (int64_t d = 1; d <= n; ++d) count += n % d == 0;
+    most = count > most ? count : most;
+  }
+  return most;
+}
+static_assert(most_divisors(kMaxRegionSize) <= kMaxSplitOptions,
+              "a region size <= kMaxRegionSize can have more split sizes than the CUDA table holds");
+
 using Table = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 // rows [L,4] int32, region_start [B,Hr,Wr] int32 (absolute packed row of the

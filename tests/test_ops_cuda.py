@@ -99,3 +99,40 @@ def test_ops_follow_the_current_stream(generator):
     torch.cuda.current_stream().wait_stream(side)
     torch.testing.assert_close(comp, expected)
     torch.testing.assert_close(restored, case.x + ops.decompress(expected, case.table))
+
+
+def _attention_inputs(device, lengths=(3, 2), heads=2, head_dim=8, keys=7):
+    randn = lambda *shape: torch.randn(*shape).to(device)
+    return randn(sum(lengths), heads, head_dim), randn(len(lengths), heads, keys, head_dim), \
+        randn(len(lengths), heads, keys, head_dim)
+
+
+@pytest.mark.parametrize("bad", [[0, 3, 6], [0, 6, 5], [1, 3, 5]])
+def test_the_kernels_refuse_offsets_that_do_not_bound_their_queries(device, bad):
+    """Called directly (past the Python wrapper), forward and backward check the
+    offsets' values: with offsets[B] > L the dK/dV kernel would read past q."""
+    from dge_explain.ops import _backend
+
+    q, k, v = _attention_inputs(device)
+    good = torch.tensor([0, 3, 5], device=device)
+    out, lse = _backend.kernels().varlen_attention_forward(q, k, v, good, 0.35, True)
+    offsets = torch.tensor(bad, device=device)
+    with pytest.raises(ValueError, match="offsets must (run from 0 to L = 5|be non-decreasing)"):
+        _backend.kernels().varlen_attention_forward(q, k, v, offsets, 0.35, True)
+    with pytest.raises(ValueError, match="offsets must (run from 0 to L = 5|be non-decreasing)"):
+        _backend.kernels().varlen_attention_backward(torch.ones_like(out), q, k, v, out, lse, offsets, 0.35)
+
+
+def test_the_cuda_limits_are_value_errors_before_and_inside_the_kernels(device):
+    from dge_explain.ops import _backend
+
+    limits = ops.build_info()["cuda_limits"]
+    assert limits == {"head_dim": 128, "heads": 65535}
+    offsets = torch.tensor([0, 3, 5], device=device)
+    for heads, head_dim in ((2, limits["head_dim"] + 1), (limits["heads"] + 1, 1)):
+        q, k, v = _attention_inputs(device, heads=heads, head_dim=head_dim, keys=2)
+        with pytest.raises(ValueError, match=f"varlen_attention on CUDA supports head dim <= 128 and at most "
+                                             f"65535 heads, got q \\(5, {heads}, {head_dim}\\)"):
+            ops.varlen_attention(q, k, v, offsets)
+        with pytest.raises(ValueError, match="varlen_attention on CUDA supports (head dim <= 128|at most 65535 heads)"):
+            _backend.kernels().varlen_attention_forward(q, k, v, offsets, 1.0, False)

@@ -66,6 +66,11 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
     if not _backend.compiled_on(q.device):
         return reference.varlen_attention(q, k, v, offsets, scale)
+    limits = _backend.cuda_limits(q.device)
+    if limits is not None:
+        require(q.shape[2] <= limits["head_dim"] and q.shape[1] <= limits["heads"],
+                lambda: f"varlen_attention on CUDA supports head dim <= {limits['head_dim']} and at most "
+                        f"{limits['heads']} heads, got q {tuple(q.shape)}")
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     if _backend.needs_grad(q, k, v):
         return _VarlenAttention.apply(q, k, v, offsets, scale)

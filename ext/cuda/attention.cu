@@ -256,6 +256,8 @@ std::pair<int, int64_t> launch_shape(Kernel kernel, int64_t per_warp) {
 void check_cuda_attention(const at::Tensor& q, const at::Tensor& k) {
   TORCH_CHECK_VALUE(q.size(2) <= kMaxHeadDim, "varlen_attention on CUDA supports head dim <= ",
                     kMaxHeadDim, ", got q ", q.sizes());
+  TORCH_CHECK_VALUE(q.size(1) <= kMaxCudaHeads, "varlen_attention on CUDA supports at most ",
+                    kMaxCudaHeads, " heads, got q ", q.sizes());
   TORCH_CHECK_VALUE(k.size(2) > 0 || q.size(0) == 0,
                     "varlen_attention needs at least one key per sample");
 }

@@ -11,10 +11,9 @@ namespace dge {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kMaxOptions = 16;
 
 struct SplitSizes {
-  int32_t k[kMaxOptions];
+  int32_t k[kMaxSplitOptions];
   int32_t count;
 };
 
@@ -130,8 +129,8 @@ __global__ void decompress_kernel(const scalar_t* __restrict__ src,
 Table route_to_patches_cuda(const at::Tensor& indices, at::IntArrayRef split_sizes,
                             int64_t region_size, int64_t num_extra) {
   check_route_args(indices, split_sizes, region_size, num_extra);
-  TORCH_CHECK_VALUE(static_cast<int64_t>(split_sizes.size()) <= kMaxOptions,
-                    "at most ", kMaxOptions, " split sizes are supported, got ", split_sizes);
+  TORCH_CHECK_VALUE(static_cast<int64_t>(split_sizes.size()) <= kMaxSplitOptions,
+                    "at most ", kMaxSplitOptions, " split sizes are supported, got ", split_sizes);
   const c10::cuda::CUDAGuard guard(indices.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const auto idx = indices.contiguous();
