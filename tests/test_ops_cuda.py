@@ -136,3 +136,37 @@ def test_the_cuda_limits_are_value_errors_before_and_inside_the_kernels(device):
             ops.varlen_attention(q, k, v, offsets)
         with pytest.raises(ValueError, match="varlen_attention on CUDA supports (head dim <= 128|at most 65535 heads)"):
             _backend.kernels().varlen_attention_forward(q, k, v, offsets, 1.0, False)
+
+
+@pytest.mark.parametrize("case", ["no samples", "no queries", "strided k and v"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_attention_edge_cases(case, dtype, device, generator):
+    """B = 0; L = 0 with two samples (dK and dV are all zero, and written); k and v
+    as strided views of a fused [B, Nk, 2, h, d] projection."""
+    heads, head_dim, keys = 2, 16, 9
+    lengths = {"no samples": [], "no queries": [0, 0], "strided k and v": [4, 0, 6]}[case]
+    offsets = torch.tensor([0, *torch.tensor(lengths, dtype=torch.long).cumsum(0).tolist()])
+    q64 = torch.randn(int(offsets[-1]), heads, head_dim, generator=generator, dtype=torch.float64)
+    kv64 = torch.randn(len(lengths), keys, 2, heads, head_dim, generator=generator, dtype=torch.float64)
+    kv = kv64.to(device, dtype, copy=True).requires_grad_()
+    q = q64.to(device, dtype, copy=True).requires_grad_()
+    if case == "strided k and v":
+        k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
+        assert not k.is_contiguous() and k.stride(-1) == 1
+    else:
+        k, v = kv[:, :, 0].transpose(1, 2).contiguous(), kv[:, :, 1].transpose(1, 2).contiguous()
+    with poisoned_outputs():
+        out = ops.varlen_attention(q, k, v, offsets.to(device))
+        (out.double() * 1.5).sum().backward()
+    ref_q, ref_kv = q64.clone().requires_grad_(), kv64.clone().requires_grad_()
+    want = reference.varlen_attention(ref_q, ref_kv[:, :, 0].transpose(1, 2), ref_kv[:, :, 1].transpose(1, 2),
+                                      offsets, head_dim ** -0.5)
+    (want * 1.5).sum().backward()
+    assert out.shape == want.shape
+    largest = lambda t: float(t.detach().abs().max()) if t.numel() else 0.0
+    tol = TOLERANCE[dtype] * 5
+    assert largest(out.double().cpu() - want) <= tol
+    for got, expected in ((q.grad, ref_q.grad), (kv.grad, ref_kv.grad)):
+        expected = torch.zeros_like(kv64) if expected is None else expected   # B = 0: k, v unused
+        assert got.shape == expected.shape and not torch.isnan(got).any()
+        assert largest(got.double().cpu() - expected) <= tol * max(1.0, largest(expected))

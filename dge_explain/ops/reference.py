@@ -99,7 +99,7 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offsets:
                      scale: float) -> torch.Tensor:
     """[L, h, d]: per sample b, softmax(scale q_b k_b^T) v_b."""
     bounds = offsets.tolist()
-    outs = []
+    outs = [q[:0] * 0]                  # B = 0 gives [0, h, d], still in q's graph
     for b in range(k.shape[0]):
         q_b = q[bounds[b]:bounds[b + 1]].transpose(0, 1)                 # [h, m, d]
         probs = torch.softmax(scale * q_b @ k[b].transpose(-1, -2), dim=-1)
