@@ -104,3 +104,34 @@ def test_the_emulated_self_check_catches_every_seeded_bug():
             (result.returncode == 3 and result.stdout.startswith("refused: "))
         assert caught, f"{bug}: not caught ({result.returncode})\n{result.stdout}{result.stderr[-3000:]}"
         print(f"{bug}: {result.stdout.strip()}")
+
+
+def _address_sanitizer() -> str:
+    found = subprocess.run([_compiler(), "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    if not os.path.isabs(found):
+        pytest.skip(f"{_compiler()} has no AddressSanitizer runtime (libasan.so)")
+    return found
+
+
+@pytest.mark.slow
+def test_the_cuda_kernels_under_address_sanitizer():
+    """The op self-check in all four dtypes through the emulation built with ASan
+    (the Python process preloads its runtime): no report; a seeded off-by-one in
+    the attention's row bound is reported as a heap overflow."""
+    from emulation import build
+
+    runtime = _address_sanitizer()
+    flags = ("-fsanitize=address", "-fno-omit-frame-pointer")
+    env = {**os.environ, "LD_PRELOAD": runtime, "ASAN_OPTIONS": "detect_leaks=0", "OMP_NUM_THREADS": "1"}
+    script = SELF_CHECK.replace("(torch.float32, torch.float64)",
+                                "(torch.float32, torch.float16, torch.bfloat16, torch.float64)")
+    clean = subprocess.run([sys.executable, "-c", script, str(build(name="asan", flags=flags))],
+                           capture_output=True, text=True, timeout=600, env=env)
+    assert clean.returncode == 0 and "ERROR: AddressSanitizer" not in clean.stderr, \
+        clean.stdout + clean.stderr[-3000:]
+    off_by_one = {"attention": [("if (row >= a.total) return;  // whole warps leave together",
+                                 "if (row > a.total) return;")]}
+    seeded = subprocess.run([sys.executable, "-c", script, str(build(off_by_one, name="asan-mutant", flags=flags))],
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert seeded.returncode != 0 and "ERROR: AddressSanitizer: heap-buffer-overflow" in seeded.stderr, \
+        seeded.stdout + seeded.stderr[-3000:]
