@@ -19,13 +19,7 @@ TORCH_LIBRARY_IMPL(dge_explain, CPU, m) {
 }
 
 #ifdef DGE_WITH_CUDA
-TORCH_LIBRARY_IMPL(dge_explain, CUDA, m) {
-  m.impl("route_to_patches", &dge::route_to_patches_cuda);
-  m.impl("compress", &dge::compress_cuda);
-  m.impl("decompress", &dge::decompress_cuda);
-  m.impl("varlen_attention_forward", &dge::varlen_attention_forward_cuda);
-  m.impl("varlen_attention_backward", &dge::varlen_attention_backward_cuda);
-}
+TORCH_LIBRARY_IMPL(dge_explain, CUDA, m) { dge::impl_cuda_kernels(m); }
 #endif
 
 namespace {

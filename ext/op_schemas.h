@@ -1,8 +1,11 @@
-// The schemas of the DGE ops, shared by the extension (torch.ops.dge_explain)
-// and by the CUDA emulation's test build (torch.ops.dge_explain_emu).
+// The schemas of the DGE ops and the list of their CUDA kernels, shared by the
+// extension (torch.ops.dge_explain) and by the CUDA emulation's test build
+// (torch.ops.dge_explain_emu, which registers the CUDA kernels for CPU tensors).
 #pragma once
 
 #include <torch/library.h>
+
+#include "dge_ops.h"
 
 namespace dge {
 
@@ -28,5 +31,15 @@ inline void define_ops(torch::Library& m) {
       "segmentation_scores(Tensor maps, Tensor masks, int bins)"
       " -> (Tensor counts, Tensor ap, Tensor histograms)");
 }
+
+#ifdef DGE_WITH_CUDA
+inline void impl_cuda_kernels(torch::Library& m) {
+  m.impl("route_to_patches", &route_to_patches_cuda);
+  m.impl("compress", &compress_cuda);
+  m.impl("decompress", &decompress_cuda);
+  m.impl("varlen_attention_forward", &varlen_attention_forward_cuda);
+  m.impl("varlen_attention_backward", &varlen_attention_backward_cuda);
+}
+#endif
 
 }  // namespace dge
