@@ -18,6 +18,21 @@ CASES = ["atomics_and_early_exit", "block_reduction", "deadlock", "divergent_war
          "shared_limit", "shared_overrun", "shuffle_width", "threads_limit", "warp_sum"]
 
 
+def test_the_rewrite_of_launches_and_dynamic_shared_memory():
+    sys.path.insert(0, str(ROOT / "ext" / "emu"))
+    from translate import translate
+
+    source = ("  extern __shared__ __align__(16) unsigned char raw[];\n"
+              "  scale_kernel<float><<<blocks(n, 4), n > 8 ? 256 : 32>>>(x, f(a, b));\n"
+              "  k2<<<grid, warps * 32, bytes, stream>>>(args);\n")
+    assert translate(source).splitlines() == [
+        '#include "cuda_runtime_emu.h"',
+        "  unsigned char* raw = static_cast<unsigned char*>(::emu::dynamic_shared());",
+        '  ::emu::launch_kernel(scale_kernel<float>, "scale_kernel<float>", blocks(n, 4), n > 8 ? 256 : 32, 0)'
+        "(x, f(a, b));",
+        '  ::emu::launch_kernel(k2, "k2", grid, warps * 32, bytes, stream)(args);']
+
+
 def _compiler() -> str:
     found = shutil.which(os.environ.get("CXX", "c++"))
     if found is None:

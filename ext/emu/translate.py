@@ -15,11 +15,12 @@ _LAUNCH = re.compile(r"([A-Za-z_][\w:]*(?:<[^<>;]*>)?)\s*<<<")
 
 
 def _split_top_level(text: str) -> list[str]:
+    """Split at the commas outside brackets (not angle brackets: `a < b` may appear)."""
     parts, depth, start = [], 0, 0
     for i, char in enumerate(text):
-        if char in "([{<":
+        if char in "([{":
             depth += 1
-        elif char in ")]}>":
+        elif char in ")]}":
             depth -= 1
         elif char == "," and depth == 0:
             parts.append(text[start:i].strip())
