@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import subprocess
 import sys
 import sysconfig
@@ -20,6 +21,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 EXT = ROOT / "ext"
 LIBRARY = "dge_explain_emu"
+COMPILER = os.environ.get("CXX", "c++")
 TRANSLATED = ("attention", "patches")
 sys.path.insert(0, str(EXT / "emu"))
 from translate import translate  # noqa: E402
@@ -44,10 +46,12 @@ def _compile(source: Path, text: str, directory: Path, flags: list[str], headers
     if not obj.exists():
         written = directory / f"{source.stem}-{key}.cpp"
         written.write_text(text)
-        result = subprocess.run(["c++", *flags, f"-I{source.parent}", "-c", str(written), "-o", str(obj)],
+        partial = obj.with_suffix(f".{os.getpid()}.partial")   # another test process may build it too
+        result = subprocess.run([COMPILER, *flags, f"-I{source.parent}", "-c", str(written), "-o", str(partial)],
                                 capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"compiling {source.name} for the CUDA emulation failed:\n{result.stderr[-4000:]}")
+        os.replace(partial, obj)
     return obj
 
 
@@ -73,11 +77,13 @@ def build(mutations: dict[str, list[tuple[str, str]]] | None = None, name: str =
     with ThreadPoolExecutor(2) as pool:
         objects = list(pool.map(lambda unit: _compile(*unit, directory, compile_flags, headers), units))
     library = directory / f"{name}.so"
-    link = ["c++", "-shared", *map(str, objects), *flags, *[f"-L{p}" for p in library_paths()],
-            "-lc10", "-ltorch_cpu", "-ltorch", "-o", str(library)]
+    partial = directory / f"{name}.{os.getpid()}.partial.so"
+    link = [COMPILER, "-shared", *map(str, objects), *flags, *[f"-L{p}" for p in library_paths()],
+            "-lc10", "-ltorch_cpu", "-ltorch", "-o", str(partial)]
     result = subprocess.run(link, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"linking the CUDA emulation failed:\n{result.stderr[-4000:]}")
+    os.replace(partial, library)
     return library
 
 
