@@ -62,17 +62,20 @@ class AttentionRecord:
     tables: Optional[list] = None          # per block, the patch table of packed rows, or None
 
     def __post_init__(self):
-        self._covering: dict[int, torch.Tensor] = {}
+        self._token_rows: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _table(self, block: int):
         return self.tables[block] if self.tables else None
 
-    def covering(self, block: int) -> torch.Tensor:
-        """[B, N]: the packed row covering each token of a packed block."""
+    def token_rows(self, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """([B, N] the packed row covering each token, [L] each row's area) of a packed block."""
         block %= len(self.probs)
-        if block not in self._covering:
-            self._covering[block] = reference.token_rows(self._table(block))[0]
-        return self._covering[block]
+        if block not in self._token_rows:
+            self._token_rows[block] = reference.token_rows(self._table(block))
+        return self._token_rows[block]
+
+    def covering(self, block: int) -> torch.Tensor:
+        return self.token_rows(block)[0]
 
     def at_tokens(self, values: torch.Tensor, block: int) -> torch.Tensor:
         """Per-row values [L, ...] of a packed block -> [B, N, ...] (each token takes its
@@ -109,6 +112,10 @@ class _Block:
     values: Optional[torch.Tensor]         # v [B, h, Nk, d] where that tensor is the output O = P V
     table: object                          # the patch table of packed queries, else None
 
+    def probability_gradient(self, grad: torch.Tensor) -> torch.Tensor:
+        """The gradient of `source` -> the probabilities' (dO V^T where source is O)."""
+        return grad if self.values is None else packed_products(grad, self.values, self.table)
+
 
 class _Recorder:
     def __init__(self):
@@ -123,9 +130,6 @@ class _Recorder:
         with torch.no_grad():
             probs = attention_probabilities(q, k, table)
         self.blocks.append(_Block(probs, out, v.detach(), table))
-
-    def probability_gradient(self, block: _Block, grad: torch.Tensor) -> torch.Tensor:
-        return grad if block.values is None else packed_products(grad, block.values, block.table)
 
 
 @contextlib.contextmanager
@@ -164,18 +168,9 @@ def _attention_gradients(recorder: _Recorder, target: torch.Tensor, blocks: str)
     others); autograd walks back only as far as the earliest block asked for."""
     wanted = recorder.blocks if blocks == "all" else recorder.blocks[-1:]
     found = torch.autograd.grad(target, [block.source for block in wanted], allow_unused=True)
-    gradients = [torch.zeros_like(block.probs) if grad is None else recorder.probability_gradient(block, grad)
+    gradients = [torch.zeros_like(block.probs) if grad is None else block.probability_gradient(grad)
                  for block, grad in zip(wanted, found)]
     return [None] * (len(recorder.blocks) - len(wanted)) + gradients
-
-
-def _per_token_share(recorder: _Recorder, raw_grads: list | None) -> list | None:
-    """A packed row's gradient divided by its area: each covered token's share."""
-    if raw_grads is None:
-        return None
-    return [grad if grad is None or block.table is None
-            else grad / reference.token_rows(block.table)[1].to(grad.dtype).view(-1, 1, 1)
-            for grad, block in zip(raw_grads, recorder.blocks)]
 
 
 def attention_pass(model: nn.Module, images: torch.Tensor, labels=None, gradients: str | None = None,
@@ -207,9 +202,12 @@ def attention_pass(model: nn.Module, images: torch.Tensor, labels=None, gradient
             for parameter in trainable:
                 parameter.requires_grad_(True)
             model.train(was_training)
-    probs = [block.probs.detach() for block in recorder.blocks]
-    record = AttentionRecord(probs, _per_token_share(recorder, raw_grads), logits.detach(), targets.detach(),
-                             [block.table for block in recorder.blocks])
+    record = AttentionRecord([block.probs.detach() for block in recorder.blocks], raw_grads, logits.detach(),
+                             targets.detach(), [block.table for block in recorder.blocks])
+    if raw_grads is not None:   # a packed row's gradient, divided by its area: each covered token's share
+        record.grads = [grad if grad is None or table is None
+                        else grad / record.token_rows(index)[1].to(grad.dtype).view(-1, 1, 1)
+                        for index, (grad, table) in enumerate(zip(raw_grads, record.tables))]
     return record, captured
 
 

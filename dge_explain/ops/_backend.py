@@ -73,8 +73,7 @@ def build_info() -> dict:
         "extension_cuda_version": getattr(_EXTENSION, "cuda_version", None),
         "extension_torch_version": getattr(_EXTENSION, "torch_version", None),
         "cpu_gemm": getattr(_EXTENSION, "cpu_gemm", None),
-        "cuda_limits": None if _EXTENSION is None else {
-            "head_dim": _EXTENSION.cuda_max_head_dim, "heads": _EXTENSION.cuda_max_heads},
+        "cuda_limits": _build_limits(),
         "torch_version": torch.__version__,
         "cuda_device_available": torch.cuda.is_available(),
         "cpu_threads": torch.get_num_threads(),
@@ -128,9 +127,15 @@ def kernels():
 
 
 def cuda_limits(device: torch.device) -> dict[str, int] | None:
-    """The CUDA kernels' limits (from the build) where tensors on `device` run them:
-    head dim and heads of varlen_attention; else None."""
-    if not compiled_on(device) or (device.type != "cuda" and _emulated is None):
+    """The CUDA kernels' limits (from the build: head dim and heads of
+    varlen_attention) where compiled ops on `device` run them; else None."""
+    if device.type != "cuda" and _emulated is None:
+        return None
+    return _build_limits()
+
+
+def _build_limits() -> dict[str, int] | None:
+    if _EXTENSION is None:
         return None
     return {"head_dim": _EXTENSION.cuda_max_head_dim, "heads": _EXTENSION.cuda_max_heads}
 
