@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dge_explain import ops
-from dge_explain.ops import reference
+from dge_explain.ops import fused_attention, reference
 from dge_explain.ops.selfcheck import TOLERANCE, check_all, random_case
 
 from conftest import poisoned_outputs, requires_cuda
@@ -18,9 +18,11 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 
 @pytest.fixture(params=["emulated", pytest.param("cuda", marks=requires_cuda)])
 def device(request):
-    """The device the kernels' tensors live on: a GPU, or the CPU under the emulation."""
+    """The device the kernels' tensors live on: a GPU (the project's own kernels, not
+    PyTorch's fused attention: tests/test_ops_fused.py), or the CPU under the emulation."""
     if request.param == "cuda":
-        yield "cuda"
+        with fused_attention.fused_kernels(False):
+            yield "cuda"
     else:
         with emulated_cuda():
             yield "cpu"

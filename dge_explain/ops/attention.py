@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from . import _backend, reference
+from . import _backend, fused_attention, reference
 from .checks import check_float, check_same, check_tensor, require
 from .table import PatchTable
 
@@ -35,7 +35,9 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     q: packed queries [L, h, d]; k, v: [B, h, Nk, d] (any strides with a unit last
     stride, e.g. permuted views of a fused kv projection); offsets: [B+1] row
     offsets of the samples in q, or the PatchTable that packed them.
-    Returns [L, h, d]; scale defaults to d^-0.5.
+    Returns [L, h, d]; scale defaults to d^-0.5.  On CUDA, PyTorch's fused
+    kernels serve where they can (ops/fused_attention.py); the project's own
+    kernel elsewhere.
     """
     check_tensor("q", q, 3, "[L, h, d]")
     check_tensor("k", k, 4, "[B, h, Nk, d]")
@@ -52,7 +54,7 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         require(offsets.batch == k.shape[0] and offsets.total == q.shape[0],
                 lambda: f"patch table (B={offsets.batch}, L={offsets.total}) does not match q "
                         f"{tuple(q.shape)} and k {tuple(k.shape)}")
-        offsets = offsets.offsets
+        lengths, offsets = offsets.lengths, offsets.offsets
     else:
         check_tensor("offsets", offsets, 1, "[B+1]")
         require(offsets.shape[0] == k.shape[0] + 1,
@@ -63,7 +65,12 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 and all(a <= b for a, b in zip(bounds, bounds[1:])),
                 lambda: f"offsets must rise from 0 to L={q.shape[0]}, got {bounds}")
         offsets = offsets.to(device=q.device, dtype=torch.long)
+        lengths = [b - a for a, b in zip(bounds, bounds[1:])]
     scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    fused = fused_attention.kernel_for(q)
+    if fused is not None:
+        return fused_attention.attend(fused, q, k, v, offsets, torch.as_tensor(lengths).tolist(), scale)
     if not _backend.compiled_on(q.device):
         return reference.varlen_attention(q, k, v, offsets, scale)
     limits = _backend.cuda_limits(q.device)
@@ -71,7 +78,6 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         require(q.shape[2] <= limits["head_dim"] and q.shape[1] <= limits["heads"],
                 lambda: f"varlen_attention on CUDA supports head dim <= {limits['head_dim']} and at most "
                         f"{limits['heads']} heads, got q {tuple(q.shape)}")
-    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     if _backend.needs_grad(q, k, v):
         return _VarlenAttention.apply(q, k, v, offsets, scale)
     return _backend.kernels().varlen_attention_forward(q, k, v, offsets, scale, False)[0]
