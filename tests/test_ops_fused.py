@@ -21,10 +21,12 @@ from dge_explain import ops
 from dge_explain.models.attention import _keys_values
 from dge_explain.ops import fused_attention, reference
 
-from conftest import requires_cuda
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason=(
+    "no CUDA device visible (the fused kernels' wiring is checked on the CPU by "
+    "test_wiring_against_the_reference_on_cpu)"))
 
-CASES = [([5], 1, 64, 7), ([17, 3], 3, 64, 197), ([1, 40, 0, 12], 2, 32, 50), ([0], 2, 16, 9),
-         ([130, 70], 4, 128, 65)]
+CASES = [([5], 1, 64, 7), ([17, 3], 3, 64, 197), ([1, 40, 0, 12], 2, 32, 50), ([130, 70], 4, 128, 65)]
+EMPTY = ([0], 2, 16, 9)     # L = 0: never handed to a fused kernel (kernel_for says None)
 
 
 def _check_cumulative(name: str, cu: torch.Tensor, rows: int, longest: int) -> list[int]:
@@ -134,7 +136,7 @@ def _compare(kernel, dtype, q64, kv64, offsets, lengths, heads, device, toleranc
     kv = kv64.to(device, dtype).requires_grad_()
     k, v = _keys_values(kv, heads)
     scale = 0.7 * q.shape[-1] ** -0.5
-    out = fused_attention.attend(kernel, q, k, v, offsets.to(device), lengths, scale) if kernel else \
+    out = fused_attention.attend(kernel, q, k, v, offsets.to(device), max(lengths), scale) if kernel else \
         ops.varlen_attention(q, k, v, offsets.to(device), scale)
     grad = torch.randn(out.shape, dtype=torch.float64)
     out.backward(grad.to(device, dtype))
@@ -168,8 +170,8 @@ def test_standins_catch_wrong_wiring(kernel, mutation, generator, monkeypatch):
     q64, kv64, offsets = _case([17, 3], 2, 32, 9, generator)
     right = fused_attention.varlen_layout
 
-    def wrong(q, k, v, offsets, lengths):
-        layout = right(q, k, v, offsets, lengths)
+    def wrong(q, k, v, offsets, max_q):
+        layout = right(q, k, v, offsets, max_q)
         if mutation == "int64 offsets":
             return dataclasses.replace(layout, cu_seq_q=layout.cu_seq_q.long())
         if mutation == "max_q short":
@@ -188,7 +190,7 @@ def test_standins_catch_wrong_wiring(kernel, mutation, generator, monkeypatch):
 def test_keys_and_values_are_views_of_the_fused_projection(generator):
     q, kv, offsets = _case([3, 4], 2, 16, 5, generator)
     k, v = _keys_values(kv, 2)
-    layout = fused_attention.varlen_layout(q, k, v, offsets, [3, 4])
+    layout = fused_attention.varlen_layout(q, k, v, offsets, 4)
     for rows, dense in ((layout.key, k), (layout.value, v)):
         assert rows.shape == (10, 2, 16) and rows.data_ptr() == dense.data_ptr() and rows._base is not None
         assert torch.equal(rows.view(2, 5, 2, 16).transpose(1, 2), dense)
@@ -198,10 +200,12 @@ def test_keys_and_values_are_views_of_the_fused_projection(generator):
 
 @pytest.mark.parametrize("dtype,head_dim,capability,expected", [
     (torch.float16, 64, (9, 0), "flash"), (torch.bfloat16, 128, (8, 0), "flash"),
-    (torch.bfloat16, 256, (8, 6), "flash"), (torch.float16, 264, (9, 0), "efficient"),
+    (torch.bfloat16, 256, (9, 0), "flash"), (torch.float16, 264, (9, 0), "efficient"),
     (torch.float16, 64, (7, 5), "efficient"), (torch.float16, 12, (9, 0), None),
     (torch.float32, 64, (9, 0), "efficient"), (torch.float32, 12, (9, 0), "efficient"),
-    (torch.float32, 13, (9, 0), None), (torch.float64, 64, (9, 0), None)])
+    (torch.float32, 13, (9, 0), None), (torch.float64, 64, (9, 0), None),
+    (torch.bfloat16, 64, (7, 5), None), (torch.bfloat16, 224, (8, 6), "efficient"),
+    (torch.float16, 256, (12, 0), "efficient"), (torch.float16, 192, (8, 9), "flash")])
 def test_which_kernel_serves(dtype, head_dim, capability, expected):
     assert fused_attention.fused_kernel(dtype, head_dim, capability) == expected
 
@@ -214,14 +218,21 @@ def test_cpu_tensors_never_take_the_fused_path(generator):
 def test_unknown_kernel_is_refused(generator):
     q, kv, offsets = _case([3], 1, 8, 4, generator)
     with pytest.raises(ValueError, match="fused kernel must be one of"):
-        fused_attention.attend("triton", q, *_keys_values(kv, 1), offsets, [3], 1.0)
+        fused_attention.attend("triton", q, *_keys_values(kv, 1), offsets, 3, 1.0)
+
+
+def test_no_query_rows_are_refused(generator):
+    q, kv, offsets = _case(*EMPTY, generator)
+    with pytest.raises(ValueError, match="at least one query row"):
+        fused_attention.attend("flash", q.half(), *_keys_values(kv.half(), 2), offsets, 0, 1.0)
 
 
 @requires_cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("lengths,heads,head_dim,keys", CASES)
+@pytest.mark.parametrize("lengths,heads,head_dim,keys", [*CASES, EMPTY])
 def test_fused_kernels_on_cuda(dtype, lengths, heads, head_dim, keys, generator):
     q64, kv64, offsets = _case(lengths, heads, head_dim, keys, generator)
-    expected = fused_attention.fused_kernel(dtype, head_dim, torch.cuda.get_device_capability())
+    expected = fused_attention.fused_kernel(dtype, head_dim, torch.cuda.get_device_capability()) \
+        if sum(lengths) else None
     assert fused_attention.kernel_for(q64.to("cuda", dtype)) == expected
     _compare(None, dtype, q64, kv64, offsets, lengths, heads, "cuda", TOLERANCE[dtype])

@@ -70,7 +70,7 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     fused = fused_attention.kernel_for(q)
     if fused is not None:
-        return fused_attention.attend(fused, q, k, v, offsets, torch.as_tensor(lengths).tolist(), scale)
+        return fused_attention.attend(fused, q, k, v, offsets, max(map(int, lengths)), scale)
     if not _backend.compiled_on(q.device):
         return reference.varlen_attention(q, k, v, offsets, scale)
     limits = _backend.cuda_limits(q.device)

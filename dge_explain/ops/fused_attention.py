@@ -8,11 +8,11 @@ models' fused kv projection ([B, Nk, 2, h, d]) that tensor is a strided view,
 never a copy.
 
 Which kernel serves (``fused_kernel``):
-- ``flash``: float16 / bfloat16, head dim a multiple of 8 and <= 256, sm80 or
-  newer: ``torch.nn.attention.varlen.varlen_attn`` (FlashAttention 2, or cuDNN
+- ``flash``: float16 / bfloat16, head dim a multiple of 8 and <= 256 (<= 192 on
+  sm86-89 and sm120+), sm80 or newer: ``torch.nn.attention.varlen.varlen_attn`` (FlashAttention 2, or cuDNN
   where torch prefers it: Hopper/Blackwell, more than 128 queries in a sample).
-- ``efficient``: float32 (and float16 / bfloat16 that flash refuses), head dim a
-  multiple of the kernel's 16-byte alignment: ``aten::_efficient_attention_forward``
+- ``efficient``: float32 (and float16 / bfloat16 that flash refuses; bfloat16 on
+  sm80+ only), head dim a multiple of the kernel's 16-byte alignment: ``aten::_efficient_attention_forward``
   / ``_backward`` with the same offsets.
 - none: float64, and every case both refuse; the project's own CUDA kernel runs.
 
@@ -53,17 +53,25 @@ def fused_kernels(enabled: bool) -> Iterator[None]:
 def fused_kernel(dtype: torch.dtype, head_dim: int, capability: tuple[int, int]) -> str | None:
     """The fused kernel that serves this dtype and head dim on a GPU of this
     compute capability, or None where the project's own kernel runs."""
-    if dtype in FLASH_DTYPES and head_dim % 8 == 0 and head_dim <= FLASH_MAX_HEAD_DIM and capability >= (8, 0):
+    if dtype in FLASH_DTYPES and head_dim % 8 == 0 and head_dim <= _flash_max_head_dim(capability) \
+            and capability >= (8, 0):
         return "flash"
-    alignment = ALIGNMENT_BYTES // torch.tensor([], dtype=dtype).element_size() if dtype in EFFICIENT_DTYPES else 0
-    if alignment and head_dim % alignment == 0 and capability >= (5, 0):
+    if dtype in EFFICIENT_DTYPES and head_dim % (ALIGNMENT_BYTES // dtype.itemsize) == 0 \
+            and capability >= ((8, 0) if dtype == torch.bfloat16 else (5, 0)):
         return "efficient"
     return None
 
 
+def _flash_max_head_dim(capability: tuple[int, int]) -> int:
+    """FlashAttention's backward refuses head dims above 192 on sm86-89 and sm120-121
+    (too little shared memory); those go to the memory-efficient kernel instead."""
+    return 192 if (8, 6) <= capability < (9, 0) or capability >= (12, 0) else FLASH_MAX_HEAD_DIM
+
+
 def kernel_for(q: torch.Tensor) -> str | None:
-    """The fused kernel for these CUDA queries (None off CUDA or when disabled)."""
-    if not _enabled or q.device.type != "cuda":
+    """The fused kernel for these CUDA queries; None off CUDA, when disabled, and
+    for L = 0 (no rows to launch over: the own kernel returns the empty result)."""
+    if not _enabled or q.device.type != "cuda" or q.shape[0] == 0:
         return None
     return fused_kernel(q.dtype, q.shape[-1], torch.cuda.get_device_capability(q.device))
 
@@ -80,25 +88,24 @@ class VarlenLayout:
 
 
 def varlen_layout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offsets: torch.Tensor,
-                  lengths: list[int]) -> VarlenLayout:
+                  max_q: int) -> VarlenLayout:
     """The fused kernels' layout of a DGE attention call: q [L, h, d]; k, v
-    [B, h, Nk, d]; offsets [B+1] on q's device; lengths (host) the queries per sample."""
+    [B, h, Nk, d]; offsets [B+1] on q's device; max_q the most queries of a sample."""
     batch, heads, keys, dim = k.shape
     rows = lambda t: t.transpose(1, 2).reshape(batch * keys, heads, dim)    # noqa: E731
     cu_seq_q = offsets.to(device=q.device, dtype=torch.int32).contiguous()
     cu_seq_k = torch.arange(0, (batch + 1) * keys, keys, device=q.device, dtype=torch.int32)
-    return VarlenLayout(q, rows(k), rows(v), cu_seq_q, cu_seq_k, max(lengths, default=0), keys)
+    return VarlenLayout(q, rows(k), rows(v), cu_seq_q, cu_seq_k, max_q, keys)
 
 
 def attend(kernel: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offsets: torch.Tensor,
-           lengths: list[int], scale: float) -> torch.Tensor:
-    """[L, h, d] through the named fused kernel; differentiable in q, k, v."""
+           max_q: int, scale: float) -> torch.Tensor:
+    """[L, h, d] through the named fused kernel (L > 0); differentiable in q, k, v."""
     if kernel not in KERNELS:
         raise ValueError(f"fused kernel must be one of {KERNELS}, got {kernel!r}")
     if q.shape[0] == 0:
-        # no query rows: the kernels would launch an empty grid; the gradients are zero
-        return q * 0 + 0 * (k.sum() + v.sum())
-    layout = varlen_layout(q, k, v, offsets, lengths)
+        raise ValueError(f"the fused kernels need at least one query row, got q {tuple(q.shape)}")
+    layout = varlen_layout(q, k, v, offsets, max_q)
     if kernel == "flash":
         from torch.nn.attention.varlen import varlen_attn
 
