@@ -76,8 +76,14 @@ def test_the_emulation_under_address_sanitizer(tmp_path):
 # self-check must fail on each, and pass on the unchanged sources.
 MUTANTS = {
     "decompress with x and y swapped": {"patches": [(
-        "const int64_t y = (n - num_extra) / grid_w, x = (n - num_extra) % grid_w;",
-        "const int64_t x = (n - num_extra) / grid_w, y = (n - num_extra) % grid_w;")]},
+        "const index_t y = (n - num_extra) / grid_w, x = (n - num_extra) % grid_w;",
+        "const index_t x = (n - num_extra) / grid_w, y = (n - num_extra) % grid_w;")]},
+    "routing scan without the barrier between reading and adding the partial sums": {"patches": [(
+        "const int64_t left = lane >= step ? partial[lane - step] : 0;\n      __syncthreads();",
+        "const int64_t left = lane >= step ? partial[lane - step] : 0;")]},
+    "compress's packed path averaging by the side instead of the area": {"patches": [(
+        "const acc_t scale = average ? acc_t(1) / static_cast<acc_t>(step * step) : acc_t(1);",
+        "const acc_t scale = average ? acc_t(1) / static_cast<acc_t>(N > 1 ? step : step * step) : acc_t(1);")]},
     "attention's shared memory one vector short per warp": {"attention": [(
         "launch_shape(kernel, (dim * kTileStride + dim) * sizeof(acc_t))",
         "launch_shape(kernel, (dim * kTileStride) * sizeof(acc_t))")]},
@@ -115,10 +121,12 @@ def test_the_emulated_self_check_catches_every_seeded_bug():
     assert control.returncode == 0, control.stdout + control.stderr[-3000:]
     for index, (bug, mutations) in enumerate(MUTANTS.items()):
         result = _self_check(build(mutations, name=f"mutant{index}"))
+        # wrong results, a refused launch, or the process killed by a signal (an
+        # index run out of its tensor: SIGSEGV, or SIGFPE from a split size read there)
         caught = (result.returncode == 1 and result.stdout.startswith("wrong: ")) or \
-            (result.returncode == 3 and result.stdout.startswith("refused: "))
+            (result.returncode == 3 and result.stdout.startswith("refused: ")) or result.returncode < 0
         assert caught, f"{bug}: not caught ({result.returncode})\n{result.stdout}{result.stderr[-3000:]}"
-        print(f"{bug}: {result.stdout.strip()}")
+        print(f"{bug}: {result.stdout.strip() or f'killed by signal {-result.returncode}'}")
 
 
 def _address_sanitizer() -> str:
@@ -128,25 +136,48 @@ def _address_sanitizer() -> str:
     return found
 
 
+# Pooling on inputs one element past a 16-byte boundary: the kernels' packed
+# accesses would be misaligned there, which the alignment sanitizer reports.
+MISALIGNED = """
+from dge_explain import ops
+from dge_explain.ops.selfcheck import random_case
+with _backend.emulating_cuda("dge_explain_emu"):
+    case = random_case(2, (2, 2), (2, 1), 1, 16, torch.float32, "cpu", torch.Generator().manual_seed(0))
+    x = torch.empty(case.x.numel() + 1)[1:].view(case.x.shape).copy_(case.x)
+    comp = ops.compress(x, case.table)
+    ops.restore(x, comp * 2, comp, case.table)
+"""
+
+
 @pytest.mark.slow
 def test_the_cuda_kernels_under_address_sanitizer():
-    """The op self-check in all four dtypes through the emulation built with ASan
-    (the Python process preloads its runtime): no report; a seeded off-by-one in
-    the attention's row bound is reported as a heap overflow."""
+    """The op self-check in all four dtypes and pooling on misaligned inputs, through
+    the emulation built with ASan and the alignment sanitizer (the Python process
+    preloads ASan's runtime): no report.  Seeded bugs are reported: an off-by-one in
+    the attention's row bound as a heap overflow, packs used without the pointer
+    alignment check as a misaligned load."""
     from emulation import build
 
     runtime = _address_sanitizer()
-    flags = ("-fsanitize=address", "-fno-omit-frame-pointer")
+    flags = ("-fsanitize=address,alignment", "-fno-sanitize-recover=alignment", "-fno-omit-frame-pointer")
     env = {**os.environ, "LD_PRELOAD": runtime, "ASAN_OPTIONS": "detect_leaks=0", "OMP_NUM_THREADS": "1"}
     script = SELF_CHECK.replace("(torch.float32, torch.float64)",
                                 "(torch.float32, torch.float16, torch.bfloat16, torch.float64)")
-    clean = subprocess.run([sys.executable, "-c", script, str(build(name="asan", flags=flags))],
-                           capture_output=True, text=True, timeout=600, env=env)
-    assert clean.returncode == 0 and "ERROR: AddressSanitizer" not in clean.stderr, \
-        clean.stdout + clean.stderr[-3000:]
+    script = script.replace('print("wrong:"', MISALIGNED + 'print("wrong:"')
+
+    def run(library):
+        return subprocess.run([sys.executable, "-c", script, str(library)], capture_output=True, text=True,
+                              timeout=600, env=env)
+
+    clean = run(build(name="asan", flags=flags))
+    assert clean.returncode == 0 and "ERROR: AddressSanitizer" not in clean.stderr \
+        and "runtime error" not in clean.stderr, clean.stdout + clean.stderr[-3000:]
     off_by_one = {"attention": [("if (row >= a.total) return;  // whole warps leave together",
                                  "if (row > a.total) return;")]}
-    seeded = subprocess.run([sys.executable, "-c", script, str(build(off_by_one, name="asan-mutant", flags=flags))],
-                            capture_output=True, text=True, timeout=600, env=env)
+    seeded = run(build(off_by_one, name="asan-mutant", flags=flags))
     assert seeded.returncode != 0 and "ERROR: AddressSanitizer: heap-buffer-overflow" in seeded.stderr, \
         seeded.stdout + seeded.stderr[-3000:]
+    unchecked = {"patches": [("packed = packed && reinterpret_cast<uintptr_t>(pointer) % kPackBytes == 0;",
+                              "packed = packed;")]}
+    seeded = run(build(unchecked, name="asan-misaligned", flags=flags))
+    assert seeded.returncode != 0 and "misaligned address" in seeded.stderr, seeded.stdout + seeded.stderr[-3000:]

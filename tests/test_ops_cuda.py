@@ -63,6 +63,49 @@ def test_pooling_matches_reference(splits, batch, grid, num_extra, channels, dty
     assert (restored.double().cpu() - want).abs().max() <= tol * max(1.0, float(want.abs().max()))
 
 
+def test_routing_more_regions_than_a_block_has_threads(generator, device):
+    """17 x 16 regions per sample: the table kernel's block scan runs over two
+    chunks of 256 regions, carrying the first chunk's rows into the second; every
+    element of the table is written (poisoned outputs)."""
+    splits, num_extra = (2, 1), 1
+    indices = torch.randint(0, len(splits), (3, 17, 16), generator=generator).to(device)
+    with poisoned_outputs():
+        table = ops.route_to_patches(indices, splits, 2, num_extra)
+    ref = reference.reference_table(indices.cpu(), splits, 2, num_extra)
+    for name in ("rows", "region_start", "region_k", "offsets", "lengths"):
+        assert torch.equal(getattr(table, name).cpu(), getattr(ref, name)), name
+    x = torch.randn(3, num_extra + 34 * 32, 8, generator=generator, dtype=torch.float64)
+    with poisoned_outputs():
+        comp = ops.compress(x.float().to(device), table)
+    assert (comp.double().cpu() - reference.compress(x, ref)).abs().max() <= TOLERANCE[torch.float32]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pooling_of_tensors_not_aligned_to_a_pack(dtype, generator, device):
+    """Contiguous inputs that start one element past a 16-byte boundary (views into
+    a larger buffer), with C a multiple of every dtype's pack: the kernels must take
+    their scalar path and still match the reference."""
+    case = random_case(2, (2, 2), (2, 1), 1, 16, dtype, device, generator)
+
+    def misaligned(t):
+        buffer = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+        view = buffer[1:].view(t.shape)
+        view.copy_(t)
+        assert view.is_contiguous() and view.data_ptr() % 16 != 0
+        return view
+
+    ref = reference.reference_table(case.indices.cpu(), case.split_sizes, case.region_size, case.num_extra)
+    x64 = case.x.double().cpu()
+    with poisoned_outputs():
+        comp = ops.compress(misaligned(case.x), case.table)
+        q2 = misaligned(torch.randn_like(comp))
+        restored = ops.restore(misaligned(case.x), q2, misaligned(comp), case.table)
+    tol = TOLERANCE[dtype]
+    assert (comp.double().cpu() - reference.compress(x64, ref)).abs().max() <= tol
+    want = reference.restore(x64, q2.double().cpu(), comp.double().cpu(), ref)
+    assert (restored.double().cpu() - want).abs().max() <= tol * max(1.0, float(want.abs().max()))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("lengths,heads,head_dim,keys", [
     ([5], 1, 8, 7), ([17, 3], 3, 64, 257), ([1, 40, 9, 12], 2, 13, 50), ([300, 0, 70], 6, 128, 65)])

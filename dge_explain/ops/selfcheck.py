@@ -86,7 +86,8 @@ def _compare(name, device, dtype, fn, ref_fn, inputs, tolerance) -> list[CheckRe
 
 def check_all(device="cpu", dtype=torch.float32, seed: int | None = None) -> list[CheckResult]:
     """Every op once, on a random mixed-gate problem with extra tokens, S = 4,
-    split sizes {4, 2, 1}, a non-square grid and C not a multiple of 8."""
+    split sizes {4, 2, 1}, a non-square grid and C not a multiple of 8 (the
+    pooling ops also with C = 32)."""
     generator = torch.Generator().manual_seed(
         int(torch.randint(0, 2**31 - 1, (1,))) if seed is None else seed)
     device, name = torch.device(device), str(dtype).replace("torch.", "")
@@ -104,14 +105,11 @@ def check_all(device="cpu", dtype=torch.float32, seed: int | None = None) -> lis
     ref_table = reference.reference_table(case.indices, case.split_sizes, case.region_size,
                                           case.num_extra)
     x = case.x
-    comp = compress(x, table).detach()
-    q2 = torch.randn(comp.shape, generator=generator, dtype=torch.float64).to(device, dtype)
-    results += _compare("compress", device.type, name, lambda x: compress(x, table),
-                        lambda x: reference.compress(x, ref_table), [x], tol)
-    results += _compare("decompress", device.type, name, lambda d, r: decompress(d, table, r),
-                        lambda d, r: reference.decompress(d, ref_table, r), [q2, x], tol)
-    results += _compare("restore", device.type, name, lambda x, q, c: restore(x, q, c, table),
-                        lambda x, q, c: reference.restore(x, q, c, ref_table), [x, q2, comp], tol)
+    results += _check_pooling(case, ref_table, "", name, tol, generator)
+    # C = 32 fills whole 16-byte packs in every dtype, the vector path of the CUDA kernels
+    packed = random_case(2, (2, 3), (4, 2, 1), 2, 32, dtype, device, generator)
+    results += _check_pooling(packed, reference.reference_table(
+        packed.indices, packed.split_sizes, packed.region_size, packed.num_extra), " [C=32]", name, tol, generator)
 
     heads, head_dim, keys = 3, 24, 37
     shape_q, shape_kv = (table.total, heads, head_dim), (table.batch, heads, keys, head_dim)
@@ -136,6 +134,20 @@ def check_all(device="cpu", dtype=torch.float32, seed: int | None = None) -> lis
                         [x, delta, gates], tol)
     if device.type == "cpu" and dtype in (torch.float32, torch.float64):  # the CPU scorer's precisions
         results.append(_check_scorer(dtype, name, generator))
+    return results
+
+
+def _check_pooling(case: Case, ref_table, label: str, name: str, tol: float,
+                   generator: torch.Generator) -> list[CheckResult]:
+    table, x, device = case.table, case.x, case.x.device.type
+    comp = compress(x, table).detach()
+    q2 = torch.randn(comp.shape, generator=generator, dtype=torch.float64).to(x.device, x.dtype)
+    results = _compare(f"compress{label}", device, name, lambda x: compress(x, table),
+                       lambda x: reference.compress(x, ref_table), [x], tol)
+    results += _compare(f"decompress{label}", device, name, lambda d, r: decompress(d, table, r),
+                        lambda d, r: reference.decompress(d, ref_table, r), [q2, x], tol)
+    results += _compare(f"restore{label}", device, name, lambda x, q, c: restore(x, q, c, table),
+                        lambda x, q, c: reference.restore(x, q, c, ref_table), [x, q2, comp], tol)
     return results
 
 
