@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 export DGE_EXPLAIN_HOME ?= $(abspath ../shared)
 EXT_SOURCES := $(wildcard ext/*.cpp ext/*.h ext/cpu/*.cpp ext/cuda/*.cu ext/cuda/*.cuh)
 
-.PHONY: venv build test test-fast demo bench-ops readme-figures clean
+.PHONY: venv build test test-fast demo bench-ops gpu-check readme-figures clean
 
 venv: $(STAMP)
 
@@ -40,6 +40,16 @@ demo: build
 	$(VENV)/bin/dge-explain evaluate --model deit_tiny_dge_s12 \
 		--dataset ecssd:$(DGE_EXPLAIN_HOME)/data/ecssd --methods random gradcam gating:1,4,8,12 gating-margin:1,4,8,12 \
 		--limit $(DEMO_IMAGES) --out runs/demo-$(DEMO_IMAGES)
+
+# The GPU check (one visible CUDA device; about 5 minutes on an H100/H200): the CUDA
+# kernels built for this device's architecture only, then the CUDA tests, the DGE models
+# against the reference ops and the timings, into GPU_CHECK_OUT (gpu-check.json and .md).
+GPU_CHECK_OUT ?= runs/gpu-check
+gpu-check: $(STAMP)
+	$(PY) -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else "make gpu-check needs a visible CUDA device")'
+	DGE_EXPLAIN_CUDA=1 TORCH_CUDA_ARCH_LIST="$$($(PY) -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')" \
+		$(PY) setup.py --quiet build_ext --inplace
+	DGE_EXPLAIN_REQUIRE_EXT=1 $(PY) -m dge_explain.bench.gpu_check --out $(GPU_CHECK_OUT)
 
 # The README's example figures (needs runs/ecssd-full from eval/ecssd_table.sh, the
 # league's runs/league-* from eval/league.sh and runs/bench-cpu.json from

@@ -183,16 +183,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise SystemExit(f"--ratio must be in (0, 1), got {args.ratio}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    if device.type == "cpu" and dtype != torch.float32:
+        raise SystemExit(f"--dtype {args.dtype}: on the CPU the DGE ops run float32 (and float64) only")
     cases, rows = [], []
     for name in args.models:
         dense, dge = trained_pair(name, args.home) if args.gates == "trained" else build_pair(name)
-        dense, dge = dense.to(device), dge.to(device)
+        dense, dge = dense.to(device, dtype), dge.to(device, dtype)
         for resolution in args.resolutions:
             for batch in args.batch_sizes:
                 try:
                     case = run_case(name, dense, dge, resolution, batch, device, args.ratio,
-                                    args.min_time, trained=args.gates == "trained")
+                                    args.min_time, trained=args.gates == "trained", dtype=dtype)
                 except ValueError as error:  # a size the DGE's region grid cannot tile
                     print(f"skipped {name} at {resolution}: {error}", flush=True)
                     continue
@@ -348,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--resolutions", type=int, nargs="+", default=[224, 256, 384, 448, 512, 768, 1024])
     bench.add_argument("--batch-sizes", type=int, nargs="+", default=[1])
     bench.add_argument("--device", default="cpu")
+    bench.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                       help="the models' and images' precision")
     bench.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     bench.add_argument("--ratio", type=float, default=0.5, help="complexity ratio the forced gates aim at")
     bench.add_argument("--gates", choices=["forced", "trained"], default="forced")

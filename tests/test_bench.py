@@ -57,7 +57,15 @@ def test_command_line_writes_json(tmp_path):
     assert "skipped pvt_small at 224: input 224x224" in result.stdout
     data = json.loads(out.read_text())
     assert [c["resolution"] for c in data["cases"]] == [256]
+    assert data["cases"][0]["dtype"] == "float32"
     assert data["environment"]["threads"] >= 1 and "torch" in data["environment"]
+
+
+def test_reduced_precision_on_the_cpu_is_refused_before_any_model_is_built(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "dge_explain", "bench", "--dtype", "bfloat16",
+                             "--json", str(tmp_path / "bench.json")], capture_output=True, text=True)
+    assert result.returncode != 0 and not (tmp_path / "bench.json").exists()
+    assert "--dtype bfloat16: on the CPU the DGE ops run float32 (and float64) only" in result.stderr
 
 
 @pytest.mark.slow

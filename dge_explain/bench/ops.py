@@ -167,7 +167,7 @@ def main(argv=None) -> int:
         pool_rounds.append(bench_pooling(device, dtype, generator, args.min_time))
         attention_rounds.append(bench_attention(device, dtype, generator, args.min_time))
     pool_header = ["shape", "op", "MB moved", "time", "GB/s", "copy GB/s", "of copy"]
-    attention_header = ["shape", "L x Nk", "varlen", "GFLOP/s", "dense SDPA", "GFLOP/s",
+    attention_header = ["shape", "L x Nk", "varlen", "varlen GFLOP/s", "dense SDPA", "dense GFLOP/s",
                         "time per FLOP vs dense"]
     pool, attention = pooling_rows(pool_rounds), attention_rows(attention_rounds)
     print(format_table(pool_header, pool))

@@ -48,6 +48,7 @@ class Case:
     latency_ratio: float
     saving_realised: float     # (1 - latency ratio) / (1 - complexity ratio)
     fine_fraction: float
+    dtype: str = "float32"
 
     def row(self) -> list[str]:
         return [self.model, str(self.resolution), str(self.batch), f"{self.dense_ms:.1f}",
@@ -85,8 +86,10 @@ def trained_pair(name: str, home=None) -> tuple[torch.nn.Module, torch.nn.Module
 
 
 def run_case(name: str, dense, dge, resolution: int, batch: int, device: torch.device,
-             ratio: float | None, min_time: float, trained: bool = False) -> Case:
-    images = torch.randn(batch, 3, resolution, resolution, device=device)
+             ratio: float | None, min_time: float, trained: bool = False,
+             dtype: torch.dtype = torch.float32) -> Case:
+    """One timed case; the models must already be on `device` in `dtype`."""
+    images = torch.randn(batch, 3, resolution, resolution, device=device, dtype=dtype)
     if trained:
         policy, fine = None, float("nan")
     else:
@@ -107,7 +110,7 @@ def run_case(name: str, dense, dge, resolution: int, batch: int, device: torch.d
     return Case(name, resolution, batch, device.type, torch.get_num_threads(),
                 "trained" if trained else f"forced ratio {ratio}", timed["dense"].median * 1e3,
                 timed["dense"].iqr * 1e3, timed["dge"].median * 1e3, timed["dge"].iqr * 1e3, complexity,
-                latency, (1 - latency) / (1 - complexity), fine)
+                latency, (1 - latency) / (1 - complexity), fine, str(dtype).replace("torch.", ""))
 
 
 def environment(device: torch.device) -> dict:
