@@ -69,6 +69,10 @@ def scorecam_comparison(runs: Path) -> str:
         scorecam = _load(runs / f"league-ecssd-{model}-scorecam")
         if scorecam is None or not (runs / f"league-ecssd-{model}").exists():
             continue
+        if not (runs / f"league-ecssd-{model}" / "per_image.csv").exists():  # a results-only copy
+            lines.append(f"{model}: needs the per-image records of {runs}/league-ecssd-{model} "
+                         "(LEAGUE_PARTS=ecssd eval/league.sh)")
+            continue
         subset = first_images(runs / f"league-ecssd-{model}", scorecam["images"])
         subset["scorecam"] = scorecam["methods"]["scorecam"]
         names = [n for n in ordered_names(subset) if n in ("scorecam", "relevance", "gradcam-elementwise", "layer8")]

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -119,8 +120,10 @@ def test_the_emulated_self_check_catches_every_seeded_bug():
 
     control = _self_check(build(name="unchanged"))
     assert control.returncode == 0, control.stdout + control.stderr[-3000:]
-    for index, (bug, mutations) in enumerate(MUTANTS.items()):
-        result = _self_check(build(mutations, name=f"mutant{index}"))
+    with ThreadPoolExecutor(2) as pool:  # builds and self-checks are subprocesses: two at a time
+        results = list(pool.map(lambda item: _self_check(build(item[1], name=f"mutant{item[0]}")),
+                                enumerate(MUTANTS.values())))
+    for (bug, _), result in zip(MUTANTS.items(), results):
         # wrong results, a refused launch, or the process killed by a signal (an
         # index run out of its tensor: SIGSEGV, or SIGFPE from a split size read there)
         caught = (result.returncode == 1 and result.stdout.startswith("wrong: ")) or \
@@ -137,7 +140,8 @@ def _address_sanitizer() -> str:
 
 
 # Pooling on inputs one element past a 16-byte boundary: the kernels' packed
-# accesses would be misaligned there, which the alignment sanitizer reports.
+# accesses would be misaligned there, which the alignment sanitizer reports
+# (run before the self-check, so that its mutant stops early).
 MISALIGNED = """
 from dge_explain import ops
 from dge_explain.ops.selfcheck import random_case
@@ -163,7 +167,8 @@ def test_the_cuda_kernels_under_address_sanitizer():
     env = {**os.environ, "LD_PRELOAD": runtime, "ASAN_OPTIONS": "detect_leaks=0", "OMP_NUM_THREADS": "1"}
     script = SELF_CHECK.replace("(torch.float32, torch.float64)",
                                 "(torch.float32, torch.float16, torch.bfloat16, torch.float64)")
-    script = script.replace('print("wrong:"', MISALIGNED + 'print("wrong:"')
+    script = script.replace('with _backend.emulating_cuda("dge_explain_emu"):\n    try:',
+                            MISALIGNED + 'with _backend.emulating_cuda("dge_explain_emu"):\n    try:', 1)
 
     def run(library):
         return subprocess.run([sys.executable, "-c", script, str(library)], capture_output=True, text=True,
@@ -174,10 +179,12 @@ def test_the_cuda_kernels_under_address_sanitizer():
         and "runtime error" not in clean.stderr, clean.stdout + clean.stderr[-3000:]
     off_by_one = {"attention": [("if (row >= a.total) return;  // whole warps leave together",
                                  "if (row > a.total) return;")]}
-    seeded = run(build(off_by_one, name="asan-mutant", flags=flags))
-    assert seeded.returncode != 0 and "ERROR: AddressSanitizer: heap-buffer-overflow" in seeded.stderr, \
-        seeded.stdout + seeded.stderr[-3000:]
     unchecked = {"patches": [("packed = packed && reinterpret_cast<uintptr_t>(pointer) % kPackBytes == 0;",
                               "packed = packed;")]}
-    seeded = run(build(unchecked, name="asan-misaligned", flags=flags))
-    assert seeded.returncode != 0 and "misaligned address" in seeded.stderr, seeded.stdout + seeded.stderr[-3000:]
+    with ThreadPoolExecutor(2) as pool:
+        overflow, misaligned = pool.map(lambda item: run(build(item[1], name=item[0], flags=flags)),
+                                        [("asan-mutant", off_by_one), ("asan-misaligned", unchecked)])
+    assert overflow.returncode != 0 and "ERROR: AddressSanitizer: heap-buffer-overflow" in overflow.stderr, \
+        overflow.stdout + overflow.stderr[-3000:]
+    assert misaligned.returncode != 0 and "misaligned address" in misaligned.stderr, \
+        misaligned.stdout + misaligned.stderr[-3000:]
