@@ -133,19 +133,30 @@ def test_yolo_and_coco_annotations(tmp_path):
     Image.new("RGB", (100, 50)).save(tmp_path / "a.jpg")
     labels = tmp_path / "labels"
     labels.mkdir()
-    (labels / "a.txt").write_text("16 0.1 0.2 0.5 0.2 0.5 0.8 0.1 0.8\n")
-    [dog] = yolo_instances(labels / "a.txt", 100, 50)
+    (labels / "a.txt").write_text("16 0.1 0.2 0.5 0.2 0.5 0.8 0.1 0.8\n79 0.6 0.1 0.9 0.1 0.9 0.4\n")
+    dog, toothbrush = yolo_instances(labels / "a.txt", 100, 50)
     assert dog.label == "dog" and dog.mask[25, 30] and not dog.mask[5, 80]
-    assert dog.box == pytest.approx((10, 10, 50, 40))
+    assert dog.box == pytest.approx((10, 10, 50, 40)) and toothbrush.label == "toothbrush"
     annotations = coco_json_from_yolo([tmp_path / "a.jpg"], labels, tmp_path / "ann.json")
+    written = json.loads(annotations.read_text())
+    # COCO's own category ids (1-90 with gaps): dog is 18, toothbrush 90
+    assert [a["category_id"] for a in written["annotations"]] == [18, 90]
+    assert len(written["categories"]) == 80 and written["categories"][11] == {"id": 13, "name": "stop sign"}
     results = tmp_path / "results.json"
-    results.write_text(json.dumps([{"image_id": 1, "category_id": 17, "bbox": [10, 10, 40, 30], "score": 0.7},
+    # a detector's results in COCO's ids: 17 is cat, 18 dog, 1 person
+    results.write_text(json.dumps([{"image_id": 1, "category_id": 18, "bbox": [10, 10, 40, 30], "score": 0.7},
+                                   {"image_id": 1, "category_id": 17, "bbox": [60, 5, 30, 15], "score": 0.6},
                                    {"image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.1}]))
     coco = CocoInstances(annotations, results)
-    [truth] = coco.instances(coco.image_id("a.jpg"))
-    assert truth.label == "dog" and np.array_equal(truth.mask, dog.mask)
+    truth = coco.instances(coco.image_id("a.jpg"))
+    assert [t.label for t in truth] == ["dog", "toothbrush"] and np.array_equal(truth[0].mask, dog.mask)
     predictions = coco.instances(1, predictions=True, min_score=0.5)
-    assert [(p.label, p.score) for p in predictions] == [("dog", 0.7)]
+    assert [(p.label, p.score) for p in predictions] == [("dog", 0.7), ("cat", 0.6)]
+    custom = json.loads(coco_json_from_yolo([tmp_path / "a.jpg"], labels, tmp_path / "custom.json",
+                                            classes=[f"c{i}" for i in range(80)]).read_text())
+    assert [a["category_id"] for a in custom["annotations"]] == [17, 80]
+    with pytest.raises(ValueError, match="category_ids must give each of the 80 classes its own id"):
+        coco_json_from_yolo([tmp_path / "a.jpg"], labels, tmp_path / "x.json", category_ids=[1] * 80)
     (labels / "bad.txt").write_text("3 0.1 0.2\n")
     with pytest.raises(ValueError, match=r"bad.txt:1: expected a class id"):
         yolo_instances(labels / "bad.txt", 10, 10)

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from dge_explain.viz.detection import Instance
-from dge_explain.viz.palettes import COCO_CLASSES
+from dge_explain.viz.palettes import COCO_CATEGORY_IDS, COCO_CLASSES
 
 
 def yolo_polygons(label_file, width: int, height: int, classes=COCO_CLASSES) -> list[tuple[int, np.ndarray]]:
@@ -98,9 +98,18 @@ def read_label_map(path) -> np.ndarray:
         return np.asarray(handle)
 
 
-def coco_json_from_yolo(image_files, label_dir, out_file, classes=COCO_CLASSES) -> Path:
+def coco_json_from_yolo(image_files, label_dir, out_file, classes=COCO_CLASSES, category_ids=None) -> Path:
     """A COCO annotation JSON (polygon segmentations) built from YOLO labels, so
-    that YOLO-labelled images can go through the COCO code path."""
+    that YOLO-labelled images can go through the COCO code path.  YOLO class i
+    becomes category `category_ids[i]`: by default COCO's own ids (1-90 with gaps)
+    for COCO's 80 classes, so that a detector's COCO results JSON names the same
+    classes, and 1..N for other class lists."""
+    if category_ids is None:
+        category_ids = COCO_CATEGORY_IDS if tuple(classes) == COCO_CLASSES else range(1, len(classes) + 1)
+    category_ids = list(category_ids)
+    if len(category_ids) != len(classes) or len(set(category_ids)) != len(category_ids):
+        raise ValueError(f"category_ids must give each of the {len(classes)} classes its own id, "
+                         f"got {len(category_ids)} ids ({len(set(category_ids))} distinct)")
     images, annotations = [], []
     for image_id, image_file in enumerate(image_files, 1):
         with Image.open(image_file) as handle:
@@ -113,10 +122,10 @@ def coco_json_from_yolo(image_files, label_dir, out_file, classes=COCO_CLASSES) 
             x0, y0 = points.min(0)
             x1, y1 = points.max(0)
             annotations.append({"id": len(annotations) + 1, "image_id": image_id,
-                                "category_id": class_id + 1, "iscrowd": 0,
+                                "category_id": category_ids[class_id], "iscrowd": 0,
                                 "bbox": [x0, y0, x1 - x0, y1 - y0], "area": float((x1 - x0) * (y1 - y0)),
                                 "segmentation": [points.ravel().round(2).tolist()]})
-    categories = [{"id": i + 1, "name": name} for i, name in enumerate(classes)]
+    categories = [{"id": i, "name": name} for i, name in zip(category_ids, classes)]
     Path(out_file).write_text(json.dumps({"images": images, "annotations": annotations,
                                           "categories": categories}))
     return Path(out_file)

@@ -17,6 +17,11 @@ COCO_CLASSES = (
     "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
     "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
     "teddy bear", "hair drier", "toothbrush")
+# COCO's category id of each of those classes (YOLO class i is COCO category COCO_CATEGORY_IDS[i]):
+# ids run 1-90 with gaps, left by the 2014 categories that were never annotated.
+COCO_CATEGORY_IDS = (*range(1, 12), *range(13, 26), 27, 28, *range(31, 45), *range(46, 66), 67, 70,
+                     *range(72, 83), *range(84, 91))
+assert len(COCO_CATEGORY_IDS) == len(COCO_CLASSES)
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
