@@ -27,7 +27,7 @@ from torch import nn
 
 from dge_explain.models.attention import SpatialReductionAttention
 from dge_explain.models.blocks import DGEBlock
-from dge_explain.models.pvt import STRIDES, PyramidVisionTransformer
+from dge_explain.models.families import adapter_for
 
 ACCOUNTINGS = ("corrected", "original")
 
@@ -85,23 +85,11 @@ def _check_accounting(accounting: str) -> None:
 
 def _stem_and_head_macs(model: nn.Module, image_hw: tuple[int, int], accounting: str,
                         terms: str = "all") -> float:
-    """Patch embedding(s) and classifier: the same for static and dynamic.  PVT's
-    patch embeddings add Nin/p^2 Cout for their LayerNorm (not a matmul)."""
+    """Patch embedding(s) and classifier: the same for static and dynamic."""
     pixels = image_hw[0] * image_hw[1]
     if accounting == "original":
         pixels = 3 * image_hw[1]  # the original's x.shape[1] * x.shape[2] of an NCHW image
-    if isinstance(model, PyramidVisionTransformer):
-        total = 0.0
-        for stage in range(4):
-            proj = getattr(model, f"patch_embed{stage + 1}").proj
-            patch = proj.stride[0]
-            n_in = pixels / (STRIDES[stage] // patch) ** 2   # pixels of the stage's input map
-            total += n_in * proj.in_channels * proj.out_channels
-            if terms == "all":
-                total += n_in / patch ** 2 * proj.out_channels
-    else:
-        proj = model.patch_embed.proj
-        total = pixels * proj.in_channels * proj.out_channels
+    total = adapter_for(model).stem_macs(model, pixels, terms)
     head = model.head
     if isinstance(head, nn.Linear):
         total += head.in_features * head.out_features
@@ -109,12 +97,6 @@ def _stem_and_head_macs(model: nn.Module, image_hw: tuple[int, int], accounting:
     if isinstance(head_dist, nn.Linear):
         total += head_dist.in_features * head_dist.out_features
     return total
-
-
-def _model_blocks(model: nn.Module) -> list[nn.Module]:
-    if isinstance(model, PyramidVisionTransformer):
-        return list(model.blocks())
-    return list(model.blocks)
 
 
 @dataclass
@@ -136,14 +118,15 @@ class Complexity:
 def dge_complexity(model: nn.Module, accounting: str = "corrected") -> Complexity:
     """MACs of the model's last forward pass, from the gates its DGEs used."""
     _check_accounting(accounting)
-    blocks = _model_blocks(model)
+    adapter = adapter_for(model)
+    blocks = adapter.blocks(model)
     dge_blocks = [b for b in blocks if isinstance(b, DGEBlock)]
     if not dge_blocks or any(b.dge.routing is None for b in dge_blocks):
         raise ValueError("run a forward pass through the DGE model before measuring its complexity")
     if len(dge_blocks) != len(blocks):
         raise ValueError("dge_complexity needs a DGE in every block")
     first = dge_blocks[0].dge
-    image_hw = _image_size(model, first.routing.grid)
+    image_hw = adapter.image_size(model, first.routing.grid)
     constant = _stem_and_head_macs(model, image_hw, accounting)
     block_static, block_dynamic, fine = [], [], []
     for block in dge_blocks:
@@ -159,34 +142,12 @@ def dge_complexity(model: nn.Module, accounting: str = "corrected") -> Complexit
     return Complexity(static, dynamic, block_static, block_dynamic, fine)
 
 
-def _image_size(model: nn.Module, first_grid: tuple[int, int]) -> tuple[int, int]:
-    if isinstance(model, PyramidVisionTransformer):
-        return first_grid[0] * STRIDES[0], first_grid[1] * STRIDES[0]
-    patch = model.patch_embed.proj.stride
-    return first_grid[0] * patch[0], first_grid[1] * patch[1]
-
-
-def _block_inputs(model: nn.Module, image_size: tuple[int, int]) -> list[tuple[nn.Module, int, int]]:
-    """(block, tokens per image incl. extra, token-grid cells) of every block at image_size."""
-    height, width = image_size
-    if isinstance(model, PyramidVisionTransformer):
-        stages = [stage for stage in range(4) for _ in getattr(model, f"block{stage + 1}")]
-        rows = []
-        for stage, block in zip(stages, model.blocks()):
-            cells = (height // STRIDES[stage]) * (width // STRIDES[stage])
-            rows.append((block, cells + (1 if stage == 3 else 0), cells))
-        return rows
-    patch = model.patch_embed.proj.stride
-    cells = (height // patch[0]) * (width // patch[1])
-    return [(block, cells + model.num_prefix_tokens, cells) for block in model.blocks]
-
-
 def dense_macs(model: nn.Module, image_size: tuple[int, int], accounting: str = "corrected",
                terms: str = "all") -> float:
     """MACs per image of a dense model (timm ViT/DeiT or dense PVT) at image_size."""
     _check_accounting(accounting)
     total = sum(block_macs(block_spec(block), n, n, accounting, terms)
-                for block, n, _ in _block_inputs(model, image_size))
+                for block, n, _ in adapter_for(model).block_inputs(model, image_size))
     return total + _stem_and_head_macs(model, image_size, accounting, terms)
 
 
@@ -197,7 +158,7 @@ def expected_ratio(model: nn.Module, image_size: tuple[int, int], fine: float,
     ``models.random_fraction``), in expectation."""
     _check_accounting(accounting)
     static = dynamic = _stem_and_head_macs(model, image_size, accounting)
-    for block, n_in, cells in _block_inputs(model, image_size):
+    for block, n_in, cells in adapter_for(model).block_inputs(model, image_size):
         dge, spec = block.dge, block_spec(block)
         splits = dge.split_sizes
         coarse = [k * k for k in splits[1:]] or [splits[0] ** 2]

@@ -87,8 +87,9 @@ def trained_pair(name: str, home=None) -> tuple[torch.nn.Module, torch.nn.Module
 
 def run_case(name: str, dense, dge, resolution: int, batch: int, device: torch.device,
              ratio: float | None, min_time: float, trained: bool = False,
-             dtype: torch.dtype = torch.float32) -> Case:
-    """One timed case; the models must already be on `device` in `dtype`."""
+             dtype: torch.dtype = torch.float32, **timing) -> Case:
+    """One timed case; the models must already be on `device` in `dtype`.  `timing`:
+    measure_interleaved's warmup / min_repeats."""
     images = torch.randn(batch, 3, resolution, resolution, device=device, dtype=dtype)
     if trained:
         policy, fine = None, float("nan")
@@ -98,12 +99,12 @@ def run_case(name: str, dense, dge, resolution: int, batch: int, device: torch.d
     with torch.inference_mode():
         if policy is None:
             timed = measure_interleaved({"dense": lambda: dense(images), "dge": lambda: dge(images)},
-                                        device, min_time=min_time)
+                                        device, min_time=min_time, **timing)
             dge(images)
         else:
             with force_gates(dge, policy):
                 timed = measure_interleaved({"dense": lambda: dense(images), "dge": lambda: dge(images)},
-                                            device, min_time=min_time)
+                                            device, min_time=min_time, **timing)
                 dge(images)
     complexity = float(dge_complexity(dge).ratio)
     latency = timed["dge"].median / timed["dense"].median

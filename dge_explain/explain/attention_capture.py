@@ -30,7 +30,7 @@ import torch
 from timm.models.vision_transformer import Attention
 from torch import nn
 
-from dge_explain.models import PyramidVisionTransformer
+from dge_explain.models.families import adapter_for
 from dge_explain.models.attention import CrossAttention, attention_probabilities, packed_products
 from dge_explain.ops import reference
 
@@ -214,11 +214,7 @@ def attention_pass(model: nn.Module, images: torch.Tensor, labels=None, gradient
 def layout(model: nn.Module, images: torch.Tensor) -> tuple[int, tuple[int, int], int]:
     """(extra tokens before the spatial ones, token grid, stride in pixels) of the
     tokens the last block attends over."""
-    height, width = images.shape[-2:]
-    if isinstance(model, PyramidVisionTransformer):
-        return 1, (height // 32, width // 32), 32
-    stride = model.patch_embed.proj.stride[0]
-    return model.num_prefix_tokens, (height // stride, width // stride), stride
+    return adapter_for(model).last_tokens(model, tuple(images.shape[-2:]))
 
 
 def cls_row_maps(rows: torch.Tensor, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -232,11 +228,9 @@ def cls_row_maps(rows: torch.Tensor, model: nn.Module, images: torch.Tensor) -> 
 
 def require_token_attention(model: nn.Module, method: str) -> None:
     """Rollout and relevance multiply token-to-token attention across blocks."""
-    if isinstance(model, PyramidVisionTransformer):
-        raise ValueError(f"{method} multiplies token-to-token attention across blocks; PVT's stages 1-3 "
-                         "attend to spatially reduced keys and its patch embeddings change the token set "
-                         "between stages, so it is not defined for PVT (attention and attention-gradcam, "
-                         "on the last block, are)")
+    refusal = adapter_for(model).token_attention_refusal
+    if refusal is not None:
+        raise ValueError(f"{method} multiplies token-to-token attention across blocks; {refusal}")
 
 
 class AttentionExplainer:

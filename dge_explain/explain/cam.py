@@ -26,7 +26,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from dge_explain.models import PyramidVisionTransformer
+from dge_explain.models.families import adapter_for
 
 METHODS = {
     "gradcam": "GradCAM (Selvaraju et al.): channel weights = mean gradient",
@@ -53,17 +53,10 @@ def _classes() -> dict:
 
 def cam_target_layer(model: nn.Module) -> tuple[nn.Module, list[nn.Module], int]:
     """(module whose output the CAMs read, the blocks before it, token stride in pixels)."""
-    if isinstance(model, PyramidVisionTransformer):
-        blocks, stride = list(model.block4), 32
-        before = [b for stage in (model.block1, model.block2, model.block3) for b in stage] + blocks[:-2]
-    elif hasattr(model, "blocks") and hasattr(model, "patch_embed"):
-        blocks, stride = list(model.blocks), model.patch_embed.proj.stride[0]
-        before = blocks[:-2]
-    else:
-        raise ValueError(f"no CAM target layer known for {type(model).__name__}")
+    blocks, earlier, stride = adapter_for(model).cam_layers(model)
     if len(blocks) < 2:
         raise ValueError("the CAMs need at least two blocks in the last stage")
-    return blocks[-2], before, stride
+    return blocks[-2], earlier + blocks[:-2], stride
 
 
 class token_grid:

@@ -6,13 +6,12 @@ script's 'args') may be unpickled.  A training checkpoint ({'model': ...,
 'optimizer': ..., 'args': ...}) or a raw state dict both work; 'model' is used,
 never 'model_ema'.  Before loading, a fused timm ``attn.qkv`` is split into the
 ``attn.q`` / ``attn.kv`` of DGE models, and positional embeddings are resampled
-to the model's grid.  Missing, unexpected or mis-shaped keys are an error that
+to the model's grid (by the model family's adapter).  Missing, unexpected or mis-shaped keys are an error that
 names them, unless the caller asks for partial loading.
 """
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import pickle
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from .pvt import resize_pos_embed
+from .families import find_adapter
 
 
 class CheckpointError(ValueError):
@@ -97,38 +96,6 @@ def _split_fused_qkv(state: dict, expected: Mapping[str, torch.Tensor], report: 
         report.converted.append(f"{key} -> {q_key} + {kv_key}")
 
 
-def _resample_vit_pos_embed(state: dict, model: nn.Module, report: LoadReport) -> None:
-    from timm.layers import resample_abs_pos_embed
-
-    target = getattr(model, "pos_embed", None)
-    source = state.get("pos_embed")
-    if not isinstance(target, torch.Tensor) or source is None or source.shape == target.shape:
-        return
-    prefix = 0 if getattr(model, "no_embed_class", False) else getattr(model, "num_prefix_tokens", 0)
-    old_side = math.isqrt(source.shape[1] - prefix)
-    new_grid = model.patch_embed.grid_size
-    if old_side * old_side != source.shape[1] - prefix or source.shape[2] != target.shape[2]:
-        return  # left to the shape check, which names it
-    state["pos_embed"] = resample_abs_pos_embed(source, new_size=list(new_grid),
-                                                old_size=[old_side, old_side],
-                                                num_prefix_tokens=prefix)
-    report.converted.append(f"pos_embed {tuple(source.shape)} -> {tuple(target.shape)} (bicubic)")
-
-
-def _resample_pvt_pos_embeds(state: dict, model: nn.Module, report: LoadReport) -> None:
-    for stage in range(1, 5):
-        key = f"pos_embed{stage}"
-        target, source = getattr(model, key, None), state.get(key)
-        if not isinstance(target, torch.Tensor) or source is None or source.shape == target.shape:
-            continue
-        extra = 1 if stage == 4 else 0
-        old, new = math.isqrt(source.shape[1] - extra), math.isqrt(target.shape[1] - extra)
-        if old * old != source.shape[1] - extra or new * new != target.shape[1] - extra:
-            continue
-        state[key] = resize_pos_embed(source, extra, (new, new))
-        report.converted.append(f"{key} {tuple(source.shape)} -> {tuple(target.shape)} (bilinear)")
-
-
 def _is_router_key(key: str) -> bool:
     return ".dge." in f".{key}"
 
@@ -146,8 +113,9 @@ def load_checkpoint(model: nn.Module, source, partial: bool = False,
     expected = model.state_dict()
     report = LoadReport(name)
     _split_fused_qkv(state, expected, report)
-    _resample_vit_pos_embed(state, model, report)
-    _resample_pvt_pos_embeds(state, model, report)
+    adapter = find_adapter(model)
+    if adapter is not None:   # any other module loads its keys as they are
+        adapter.convert_checkpoint(state, model, report)
 
     report.missing = [k for k in expected if k not in state
                       and not (fresh_routers and _is_router_key(k))]

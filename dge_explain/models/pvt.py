@@ -25,7 +25,7 @@ from .blocks import DenseBlock, DGEBlock
 from .data_config import deit_eval_config
 from .encoder import DynamicGrainedEncoder, split_sizes_for
 from .gating import dge_modules
-from .vit import TIMM_FACTORY_KWARGS
+from .registration import TIMM_FACTORY_KWARGS
 
 EMBED_DIMS = (64, 128, 320, 512)
 NUM_HEADS = (1, 2, 5, 8)

@@ -22,6 +22,7 @@ from .attention import ViTAttention
 from .blocks import DGEBlock
 from .data_config import deit_eval_config
 from .encoder import DynamicGrainedEncoder
+from .registration import TIMM_FACTORY_KWARGS
 
 
 class _DGEForward:
@@ -132,10 +133,6 @@ def from_dense(model_or_name, phi=(1, 2), weights=None, init_gate: float = 0.95,
 
 _DEIT_SIZES = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}
 _PHIS = {"s12": (1, 2), "s124": (1, 2, 4)}
-
-
-# Keyword arguments timm.create_model passes to every entrypoint.
-TIMM_FACTORY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
 
 
 def _deit_dge(size: str, phi_name: str, img_size: int, pretrained: bool = False, **kwargs):

@@ -11,7 +11,8 @@ from .checks import region_grid
 from .multigrain import multigrain_compress, multigrain_queries, multigrain_restore
 from .pooling import compress, decompress, restore
 from .scoring import segmentation_scores
-from .table import PatchTable, route_to_patches
+from .patch_table import PatchTable
+from .table import route_to_patches
 
 __all__ = [
     "PatchTable", "active_backend", "build_info", "compress", "decompress", "multigrain_compress",

@@ -6,7 +6,7 @@ from torch.autograd.function import once_differentiable
 
 from . import _backend, fused_attention, reference
 from .checks import check_float, check_same, check_tensor, require
-from .table import PatchTable
+from .patch_table import PatchTable
 
 
 class _VarlenAttention(torch.autograd.Function):

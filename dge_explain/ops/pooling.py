@@ -13,7 +13,7 @@ from torch.autograd.function import once_differentiable
 from . import _backend
 from . import reference as oracle
 from .checks import check_float, check_same, check_tensor, require
-from .table import PatchTable
+from .patch_table import PatchTable
 
 
 def _block_pool(x: torch.Tensor, table: PatchTable, average: bool) -> torch.Tensor:

@@ -4,12 +4,9 @@ definitions, independently of the kernels; gradients come from autograd.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
-if TYPE_CHECKING:
-    from .table import PatchTable
+from .patch_table import PatchTable
 
 
 def _exclusive_cumsum(values: torch.Tensor) -> torch.Tensor:
@@ -147,8 +144,6 @@ def multigrain_restore(x: torch.Tensor, delta: torch.Tensor, gates: torch.Tensor
 def reference_table(indices: torch.Tensor, split_sizes, region_size: int,
                     num_extra: int) -> "PatchTable":
     """A PatchTable routed by the reference, whatever backend is active."""
-    from .table import PatchTable
-
     splits = tuple(int(k) for k in split_sizes)
     fields = route_fields(indices.long(), splits, region_size, num_extra)
     return PatchTable(*fields, split_sizes=splits, region_size=region_size, num_extra=num_extra)

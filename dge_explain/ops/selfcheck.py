@@ -12,7 +12,8 @@ from .attention import varlen_attention
 from .multigrain import multigrain_compress, multigrain_restore
 from .pooling import compress, decompress, restore
 from .scoring import segmentation_scores
-from .table import PatchTable, route_to_patches
+from .patch_table import PatchTable
+from .table import route_to_patches
 
 # Max error allowed against a float64 reference, relative to max(1, max |reference|).
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-2, torch.bfloat16: 1e-1}

@@ -249,6 +249,8 @@ Table route_to_patches_cuda(const at::Tensor& indices, at::IntArrayRef split_siz
   auto region_k = at::empty({batch, rh, rw}, int_opts);
   auto region_start = at::empty({batch, rh, rw}, int_opts);
   auto status = at::empty({2 * batch}, idx.options());
+  TORCH_CHECK_VALUE(batch <= std::numeric_limits<int32_t>::max(), "indices", idx.sizes(),
+                    ": at most 2^31 - 1 samples (one block each)");
   if (batch > 0) {
     const int threads = static_cast<int>(std::min<int64_t>(kThreads, std::max<int64_t>(
         kWarp, (regions + kWarp - 1) / kWarp * kWarp)));
@@ -276,7 +278,9 @@ Table route_to_patches_cuda(const at::Tensor& indices, at::IntArrayRef split_siz
   const int64_t total = offsets_p[batch];
   TORCH_CHECK_VALUE(total < std::numeric_limits<int32_t>::max(), "table of ", total,
                     " rows exceeds the int32 row index");
-  const auto offsets = host_offsets.to(idx.device());
+  // From pinned memory the upload is queued on the stream instead of waiting for it
+  // (the caching host allocator keeps the buffer until the copy has run).
+  const auto offsets = (idx.is_cuda() ? host_offsets.pin_memory() : host_offsets).to(idx.device(), true);
 
   auto rows = at::empty({total, kRowColumns}, int_opts);
   const int64_t items = batch * (num_extra + regions);
