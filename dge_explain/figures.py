@@ -130,38 +130,52 @@ def _label_rows(axes, labels: Sequence[str]) -> None:
         axis.set_ylabel(label)
 
 
-def instance_grid(images: Sequence[np.ndarray], sources: dict[str, Sequence[list]], cell: float = 2.4):
-    """Appendix Fig. 7 layout: one row per source (ground truth or a model's
-    predictions), one column per image; instances drawn with boxes, labels and
-    masks in distinct colours."""
-    names = list(sources)
-    figure, axes = _grid(len(names), len(images), cell)
-    for row, name in enumerate(names):
-        for column, image in enumerate(images):
-            axes[row, column].imshow(draw_instances(image, sources[name][column]))
-    _label_rows(axes, names)
+def _panel_grid(panels: dict[str, list[np.ndarray]], cell: float, side_by_side: bool):
+    """One panel per (source, image): a row per source (labelled at its left), or
+    with side_by_side a row per image and a column per source (titled on top)."""
+    names = list(panels)
+    count = len(next(iter(panels.values()))) if panels else 0
+    figure, axes = _grid(count, len(names), cell) if side_by_side else _grid(len(names), count, cell)
+    for index, name in enumerate(names):
+        for image, panel in enumerate(panels[name]):
+            axes[image, index].imshow(panel) if side_by_side else axes[index, image].imshow(panel)
+    if side_by_side:
+        for axis, name in zip(axes[0], names):
+            axis.set_title(name)
+    else:
+        _label_rows(axes, names)
     figure.subplots_adjust(wspace=0.03, hspace=0.03)
     return figure
 
 
+def instance_grid(images: Sequence[np.ndarray], sources: dict[str, Sequence[list]], cell: float = 2.4,
+                  side_by_side: bool = False):
+    """Appendix Fig. 7 layout: one row per source (ground truth or a model's
+    predictions), one column per image; with side_by_side one row per image and one
+    column per source (backbone A | backbone B, as the appendix compares PVT with
+    PVT+DGE).  Instances drawn with boxes, labels and masks in distinct colours."""
+    panels = {name: [draw_instances(image, found) for image, found in zip(images, sources[name])]
+              for name in sources}
+    return _panel_grid(panels, cell, side_by_side)
+
+
 def semantic_grid(images: Sequence[np.ndarray], sources: dict[str, Sequence[np.ndarray]],
-                  palette="coco", classes=None, cell: float = 2.4):
-    """Appendix Fig. 8 layout: the images in the first row, then one row per
-    source with its label map over the image; a legend of the classes present."""
-    names = list(sources)
-    figure, axes = _grid(1 + len(names), len(images), cell)
+                  palette="coco", classes=None, cell: float = 2.4, side_by_side: bool = False):
+    """Appendix Fig. 8 layout: the images, then each source's label map over them,
+    in rows (a column per image), or with side_by_side in columns (a row per image:
+    image | backbone A | backbone B); a legend of the classes present."""
     legend: dict[str, tuple] = {}
-    for column, image in enumerate(images):
-        axes[0, column].imshow(image)
-        for row, name in enumerate(names, start=1):
-            overlay, present = semantic_overlay(image, sources[name][column], palette, classes=classes)
-            axes[row, column].imshow(overlay)
+    panels = {"image": list(images)}
+    for name in sources:
+        panels[name] = []
+        for image, labels in zip(images, sources[name]):
+            overlay, present = semantic_overlay(image, labels, palette, classes=classes)
+            panels[name].append(overlay)
             legend.update(dict(present))
-    _label_rows(axes, ["image"] + names)
+    figure = _panel_grid(panels, cell, side_by_side)
     handles = [Patch(color=np.array(color) / 255, label=label) for label, color in sorted(legend.items())]
     figure.legend(handles=handles, loc="lower center", ncol=min(8, max(1, len(handles))), frameon=False,
                   bbox_to_anchor=(0.5, -0.04))
-    figure.subplots_adjust(wspace=0.03, hspace=0.03)
     return figure
 
 

@@ -2,8 +2,9 @@
 
 Rows: ground truth (YOLO polygon labels, e.g. coco128-seg, or a COCO
 annotation JSON) and any number of COCO results JSONs (NAME=FILE), one per
-backbone; columns: images.  No detector ships with dge-explain: pass the results
-of yours to compare backbones.
+backbone; columns: images (--side-by-side: a row per image, a column per source,
+as the appendix compares PVT with PVT+DGE).  No detector ships with dge-explain:
+pass the results of yours to compare backbones.
 """
 import sys
 import tempfile
@@ -24,6 +25,8 @@ def main(argv=None):
     p.add_argument("--annotations", help="COCO annotation JSON instead of YOLO labels")
     p.add_argument("--results", nargs="*", default=[], help="NAME=COCO_RESULTS.json, one per model")
     p.add_argument("--min-score", type=float, default=0.5)
+    p.add_argument("--side-by-side", action="store_true",
+                   help="a row per image and a column per source (backbone A | backbone B)")
     args = p.parse_args(argv)
     files = image_files(args)
     with tempfile.TemporaryDirectory() as scratch:
@@ -38,7 +41,7 @@ def main(argv=None):
             sources[name] = [predictions.instances(truth.image_id(f.name), True, args.min_score)
                              for f in files]
     images = [np.asarray(load_rgb(f)) for f in files]
-    for path in save(instance_grid(images, sources), args.out, args.dpi):
+    for path in save(instance_grid(images, sources, side_by_side=args.side_by_side), args.out, args.dpi):
         print(path)
 
 

@@ -1,7 +1,9 @@
 """Figure (appendix Fig. 8 layout): semantic-segmentation overlays.
 
 Rows: the images, then one row per source (NAME=FOLDER of PNG label maps
-named like the images) with its label map over each image; columns: images; palette ade20k (150 classes), coco, voc.  Without
+named like the images) with its label map over each image; columns: images
+(--side-by-side: a row per image: image | source A | source B); palette ade20k
+(150 classes), coco, voc.  Without
 sources it draws the ground truth of coco128-seg (instance polygons rasterised
 into a COCO-class label map), as a demonstration of the layout.
 """
@@ -33,6 +35,8 @@ def main(argv=None):
     p = image_parser(__doc__.splitlines()[0], "figs/semantic", first=4)
     p.add_argument("--sources", nargs="*", default=[], help="NAME=FOLDER of label PNGs")
     p.add_argument("--palette", default=None, help="ade20k, coco or voc (default coco for the demo)")
+    p.add_argument("--side-by-side", action="store_true",
+                   help="a row per image and a column per source (backbone A | backbone B)")
     args = p.parse_args(argv)
     files = image_files(args)
     images = [np.asarray(load_rgb(f)) for f in files]
@@ -46,7 +50,7 @@ def main(argv=None):
         labels = coco128_root(args) / "labels" / "train2017"
         sources = {"ground truth (coco128)": [coco128_label_map(f, labels) for f in files]}
         palette = args.palette or "coco"
-    for path in save(semantic_grid(images, sources, palette), args.out, args.dpi):
+    for path in save(semantic_grid(images, sources, palette, side_by_side=args.side_by_side), args.out, args.dpi):
         print(path)
 
 

@@ -25,6 +25,7 @@ def _run(script, *args):
     ("comparison.py", ["--images", "0", "--layers", "8", "--methods", "gradcam", "rollout", "gating"]),
     ("detection.py", ["--count", "2"]),
     ("semantic.py", ["--count", "2"]),
+    ("semantic.py", ["--count", "2", "--side-by-side"]),
 ])
 def test_scripts_on_the_shared_data(script, args, tmp_path):
     shared_file("data/ecssd")
@@ -33,6 +34,18 @@ def test_scripts_on_the_shared_data(script, args, tmp_path):
     written = _run(script, "--out", tmp_path / "figure", "--dpi", "60", *args)
     assert written == [str(tmp_path / "figure.png"), str(tmp_path / "figure.pdf")]
     assert all(Path(p).stat().st_size > 5_000 for p in written)
+
+
+def test_detection_of_two_backbones_side_by_side(tmp_path):
+    """Two COCO results JSONs (COCO's category ids: 18 is dog) as columns, a row per image."""
+    shared_file("data/coco128-seg")
+    for name, score in (("a", 0.9), ("b", 0.2)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(
+            [{"image_id": i, "category_id": 18, "bbox": [20, 20, 100, 80], "score": score} for i in (1, 2)]))
+    written = _run("detection.py", "--out", tmp_path / "figure", "--dpi", "60", "--count", "2", "--side-by-side",
+                   "--results", f"PVT-S={tmp_path / 'a.json'}", f"PVT-S + DGE={tmp_path / 'b.json'}")
+    assert written == [str(tmp_path / "figure.png"), str(tmp_path / "figure.pdf")]
+    assert Path(written[0]).stat().st_size > 5_000
 
 
 def test_runtime_and_pr_scripts(tmp_path):

@@ -85,10 +85,20 @@ def test_figures_are_written_with_labels(tmp_path):
     assert [axis.get_ylabel() for axis in figure.axes[::2]] == ["ground truth", "model A"]
     assert _not_blank(save(figure, tmp_path / "instances", dpi=80)[0])
 
+    figure = instance_grid(images, {"PVT-S": [[box], []], "PVT-S + DGE": [[], [box]]}, side_by_side=True)
+    axes = np.array(figure.axes).reshape(2, 2)   # rows: images; columns: backbones
+    assert [axis.get_title() for axis in axes[0]] == ["PVT-S", "PVT-S + DGE"]
+    assert axes[0, 0].images[0].get_array()[box.box[1], box.box[0]].tolist() != \
+        axes[0, 1].images[0].get_array()[box.box[1], box.box[0]].tolist()  # image 0's box: A only
+
     labels = [np.where(m, 15, 0) for m in masks]
     figure = semantic_grid(images, {"model": labels}, "voc")
     assert sorted(t.get_text() for t in figure.legends[0].get_texts()) == ["background", "person"]
+    assert [axis.get_ylabel() for axis in figure.axes[::2]] == ["image", "model"]
     assert _not_blank(save(figure, tmp_path / "semantic", dpi=80)[0])
+    figure = semantic_grid(images, {"A": labels, "B": [np.zeros_like(m) for m in labels]}, "voc", side_by_side=True)
+    assert len(figure.axes) == 6 and [a.get_title() for a in figure.axes[:3]] == ["image", "A", "B"]
+    assert _not_blank(save(figure, tmp_path / "semantic-side", dpi=80)[0])
 
     histogram = np.stack([np.linspace(0, 9, 100), np.linspace(9, 0, 100)])
     figure = pr_figure({"random": np.ones((2, 100)), "layer8": histogram})
