@@ -179,6 +179,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from dge_explain.bench.runtime import HEADER, build_pair, cases_to_json, environment, run_case, trained_pair
 
+    if args.preset:
+        return _bench_preset(args)
+    args.models = args.models or ["deit_tiny", "deit_small", "pvt_small"]
     if args.gates == "forced" and not 0 < args.ratio < 1:
         raise SystemExit(f"--ratio must be in (0, 1), got {args.ratio}")
     if args.threads:
@@ -205,6 +208,42 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(format_table(HEADER, rows))
     if args.json:
         cases_to_json(cases, device, args.json)
+    return 0
+
+
+def _bench_preset(args: argparse.Namespace) -> int:
+    """Tables 7-8 input sizes: multi-scale backbones, dense vs DGE at budget 0.5."""
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from dge_explain.bench import presets
+    from dge_explain.bench.runtime import environment
+
+    if args.gates != "forced" or args.ratio != 0.5 or args.dtype != "float32" or args.batch_sizes != [1]:
+        raise SystemExit("--preset times forced gates at budget 0.5, float32, batch 1 (the appendix's setting)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    names = args.models or list(presets.BACKBONES)
+    unknown = [n for n in names if n not in presets.BACKBONES]
+    if unknown:
+        raise SystemExit(f"--preset covers {', '.join(presets.BACKBONES)}; not {', '.join(unknown)}")
+    rows = []
+
+    def report(case):
+        rows.append(presets.row(case))
+        print(format_table(presets.HEADER, rows[-1:]).splitlines()[-1], flush=True)
+
+    cases = presets.run_preset(args.preset, names, device, args.min_time, report)
+    env = environment(device)
+    table = format_table(presets.HEADER, rows)
+    print(f"\n{env}\n{table}")
+    if args.json:
+        path = Path(args.json)
+        path.write_text(json.dumps({"environment": env, "preset": args.preset, "cases": cases}, indent=2))
+        path.with_suffix(".md").write_text(f"# `dge-explain bench --preset {args.preset}`\n\n{env}\n\n{table}\n")
     return 0
 
 
@@ -346,7 +385,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="latency of dense vs DGE models over resolutions "
                                                "(Fig. 6, Tables 7-8)")
-    bench.add_argument("--models", nargs="+", default=["deit_tiny", "deit_small", "pvt_small"])
+    bench.add_argument("--models", nargs="+", default=None,
+                       help="default deit_tiny deit_small pvt_small; with --preset: pvt_small pvt_medium")
+    bench.add_argument("--preset", choices=["maskrcnn", "semfpn"],
+                       help="the backbones at Table 7's (800x1333) or Table 8's (512x512, 512x683) input sizes")
     bench.add_argument("--resolutions", type=int, nargs="+", default=[224, 256, 384, 448, 512, 768, 1024])
     bench.add_argument("--batch-sizes", type=int, nargs="+", default=[1])
     bench.add_argument("--device", default="cpu")

@@ -117,3 +117,43 @@ def test_explainer_benchmark_times_every_entry_and_names_what_cannot_run():
     assert list(costs) == ["forward", "forward + backward", "attention", "rollout relevance", "gating"]
     assert all(isinstance(costs[k], Timing) and costs[k].repeats >= 5 for k in list(costs)[:4])
     assert costs["gating"] == "VisionTransformer has no DGE routers to read gating maps from"
+
+
+@pytest.mark.slow
+def test_the_presets_build_every_backbone_at_their_sizes():
+    """Tables 7-8 sizes: every preset backbone, dense and DGE, gives its four maps
+    (strides 4-32 of the unpadded input), and the forced gates hit budget 0.5."""
+    from dge_explain.bench import presets
+
+    for name in presets.BACKBONES:
+        dense, dge = presets.build_backbones(name)
+        for size in sorted({s for sizes in presets.PRESETS.values() for s in sizes}):
+            images = torch.zeros(1, 3, *size)
+            fine = fine_fraction_for_ratio(dge, presets.padded_size(dge, size), 0.5)
+            with torch.inference_mode(), force_gates(dge, random_fraction(fine)):
+                maps = [dense.forward_pyramid(images), dge.forward_pyramid(images)]
+            for features in maps:
+                assert [tuple(m.shape[-2:]) for m in features.values()] == \
+                    [(-(-size[0] // s), -(-size[1] // s)) for s in (4, 8, 16, 32)], (name, size)
+            assert abs(float(dge_complexity(dge).ratio) - 0.5) < 0.03, (name, size)
+
+
+def test_a_preset_case_reports_macs_ratios_and_the_paper(monkeypatch):
+    from dge_explain.bench import presets
+
+    monkeypatch.setitem(presets.PRESETS, "semfpn", [(128, 192)])
+    (case,) = presets.run_preset("semfpn", ["pvt_small"], torch.device("cpu"), 0.0, report=lambda c: None,
+                                 warmup=0, min_repeats=1)
+    assert case["input"] == [128, 192] and case["padded"] == [128, 192]
+    assert case["dge_gmacs"] < case["dense_gmacs"] and abs(case["complexity_ratio"] - 0.5) < 0.05
+    assert case["paper_cpu_speedup"] == pytest.approx(1.35 / 0.72) and case["paper_flops_ratio"] == pytest.approx(155 / 226)
+    assert case["speedup"] == pytest.approx(1 / case["latency_ratio"])
+    assert presets.row(case)[:2] == ["pvt_small", "128x192"]
+
+
+def test_presets_refuse_other_settings_before_building_anything():
+    for extra, message in ((["--dtype", "bfloat16"], "--preset times forced gates at budget 0.5, float32, batch 1"),
+                           (["--models", "deit_small"], "--preset covers pvt_small, pvt_medium; not deit_small")):
+        result = subprocess.run([sys.executable, "-m", "dge_explain", "bench", "--preset", "maskrcnn", *extra],
+                                capture_output=True, text=True)
+        assert result.returncode != 0 and message in result.stderr
