@@ -157,3 +157,22 @@ def test_presets_refuse_other_settings_before_building_anything():
         result = subprocess.run([sys.executable, "-m", "dge_explain", "bench", "--preset", "maskrcnn", *extra],
                                 capture_output=True, text=True)
         assert result.returncode != 0 and message in result.stderr
+
+
+@pytest.mark.slow
+def test_the_mask_rcnn_detector_counts_and_times_both_backbones(monkeypatch):
+    """PVT-S(-DGE) inside torchvision's Mask R-CNN + FPN (a smaller input than
+    Table 7's for speed): the detector runs, the dense backbone's MACs agree with
+    the FLOP counter's matmul/conv count, and DGE saves only in the backbone."""
+    from dge_explain.bench import detector
+
+    monkeypatch.setattr(detector, "SIZE", (256, 384))
+    case = detector.measure("pvt_small", 0.0, warmup=0, min_repeats=1)
+    assert case["batched"] == [256, 384] and case["padded"] == [256, 384]
+    # the counter sees matmuls and convolutions only; dense_macs adds norms, softmax and activations
+    assert 0.85 < case["dense_backbone_counted_gmacs"] / case["dense_backbone_gmacs"] <= 1.0
+    saved = case["dense_detector_gmacs"] - case["dge_detector_gmacs"]
+    backbone_saved = case["dense_backbone_counted_gmacs"] - case["dge_backbone_gmacs"]
+    assert 0 < saved and abs(saved - backbone_saved) < 0.01 * case["dense_detector_gmacs"]  # same heads, 100 detections
+    assert case["paper_gflops"] == [251, 185] and case["speedup"] > 0
+    assert [r[0] for r in detector.rows(case)] == ["pvt_small", "pvt_small + DGE"]
