@@ -211,6 +211,24 @@ def runtime_figure(bench: dict):
     return figure
 
 
+def speedup_figure(cases: list[dict]):
+    """Tables 7-8 on this machine: DGE's speed-up (dense / DGE latency) per backbone
+    and input size, beside the paper's CPU speed-up of the same backbone and task."""
+    labels = [f"{c['backbone']}\n{c.get('preset', 'maskrcnn')} {'x'.join(map(str, c['input']))}" for c in cases]
+    x = np.arange(len(cases))
+    figure, axis = plt.subplots(figsize=(max(4.0, 1.1 * len(cases)), 3.2))
+    measured = axis.bar(x - 0.2, [c["speedup"] for c in cases], 0.4, label="measured (this CPU)")
+    paper = axis.bar(x + 0.2, [c["paper_cpu_speedup"] or 0 for c in cases], 0.4, label="paper (CPU)", alpha=0.6)
+    for bars in (measured, paper):
+        axis.bar_label(bars, fmt="%.2fx", fontsize=6)
+    axis.axhline(1.0, color="grey", linewidth=0.8)
+    axis.set_xticks(x, labels, fontsize=6)
+    axis.set_ylabel("speed-up of DGE (dense / DGE latency)")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    return figure
+
+
 def budget_figure(points: dict[str, dict], dense_top1: float | None = None):
     """Top-1 against complexity ratio (dynamic / static MACs), one labelled point
     per budget, the dense model at ratio 1 when given."""

@@ -48,6 +48,16 @@ def test_detection_of_two_backbones_side_by_side(tmp_path):
     assert Path(written[0]).stat().st_size > 5_000
 
 
+def test_speedup_script_merges_preset_and_detector_files(tmp_path):
+    preset = {"cases": [{"preset": "semfpn", "backbone": "pvt_small", "input": [512, 683], "speedup": 1.7,
+                         "paper_cpu_speedup": 1.88}]}
+    detector = {"cases": [{"backbone": "pvt_small", "input": [800, 1333], "speedup": 1.2, "paper_cpu_speedup": 2.0}]}
+    for name, data in (("preset", preset), ("detector", detector)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(data))
+    written = _run("speedups.py", tmp_path / "preset.json", tmp_path / "detector.json", "--out", tmp_path / "s")
+    assert written == [str(tmp_path / "s.png"), str(tmp_path / "s.pdf")]
+
+
 def test_runtime_and_pr_scripts(tmp_path):
     bench = {"environment": {"cpu": "test", "threads": 2},
              "cases": [{"model": "m", "resolution": r, "batch": 1, "device": "cpu", "dense_ms": r / 10,
