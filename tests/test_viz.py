@@ -184,10 +184,11 @@ def test_speedup_figure_sets_measured_beside_the_paper(tmp_path):
     from dge_explain.figures import speedup_figure
 
     cases = [{"preset": "semfpn", "backbone": "pvt_small", "input": [512, 512], "speedup": 1.5, "paper_cpu_speedup": 1.88},
-             {"backbone": "pvt_medium", "input": [800, 1333], "speedup": 1.1, "paper_cpu_speedup": None}]
+             {"backbone": "pvt_medium", "input": [800, 1333], "speedup": 1.1, "paper_cpu_speedup": None,
+              "dense_detector_gmacs": 300.0}]
     figure = speedup_figure(cases)
     heights = [round(bar.get_height(), 2) for bar in figure.axes[0].patches]
     assert heights == [1.5, 1.1, 1.88, 0.0]
     assert [t.get_text() for t in figure.axes[0].get_xticklabels()] == ["pvt_small\nsemfpn 512x512",
-                                                                        "pvt_medium\nmaskrcnn 800x1333"]
+                                                                        "pvt_medium\nwhole Mask R-CNN 800x1333"]
     assert _not_blank(save(figure, tmp_path / "speedups", dpi=80)[0])
