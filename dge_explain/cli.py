@@ -177,11 +177,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from dge_explain.bench.runtime import HEADER, build_pair, cases_to_json, environment, run_case, trained_pair
+    from dge_explain.bench.runtime import HEADER, cases_to_json, environment, run_sweep
 
     if args.preset:
         return _bench_preset(args)
-    args.models = args.models or ["deit_tiny", "deit_small", "pvt_small"]
     if args.gates == "forced" and not 0 < args.ratio < 1:
         raise SystemExit(f"--ratio must be in (0, 1), got {args.ratio}")
     if args.threads:
@@ -189,23 +188,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     if device.type == "cpu" and dtype != torch.float32:
         raise SystemExit(f"--dtype {args.dtype}: on the CPU the DGE ops run float32 (and float64) only")
-    cases, rows = [], []
-    for name in args.models:
-        dense, dge = trained_pair(name, args.home) if args.gates == "trained" else build_pair(name)
-        dense, dge = dense.to(device, dtype), dge.to(device, dtype)
-        for resolution in args.resolutions:
-            for batch in args.batch_sizes:
-                try:
-                    case = run_case(name, dense, dge, resolution, batch, device, args.ratio,
-                                    args.min_time, trained=args.gates == "trained", dtype=dtype)
-                except ValueError as error:  # a size the DGE's region grid cannot tile
-                    print(f"skipped {name} at {resolution}: {error}", flush=True)
-                    continue
-                cases.append(case)
-                rows.append(case.row())
-                print(format_table(HEADER, rows[-1:]).splitlines()[-1], flush=True)
+    cases = run_sweep(args.models or ["deit_tiny", "deit_small", "pvt_small"], args.resolutions,
+                      args.batch_sizes, device, args.ratio, args.min_time, dtype, args.gates == "trained",
+                      args.home, report=lambda line: print(line, flush=True))
     print(f"\n{environment(device)}")
-    print(format_table(HEADER, rows))
+    print(format_table(HEADER, [case.row() for case in cases]))
     if args.json:
         cases_to_json(cases, device, args.json)
     return 0
@@ -213,13 +200,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def _bench_preset(args: argparse.Namespace) -> int:
     """Tables 7-8 input sizes: multi-scale backbones, dense vs DGE at budget 0.5."""
-    import json
-    from pathlib import Path
-
     import torch
 
     from dge_explain.bench import presets
-    from dge_explain.bench.runtime import environment
+    from dge_explain.bench.runtime import environment, write_report
 
     if args.gates != "forced" or args.ratio != 0.5 or args.dtype != "float32" or args.batch_sizes != [1]:
         raise SystemExit("--preset times forced gates at budget 0.5, float32, batch 1 (the appendix's setting)")
@@ -241,9 +225,8 @@ def _bench_preset(args: argparse.Namespace) -> int:
     table = format_table(presets.HEADER, rows)
     print(f"\n{env}\n{table}")
     if args.json:
-        path = Path(args.json)
-        path.write_text(json.dumps({"environment": env, "preset": args.preset, "cases": cases}, indent=2))
-        path.with_suffix(".md").write_text(f"# `dge-explain bench --preset {args.preset}`\n\n{env}\n\n{table}\n")
+        write_report(args.json, {"environment": env, "preset": args.preset, "cases": cases},
+                     f"# `dge-explain bench --preset {args.preset}`\n\n{env}\n\n{table}\n")
     return 0
 
 

@@ -138,7 +138,7 @@ def _panel_grid(panels: dict[str, list[np.ndarray]], cell: float, side_by_side: 
     figure, axes = _grid(count, len(names), cell) if side_by_side else _grid(len(names), count, cell)
     for index, name in enumerate(names):
         for image, panel in enumerate(panels[name]):
-            axes[image, index].imshow(panel) if side_by_side else axes[index, image].imshow(panel)
+            (axes[image, index] if side_by_side else axes[index, image]).imshow(panel)
     if side_by_side:
         for axis, name in zip(axes[0], names):
             axis.set_title(name)

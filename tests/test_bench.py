@@ -129,7 +129,7 @@ def test_the_presets_build_every_backbone_at_their_sizes():
         dense, dge = presets.build_backbones(name)
         for size in sorted({s for sizes in presets.PRESETS.values() for s in sizes}):
             images = torch.zeros(1, 3, *size)
-            fine = fine_fraction_for_ratio(dge, presets.padded_size(dge, size), 0.5)
+            fine = fine_fraction_for_ratio(dge, dge.padded_size(*size), 0.5)
             with torch.inference_mode(), force_gates(dge, random_fraction(fine)):
                 maps = [dense.forward_pyramid(images), dge.forward_pyramid(images)]
             for features in maps:

@@ -18,10 +18,8 @@ about equally, under the default threshold).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import OrderedDict
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -32,7 +30,7 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from dge_explain.bench import presets
-from dge_explain.bench.runtime import environment
+from dge_explain.bench.runtime import environment, write_report
 from dge_explain.bench.timing import measure_interleaved
 from dge_explain.complexity import dense_macs, dge_complexity, fine_fraction_for_ratio
 from dge_explain.models import force_gates, random_fraction
@@ -76,7 +74,7 @@ def measure(name: str, min_time: float, ratio: float = 0.5, **timing) -> dict:
     dense, dge = mask_rcnn(dense_body), mask_rcnn(dge_body)
     image = torch.rand(3, *SIZE)
     batched = dense.transform([image])[0].tensors          # resized and padded as the detector runs it
-    padded = presets.padded_size(dge_body, tuple(batched.shape[-2:]))
+    padded = dge_body.padded_size(*batched.shape[-2:])
     fine = fine_fraction_for_ratio(dge_body, padded, ratio)
     with torch.inference_mode(), force_gates(dge_body, random_fraction(fine, seed=0)):
         # timed first: the counting passes' large attention matrices leave the heap fragmented
@@ -86,13 +84,14 @@ def measure(name: str, min_time: float, ratio: float = 0.5, **timing) -> dict:
         dense_body_counted = _counted_gmacs(lambda: dense_body.forward_pyramid(batched))
         dge_total = _counted_gmacs(lambda: dge([image]))
         dge_body_counted = _counted_gmacs(lambda: dge_body.forward_pyramid(batched))
-        dge_body_macs = float(dge_complexity(dge_body).dynamic.mean()) / 1e9
+        complexity = dge_complexity(dge_body)
     dense_body_macs = dense_macs(dense_body, padded) / 1e9
+    dge_body_macs = float(complexity.dynamic.mean()) / 1e9
     paper = presets.PAPER["maskrcnn"][name]
     return {"backbone": name, "input": list(SIZE), "batched": list(batched.shape[-2:]), "padded": list(padded),
             "dense_detector_gmacs": dense_total, "dge_detector_gmacs": dge_total - dge_body_counted + dge_body_macs,
             "dense_backbone_gmacs": dense_body_macs, "dense_backbone_counted_gmacs": dense_body_counted,
-            "dge_backbone_gmacs": dge_body_macs, "complexity_ratio": float(dge_complexity(dge_body).ratio),
+            "dge_backbone_gmacs": dge_body_macs, "complexity_ratio": float(complexity.ratio),
             "dense_ms": timed["dense"].median * 1e3, "dense_iqr_ms": timed["dense"].iqr * 1e3,
             "dge_ms": timed["dge"].median * 1e3, "dge_iqr_ms": timed["dge"].iqr * 1e3,
             "speedup": timed["dense"].median / timed["dge"].median,
@@ -127,9 +126,8 @@ def main(argv=None) -> int:
     text = format_table(HEADER, table)
     print(f"\n{env}\n{text}")
     if args.json:
-        path = Path(args.json)
-        path.write_text(json.dumps({"environment": env, "cases": cases}, indent=2))
-        path.with_suffix(".md").write_text(f"# Mask R-CNN + FPN, {SIZE[0]}x{SIZE[1]}, batch 1\n\n{env}\n\n{text}\n")
+        write_report(args.json, {"environment": env, "cases": cases},
+                     f"# Mask R-CNN + FPN, {SIZE[0]}x{SIZE[1]}, batch 1\n\n{env}\n\n{text}\n")
     return 0
 
 

@@ -23,7 +23,7 @@ import torch
 
 from dge_explain import ops
 from dge_explain.bench import ops as op_bench
-from dge_explain.bench.runtime import HEADER, build_pair, environment, run_case
+from dge_explain.bench.runtime import HEADER, Case, build_pair, cases_to_json, environment, run_sweep, write_report
 from dge_explain.complexity import fine_fraction_for_ratio
 from dge_explain.models import force_gates, random_fraction
 from dge_explain.tables import format_table
@@ -91,32 +91,6 @@ def model_parity(names: list[str], device: torch.device, dtypes: list[str]) -> l
     return rows
 
 
-def model_timings(names: list[str], resolutions: list[int], batches: list[int], device: torch.device,
-                  dtype: str, min_time: float) -> list[dict]:
-    cases = []
-    for name in names:
-        dense, dge = build_pair(name)
-        dense, dge = dense.to(device, getattr(torch, dtype)), dge.to(device, getattr(torch, dtype))
-        for resolution in resolutions:
-            for batch in batches:
-                out_of_memory = False
-                try:
-                    case = run_case(name, dense, dge, resolution, batch, device, 0.5, min_time,
-                                    dtype=getattr(torch, dtype), **TIMING)
-                except ValueError as error:  # a size the DGE's region grid cannot tile
-                    print(f"skipped {name} at {resolution}: {error}", flush=True)
-                    continue
-                except torch.OutOfMemoryError:
-                    out_of_memory = True
-                if out_of_memory:  # outside the handler, whose traceback holds the case's tensors
-                    print(f"skipped {name} at {resolution}, batch {batch}: out of memory", flush=True)
-                    torch.cuda.empty_cache()
-                    continue
-                print(format_table(HEADER, [case.row()]).splitlines()[-1], flush=True)
-                cases.append(vars(case))
-    return cases
-
-
 def goals(cases: list[dict]) -> list[str]:
     """The GPU goals of the issue, judged on the batch-1 cases."""
     lines = []
@@ -153,10 +127,7 @@ def markdown(report: dict) -> str:
                   format_table(list(table["attention"][0]), [list(r.values()) for r in table["attention"]]), ""]
     for dtype, cases in report["model_timings"].items():
         parts += [f"## Dense vs DGE at budget 0.5 ({dtype})", "",
-                  format_table(HEADER, [[c["model"], str(c["resolution"]), str(c["batch"]), f"{c['dense_ms']:.2f}",
-                                         f"{c['dge_ms']:.2f}", f"{c['complexity_ratio']:.3f}",
-                                         f"{c['latency_ratio']:.3f}", f"{c['saving_realised']:.2f}"]
-                                        for c in cases]), "", *[f"- {g}" for g in goals(cases)], ""]
+                  format_table(HEADER, [Case(**c).row() for c in cases]), "", *[f"- {g}" for g in goals(cases)], ""]
     parts.append(f"Total: {report['seconds']:.0f} s")
     return "\n".join(parts) + "\n"
 
@@ -199,14 +170,13 @@ def main(argv=None) -> int:
         report["op_timings"][dtype] = {"pooling": tables["pooling"], "attention": tables["attention"]}
     report["model_timings"] = {}
     for dtype in args.timing_dtypes:
-        cases = model_timings(args.models, args.resolutions, args.batch_sizes, device, dtype, args.min_time)
-        report["model_timings"][dtype] = cases
+        cases = run_sweep(args.models, args.resolutions, args.batch_sizes, device, 0.5, args.min_time,
+                          getattr(torch, dtype), report=lambda line: print(line, flush=True), **TIMING)
+        report["model_timings"][dtype] = [vars(case) for case in cases]
         # the runtime benchmark's format: figures/runtime.py draws the Fig. 6 GPU panel from it
-        (out / f"bench-{dtype}.json").write_text(json.dumps({"environment": report["environment"],
-                                                              "cases": cases}, indent=2))
+        cases_to_json(cases, device, out / f"bench-{dtype}.json")
     report["seconds"] = time.perf_counter() - started
-    (out / "gpu-check.json").write_text(json.dumps(report, indent=2))
-    (out / "gpu-check.md").write_text(markdown(report))
+    write_report(out / "gpu-check.json", report, markdown(report))
     print(markdown(report))
     failed = [r for r in report["parity"] if not r["passed"]]
     tests = report.get("cuda_tests", {})

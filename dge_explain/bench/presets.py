@@ -47,17 +47,11 @@ def build_backbones(name: str) -> tuple[torch.nn.Module, torch.nn.Module]:
     return dense.eval(), dge.eval()
 
 
-def padded_size(model: torch.nn.Module, size: tuple[int, int]) -> tuple[int, int]:
-    """The size forward_pyramid pads an input to (a multiple of the last stride times the region size)."""
-    multiple = 32 * model.region_size
-    return -(-size[0] // multiple) * multiple, -(-size[1] // multiple) * multiple
-
-
 def run_backbone(preset: str, name: str, dense, dge, size: tuple[int, int], device: torch.device,
                  min_time: float, ratio: float = 0.5, **timing) -> dict:
     """One timed case; `timing`: measure_interleaved's warmup / min_repeats."""
     images = torch.randn(1, 3, *size, device=device)
-    padded = padded_size(dge, size)
+    padded = dge.padded_size(*size)
     fine = fine_fraction_for_ratio(dge, padded, ratio)
     with torch.inference_mode(), force_gates(dge, random_fraction(fine, seed=size[0] * size[1])):
         timed = measure_interleaved({"dense": lambda: dense.forward_pyramid(images),

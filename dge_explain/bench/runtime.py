@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import platform
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import timm
 import torch
@@ -112,6 +113,44 @@ def run_case(name: str, dense, dge, resolution: int, batch: int, device: torch.d
                 "trained" if trained else f"forced ratio {ratio}", timed["dense"].median * 1e3,
                 timed["dense"].iqr * 1e3, timed["dge"].median * 1e3, timed["dge"].iqr * 1e3, complexity,
                 latency, (1 - latency) / (1 - complexity), fine, str(dtype).replace("torch.", ""))
+
+
+def run_sweep(names, resolutions, batches, device: torch.device, ratio: float | None, min_time: float,
+              dtype: torch.dtype = torch.float32, trained: bool = False, home=None, report=print,
+              **timing) -> list[Case]:
+    """Every (model, resolution, batch) case; a size the DGE's region grid cannot tile,
+    or one that runs out of GPU memory, is reported and skipped."""
+    from dge_explain.tables import format_table
+
+    cases = []
+    for name in names:
+        dense, dge = trained_pair(name, home) if trained else build_pair(name)
+        dense, dge = dense.to(device, dtype), dge.to(device, dtype)
+        for resolution in resolutions:
+            for batch in batches:
+                out_of_memory = False
+                try:
+                    case = run_case(name, dense, dge, resolution, batch, device, ratio, min_time, trained,
+                                    dtype, **timing)
+                except ValueError as error:
+                    report(f"skipped {name} at {resolution}: {error}")
+                    continue
+                except torch.OutOfMemoryError:
+                    out_of_memory = True
+                if out_of_memory:  # outside the handler, whose traceback holds the case's tensors
+                    report(f"skipped {name} at {resolution}, batch {batch}: out of memory")
+                    torch.cuda.empty_cache()
+                    continue
+                cases.append(case)
+                report(format_table(HEADER, [case.row()]).splitlines()[-1])
+    return cases
+
+
+def write_report(path, data: dict, markdown: str) -> None:
+    """data as JSON at path, the Markdown beside it (the same name, .md)."""
+    path = Path(path)
+    path.write_text(json.dumps(data, indent=2))
+    path.with_suffix(".md").write_text(markdown)
 
 
 def environment(device: torch.device) -> dict:

@@ -132,15 +132,20 @@ class PyramidVisionTransformer(nn.Module):
             return pos
         return resize_pos_embed(pos, extra, grid)
 
-    def _check_size(self, images: torch.Tensor) -> None:
+    def padded_size(self, height: int, width: int) -> tuple[int, int]:
+        """The nearest valid input size at or above height x width (each side a multiple
+        of the last stride times the region size): what forward_pyramid pads to."""
         multiple = STRIDES[3] * self.region_size
+        return -(-height // multiple) * multiple, -(-width // multiple) * multiple
+
+    def _check_size(self, images: torch.Tensor) -> None:
         height, width = images.shape[-2:]
-        if height % multiple or width % multiple:
+        valid = self.padded_size(height, width)
+        if (height, width) != valid:
             raise ValueError(
                 f"input {height}x{width} gives stage grids that are not multiples of the region "
-                f"size {self.region_size}: use sizes that are multiples of {multiple} "
-                f"(e.g. {-(-height // multiple) * multiple}x{-(-width // multiple) * multiple}), "
-                "or forward_pyramid(..., pad=True)")
+                f"size {self.region_size}: use sizes that are multiples of {STRIDES[3] * self.region_size} "
+                f"(e.g. {valid[0]}x{valid[1]}), or forward_pyramid(..., pad=True)")
 
     def forward_stages(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Stage outputs: stages 1-3 as [B, C, H, W], stage 4 as tokens [B, 1 + HW, C]."""
@@ -166,8 +171,8 @@ class PyramidVisionTransformer(nn.Module):
         to the next valid multiple and the padding is cropped from every map."""
         height, width = images.shape[-2:]
         if pad:
-            multiple = STRIDES[3] * self.region_size
-            images = F.pad(images, (0, -width % multiple, 0, -height % multiple))
+            padded = self.padded_size(height, width)
+            images = F.pad(images, (0, padded[1] - width, 0, padded[0] - height))
         stages = self.forward_stages(images)
         grid = (images.shape[-2] // STRIDES[3], images.shape[-1] // STRIDES[3])
         res5 = stages[3][:, 1:].transpose(1, 2).reshape(images.shape[0], -1, *grid)
