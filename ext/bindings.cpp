@@ -15,6 +15,8 @@ TORCH_LIBRARY_IMPL(dge_explain, CPU, m) {
   m.impl("decompress", &dge::decompress_cpu);
   m.impl("varlen_attention_forward", &dge::varlen_attention_forward_cpu);
   m.impl("varlen_attention_backward", &dge::varlen_attention_backward_cpu);
+  m.impl("deformable_attention_forward", &dge::deformable_attention_forward_cpu);
+  m.impl("deformable_attention_backward", &dge::deformable_attention_backward_cpu);
   m.impl("segmentation_scores", &dge::segmentation_scores_cpu);
 }
 

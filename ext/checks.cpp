@@ -135,4 +135,43 @@ void check_attention_grad_args(const at::Tensor& q, const at::Tensor& grad_out,
                     "grad_out, out and lse must be on q's device ", q.device());
 }
 
+void check_deformable_args(const at::Tensor& value, const at::Tensor& locations,
+                           const at::Tensor& weights, const at::Tensor& offsets,
+                           const at::Tensor* grad_out) {
+  TORCH_CHECK_VALUE(value.dim() == 5, "value must be [B, H, W, h, d], got shape ", value.sizes());
+  TORCH_CHECK_VALUE(locations.dim() == 4 && locations.size(3) == 2 &&
+                        locations.size(1) == value.size(3),
+                    "locations must be [L, h, P, 2] with h = ", value.size(3), ", got ",
+                    locations.sizes());
+  TORCH_CHECK_VALUE(weights.dim() == 3 && weights.size(0) == locations.size(0) &&
+                        weights.size(1) == locations.size(1) && weights.size(2) == locations.size(2),
+                    "weights must be [L, h, P] = [", locations.size(0), ", ", locations.size(1),
+                    ", ", locations.size(2), "], got ", weights.sizes());
+  TORCH_CHECK_VALUE(offsets.dim() == 1 && offsets.size(0) == value.size(0) + 1 &&
+                        offsets.scalar_type() == at::kLong,
+                    "offsets must be int64 [B+1] = [", value.size(0) + 1, "], got ",
+                    offsets.scalar_type(), " ", offsets.sizes());
+  TORCH_CHECK_VALUE(locations.scalar_type() == value.scalar_type() &&
+                        weights.scalar_type() == value.scalar_type(),
+                    "locations (", locations.scalar_type(), ") and weights (",
+                    weights.scalar_type(), ") must have value's dtype ", value.scalar_type());
+  TORCH_CHECK_VALUE(locations.device() == value.device() && weights.device() == value.device() &&
+                        offsets.device() == value.device(),
+                    "locations, weights and offsets must be on value's device ", value.device());
+  TORCH_CHECK_VALUE(value.is_contiguous() && locations.is_contiguous() && weights.is_contiguous(),
+                    "value, locations and weights must be contiguous");
+  TORCH_CHECK_VALUE(value.size(1) < (int64_t(1) << 30) && value.size(2) < (int64_t(1) << 30),
+                    "value map ", value.size(1), "x", value.size(2), " is too large");
+  if (grad_out != nullptr) {
+    TORCH_CHECK_VALUE(grad_out->dim() == 3 && grad_out->size(0) == locations.size(0) &&
+                          grad_out->size(1) == value.size(3) && grad_out->size(2) == value.size(4),
+                      "grad_out must be [L, h, d] = [", locations.size(0), ", ", value.size(3), ", ",
+                      value.size(4), "], got ", grad_out->sizes());
+    TORCH_CHECK_VALUE(grad_out->scalar_type() == value.scalar_type() &&
+                          grad_out->device() == value.device() && grad_out->is_contiguous(),
+                      "grad_out must be a contiguous ", value.scalar_type(), " tensor on ",
+                      value.device());
+  }
+}
+
 }  // namespace dge

@@ -84,6 +84,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> segmentation_scores_cpu(const at:
                                                                       const at::Tensor& masks,
                                                                       int64_t bins);
 
+// Deformable point attention (DPVT): every query row l of sample b (offsets
+// [B+1] give each sample's rows) and head h samples value [B, H, W, h, d]
+// bilinearly, zero outside [0, H) x [0, W), at its P points locations [L, h, P, 2]
+// = (x, y) in pixel-index coordinates (integer = pixel centre), and sums the
+// samples with weights [L, h, P]: out [L, h, d].  Non-finite locations sample 0.
+at::Tensor deformable_attention_forward_cpu(const at::Tensor& value, const at::Tensor& locations,
+                                            const at::Tensor& weights, const at::Tensor& offsets);
+
+// (grad_value [B, H, W, h, d], grad_locations [L, h, P, 2], grad_weights [L, h, P]).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> deformable_attention_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& value, const at::Tensor& locations,
+    const at::Tensor& weights, const at::Tensor& offsets);
+
 #ifdef DGE_WITH_CUDA
 Table route_to_patches_cuda(const at::Tensor& indices, at::IntArrayRef split_sizes,
                             int64_t region_size, int64_t num_extra);
@@ -102,6 +115,11 @@ std::tuple<at::Tensor, at::Tensor> varlen_attention_forward_cuda(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> varlen_attention_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& out, const at::Tensor& lse, const at::Tensor& offsets, double scale);
+at::Tensor deformable_attention_forward_cuda(const at::Tensor& value, const at::Tensor& locations,
+                                             const at::Tensor& weights, const at::Tensor& offsets);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> deformable_attention_backward_cuda(
+    const at::Tensor& grad_out, const at::Tensor& value, const at::Tensor& locations,
+    const at::Tensor& weights, const at::Tensor& offsets);
 #endif
 
 // Contract checks shared by both backends (the Python wrappers validate user
@@ -119,6 +137,11 @@ void check_decompress_args(const at::Tensor& src, const c10::optional<at::Tensor
                            int64_t num_extra);
 void check_attention_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                           const at::Tensor& offsets);
+// value [B,H,W,h,d], locations [L,h,P,2], weights [L,h,P] contiguous, one dtype
+// and device; offsets int64 [B+1] on that device; grad_out (optional) [L,h,d].
+void check_deformable_args(const at::Tensor& value, const at::Tensor& locations,
+                           const at::Tensor& weights, const at::Tensor& offsets,
+                           const at::Tensor* grad_out);
 // lse_type: the dtype the backend's forward gives lse.
 void check_attention_grad_args(const at::Tensor& q, const at::Tensor& grad_out,
                                const at::Tensor& out, const at::Tensor& lse,

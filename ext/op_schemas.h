@@ -28,6 +28,13 @@ inline void define_ops(torch::Library& m) {
       " Tensor lse, Tensor offsets, float scale) -> (Tensor grad_q, Tensor grad_k,"
       " Tensor grad_v)");
   m.def(
+      "deformable_attention_forward(Tensor value, Tensor locations, Tensor weights,"
+      " Tensor offsets) -> Tensor");
+  m.def(
+      "deformable_attention_backward(Tensor grad_out, Tensor value, Tensor locations,"
+      " Tensor weights, Tensor offsets) -> (Tensor grad_value, Tensor grad_locations,"
+      " Tensor grad_weights)");
+  m.def(
       "segmentation_scores(Tensor maps, Tensor masks, int bins)"
       " -> (Tensor counts, Tensor ap, Tensor histograms)");
 }
@@ -39,6 +46,8 @@ inline void impl_cuda_kernels(torch::Library& m) {
   m.impl("decompress", &decompress_cuda);
   m.impl("varlen_attention_forward", &varlen_attention_forward_cuda);
   m.impl("varlen_attention_backward", &varlen_attention_backward_cuda);
+  m.impl("deformable_attention_forward", &deformable_attention_forward_cuda);
+  m.impl("deformable_attention_backward", &deformable_attention_backward_cuda);
 }
 #endif
 

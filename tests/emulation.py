@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXT = ROOT / "ext"
 LIBRARY = "dge_explain_emu"
 COMPILER = os.environ.get("CXX", "c++")
-TRANSLATED = ("attention", "patches")
+TRANSLATED = ("attention", "deformable", "patches")
 sys.path.insert(0, str(EXT / "emu"))
 from translate import translate  # noqa: E402
 

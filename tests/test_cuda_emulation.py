@@ -91,6 +91,11 @@ MUTANTS = {
     "attention warps' shared slices overlapping": {"attention": [(
         "reinterpret_cast<acc_t*>(shared_raw) + warp * (dim * kTileStride + dim);",
         "reinterpret_cast<acc_t*>(shared_raw) + warp * (dim * kTileStride + dim) / 2;")]},
+    "deformable attention's rows assigned to the previous sample at its first row": {"deformable": [(
+        "if (offsets[middle] <= row) low = middle;", "if (offsets[middle] < row) low = middle;")]},
+    "deformable attention's value gradient missing the point weight": {"deformable": [(
+        "atomicAdd(grad_value + at + ch, weight * c.weight[corner] * g_ch);",
+        "atomicAdd(grad_value + at + ch, c.weight[corner] * g_ch);")]},
     "attention launched with a partial warp": {"attention": [(
         "grid, warps * kWarp, bytes, stream)", "grid, warps * kWarp - 8, bytes, stream)")]},
 }

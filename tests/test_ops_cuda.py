@@ -7,7 +7,7 @@ import torch
 
 from dge_explain import ops
 from dge_explain.ops import fused_attention, reference
-from dge_explain.ops.selfcheck import TOLERANCE, check_all, random_case
+from dge_explain.ops.selfcheck import TOLERANCE, check_all, off_grid_points, random_case
 
 from conftest import poisoned_outputs, requires_cuda
 from emulation import emulated_cuda
@@ -215,3 +215,31 @@ def test_attention_edge_cases(case, dtype, device, generator):
         expected = torch.zeros_like(kv64) if expected is None else expected   # B = 0: k, v unused
         assert got.shape == expected.shape and not torch.isnan(got).any()
         assert largest(got.double().cpu() - expected) <= tol * max(1.0, largest(expected))
+
+
+@pytest.mark.parametrize("lengths,height,width,heads,dim,points", [
+    ([5], 1, 1, 1, 1, 1), ([7, 0, 3], 4, 6, 2, 40, 4), ([33], 3, 5, 3, 64, 2)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_deformable_attention_matches_reference(lengths, height, width, heads, dim, points, dtype, generator,
+                                                device):
+    """Partial and several warps of channels, empty samples, a 1 x 1 map, points
+    outside the map; gradients too (the value gradient's atomics into fp32)."""
+    offsets = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    rows = int(offsets[-1])
+    value = torch.randn(len(lengths), height, width, heads, dim, generator=generator, dtype=torch.float64)
+    locations = off_grid_points(rows, heads, points, (height, width), 2.0, generator)
+    weights = torch.rand(rows, heads, points, generator=generator, dtype=torch.float64).softmax(-1)
+    inputs = [t.to(device, dtype).requires_grad_() for t in (value, locations, weights)]
+    with poisoned_outputs():
+        out = ops.deformable_attention(*inputs, offsets.to(device))
+    grad = torch.randn(out.shape, generator=generator, dtype=torch.float64)
+    with poisoned_outputs():
+        out.backward(grad.to(device, dtype))
+    ref_inputs = [t.detach().double().cpu().requires_grad_() for t in inputs]
+    want = reference.deformable_attention(*ref_inputs, offsets)
+    want.backward(grad)
+    tol = TOLERANCE[dtype]
+    scale = lambda t: max(1.0, float(t.abs().max()))
+    assert (out.double().cpu() - want).abs().max() <= tol * scale(want)
+    for got, expected in zip(inputs, ref_inputs):
+        assert (got.grad.double().cpu() - expected.grad).abs().max() <= tol * scale(expected.grad)

@@ -8,6 +8,7 @@ from ._backend import build_info, use_backend
 from ._backend import active as active_backend
 from .attention import varlen_attention
 from .checks import region_grid
+from .deformable import deformable_attention, grid_centres, patch_centres
 from .multigrain import multigrain_compress, multigrain_queries, multigrain_restore
 from .pooling import compress, decompress, restore
 from .scoring import segmentation_scores
@@ -15,8 +16,9 @@ from .patch_table import PatchTable
 from .table import route_to_patches
 
 __all__ = [
-    "PatchTable", "active_backend", "build_info", "compress", "decompress", "multigrain_compress",
-    "multigrain_queries", "multigrain_restore", "region_grid", "restore", "route_to_patches",
+    "PatchTable", "active_backend", "build_info", "compress", "decompress", "deformable_attention",
+    "grid_centres", "multigrain_compress",
+    "multigrain_queries", "multigrain_restore", "patch_centres", "region_grid", "restore", "route_to_patches",
     "segmentation_scores",
     "use_backend", "varlen_attention",
 ]

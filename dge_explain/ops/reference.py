@@ -195,3 +195,24 @@ def _average_precision(scores, labels) -> float:
     entries = np.flatnonzero(last_of_tie) + 1
     recall_step = np.diff(true_positives, prepend=0) / max(int(labels.sum()), 1)
     return float((recall_step * true_positives / entries).sum())
+
+
+def deformable_attention(value: torch.Tensor, locations: torch.Tensor, weights: torch.Tensor,
+                         offsets: torch.Tensor) -> torch.Tensor:
+    """[L, h, d]: per row l of sample b and head h, sum_p weights[l, h, p] *
+    bilinear(value[b, :, :, h], locations[l, h, p]), zero outside the map, through
+    grid_sample (align_corners=False maps pixel index x to (2x + 1) / W - 1)."""
+    import torch.nn.functional as F
+
+    _, height, width, heads, dim = value.shape
+    bounds = offsets.tolist()
+    outs = [locations.new_zeros(0, heads, dim) + value.sum() * 0]   # in value's graph when empty
+    scale = torch.tensor([2.0 / width, 2.0 / height], dtype=value.dtype, device=value.device)
+    for b in range(value.shape[0]):
+        rows = slice(bounds[b], bounds[b + 1])
+        loc = locations[rows].nan_to_num(nan=-2.0, posinf=-2.0, neginf=-2.0)   # non-finite: outside
+        grid = ((loc + 0.5) * scale - 1).transpose(0, 1)                     # [h, Lb, P, 2]
+        maps = value[b].permute(2, 3, 0, 1)                                  # [h, d, H, W]
+        sampled = F.grid_sample(maps, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        outs.append((sampled * weights[rows].transpose(0, 1).unsqueeze(1)).sum(-1).permute(2, 0, 1))
+    return torch.cat(outs, 0)

@@ -9,6 +9,7 @@ import torch
 
 from . import reference
 from .attention import varlen_attention
+from .deformable import deformable_attention
 from .multigrain import multigrain_compress, multigrain_restore
 from .pooling import compress, decompress, restore
 from .scoring import segmentation_scores
@@ -67,6 +68,18 @@ def max_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return float((actual.double() - expected).abs().max()) / scale
 
 
+def off_grid_points(rows: int, heads: int, points: int, map_hw: tuple[int, int], margin: float,
+                    generator: torch.Generator) -> torch.Tensor:
+    """Random (x, y) sampling locations [rows, heads, points, 2] up to `margin`
+    pixels beyond an H x W map, at least 0.2 px from the integer lines (bilinear
+    sampling has kinks there, where the kernel's and grid_sample's one-sided
+    derivatives differ; 0.2 px survives rounding to bfloat16)."""
+    span = torch.tensor([map_hw[1] + 2 * margin, map_hw[0] + 2 * margin], dtype=torch.float64)
+    locations = torch.rand(rows, heads, points, 2, generator=generator, dtype=torch.float64) * span - margin
+    whole = locations.floor()
+    return whole + (locations - whole).clamp(0.2, 0.8)
+
+
 def _grads(fn, inputs):
     inputs = [t.detach().clone().requires_grad_(True) for t in inputs]
     out = fn(*inputs)
@@ -121,6 +134,15 @@ def check_all(device="cpu", dtype=torch.float32, seed: int | None = None) -> lis
                         lambda q, k, v: varlen_attention(q, k, v, table, scale),
                         lambda q, k, v: reference.varlen_attention(q, k, v, ref_table.offsets, scale),
                         [q, k, v], tol)
+
+    # packed rows sampling a 5 x 7 value map, a third of their points outside it
+    value = torch.randn(table.batch, 5, 7, heads, head_dim, generator=generator, dtype=torch.float64)
+    locations = off_grid_points(table.total, heads, 4, (5, 7), 3.0, generator)
+    weights = torch.rand(table.total, heads, 4, generator=generator, dtype=torch.float64)
+    results += _compare("deformable_attention", device.type, name,
+                        lambda v, l, w: deformable_attention(v, l, w, table),
+                        lambda v, l, w: reference.deformable_attention(v, l, w, ref_table.offsets),
+                        [t.to(device, dtype) for t in (value, locations, weights)], tol)
 
     grid = table.grid
     args = (case.split_sizes, case.region_size, case.num_extra, grid)
