@@ -17,6 +17,10 @@ h heads, MLP hidden width Ch, spatial-reduction ratio r (PVT):
   q, proj: 2 Nq C^2;  kv: 2 Nin/r^2 C^2 (+ Nin C^2 + Nin/r^2 C for the r x r conv
   and its norm);  QK^T and AV: 2 Nq Nin/r^2 C;  softmax: 3 Nq Nin/r^2 h;
   MLP: Nq (2 C Ch + Ch);  router: Nin/S^2 C (pool) + Nin/S^2 C K (gate).
+DPVT's deformable attention with P points per head instead: v: Nin C^2;
+offsets and point weights: 3 Nq C h P;  proj: Nq C^2;  softmax: 3 Nq h P;
+sampling: 4 Nq P C (four bilinear corners per channel and point).  The original
+code has no DPVT accounting; both accountings count these terms alike.
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ class BlockSpec:
     sr_ratio: int      # 1: keys are all inputs
     pvt: bool          # PVT-style attention accounting
     dge: bool
+    points: int = 0    # > 0: deformable attention sampling this many points per head (DPVT)
 
 
 def block_spec(block: nn.Module) -> BlockSpec:
@@ -47,7 +52,8 @@ def block_spec(block: nn.Module) -> BlockSpec:
     sr = getattr(attn, "sr_ratio", 1)
     return BlockSpec(dim=block.norm1.normalized_shape[0], heads=attn.num_heads,
                      hidden=block.mlp.fc1.out_features, sr_ratio=sr,
-                     pvt=isinstance(attn, SpatialReductionAttention), dge=isinstance(block, DGEBlock))
+                     pvt=isinstance(attn, SpatialReductionAttention), dge=isinstance(block, DGEBlock),
+                     points=getattr(attn, "points", 0))
 
 
 def block_macs(spec: BlockSpec, n_in, n_q, accounting: str = "corrected", terms: str = "all"):
@@ -57,20 +63,23 @@ def block_macs(spec: BlockSpec, n_in, n_q, accounting: str = "corrected", terms:
     original = accounting == "original"
     c, h, hidden, r2 = spec.dim, spec.heads, spec.hidden, spec.sr_ratio ** 2
     keys = n_in / r2
-    matmul = 2 * n_q * c * c + 2 * keys * c * c + n_q * (2 * c * hidden)
-    matmul = matmul + (1 if spec.pvt and original else 2) * n_q * keys * c
-    if spec.sr_ratio > 1:
-        matmul = matmul + n_in * c * c
+    mlp = n_q * (2 * c * hidden)
+    if spec.points:
+        matmul = n_in * c * c + 3 * n_q * c * h * spec.points + n_q * c * c + mlp
+        attention_other = 3 * n_q * h * spec.points + 4 * n_q * spec.points * c
+    else:
+        matmul = 2 * n_q * c * c + 2 * keys * c * c + mlp
+        matmul = matmul + (1 if spec.pvt and original else 2) * n_q * keys * c
+        if spec.sr_ratio > 1:
+            matmul = matmul + n_in * c * c
+        attention_other = 3 * n_q * keys * h + (keys * c if spec.sr_ratio > 1 else 0)
     if terms == "matmul":
         return matmul
     if original:
         norms = 2 * n_in * c
     else:
         norms = n_in * c + n_q * c * (2 if spec.dge else 1)
-    other = norms + 3 * n_q * keys * h + n_q * hidden
-    if spec.sr_ratio > 1:
-        other = other + keys * c
-    return matmul + other
+    return matmul + norms + attention_other + n_q * hidden
 
 
 def router_macs(dim: int, options: int, region_size: int, n_in) -> float:

@@ -7,7 +7,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from dge_explain.models import PyramidVisionTransformer, dge_modules, from_dense
+from dge_explain.models import DeformablePVT, PyramidVisionTransformer, dge_modules, from_dense
 
 
 def small_vit(phi=(1, 2), depth: int = 2, dim: int = 48, heads: int = 3, img_size: int = 64,
@@ -19,10 +19,28 @@ def small_vit(phi=(1, 2), depth: int = 2, dim: int = 48, heads: int = 3, img_siz
 
 
 def small_pvt(phi=(1, 2), depths=(1, 1, 1, 1), dims=(16, 32, 40, 48), dtype=torch.float64,
-              **kwargs) -> PyramidVisionTransformer:
+              model_class=PyramidVisionTransformer, **kwargs) -> PyramidVisionTransformer:
     kwargs.setdefault("num_classes", 10)
-    return PyramidVisionTransformer(img_size=64, depths=depths, embed_dims=dims,
-                                    num_heads=(1, 2, 2, 3), phi=phi, **kwargs).to(dtype)
+    return model_class(img_size=64, depths=depths, embed_dims=dims, num_heads=(1, 2, 2, 3), phi=phi,
+                       **kwargs).to(dtype)
+
+
+def small_dpvt(phi=(1, 2), depths=(1, 1, 1, 1), dtype=torch.float64, **kwargs) -> DeformablePVT:
+    """A small DPVT whose sampling offsets reach a few pixels out (the model's own
+    initialisation leaves them ~0: every point on its reference)."""
+    model = small_pvt(phi, depths, dtype=dtype, model_class=DeformablePVT, **kwargs)
+    spread_offsets(model, torch.Generator().manual_seed(7))
+    return model
+
+
+def spread_offsets(model: nn.Module, generator: torch.Generator, pixels: float = 2.0) -> None:
+    with torch.no_grad():
+        for module in model.modules():
+            if hasattr(module, "attn_weight"):
+                bias = module.offsets.bias
+                bias.copy_(torch.randn(bias.shape, generator=generator, dtype=torch.float64) * pixels)
+                weight = module.offsets.weight
+                weight.copy_(torch.randn(weight.shape, generator=generator, dtype=torch.float64) * 0.1)
 
 
 def randomise_routers(model: nn.Module, generator: torch.Generator, std: float = 2.0) -> None:

@@ -7,8 +7,9 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from dge_explain.complexity import budget_loss, dense_macs, dge_complexity
-from dge_explain.models import dge_modules, force_gates, from_dense
+from dge_explain.complexity import block_macs, block_spec, budget_loss, dense_macs, dge_complexity
+from dge_explain.models import dge_modules, force_gates, from_dense, random_fraction
+from dge_explain.models.families import adapter_for
 
 from helpers import small_vit
 
@@ -52,13 +53,35 @@ def test_corrected_constant_matches_the_notes():
 
 
 @pytest.mark.parametrize("name,size", [("deit_small_patch16_224", 224), ("deit_tiny_patch16_224", 384),
-                                       ("pvt_small_256", 256), ("pvt_tiny_256", 512)])
+                                       ("pvt_small_256", 256), ("pvt_tiny_256", 512),
+                                       ("dpvt_small_256", 256), ("dpvt_tiny_256", 512)])
 def test_matmul_macs_equal_a_flop_counter(name, size):
     model = timm.create_model(name, img_size=size) if name.startswith("deit") else timm.create_model(name)
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         model.eval()(torch.zeros(1, 3, size, size))
     assert counter.get_total_flops() == 2 * dense_macs(model, (size, size), terms="matmul")
     assert dense_macs(model, (size, size)) > dense_macs(model, (size, size), terms="matmul")
+
+
+@pytest.mark.parametrize("name", ["dpvt_dge_s124_tiny_256", "dpvt_dge_s12_small_256"])
+def test_dynamic_matmul_macs_equal_a_flop_counter(name):
+    """DPVT-DGE with mixed forced gates: the counter's FLOPs are twice the matrix
+    products of the queries the gates kept (blocks), the stem, the head and the
+    router gates.  (All of DPVT's matrix products are aten ops the counter sees;
+    the DeiT/PVT DGEs' varlen attention is a custom op it does not.)"""
+    model = timm.create_model(name).eval()
+    with torch.no_grad(), force_gates(model, random_fraction(0.4, seed=3)), sdpa_kernel(SDPBackend.MATH), \
+            FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, 256, 256))
+    macs = adapter_for(model).stem_macs(model, 256 * 256, "matmul") + model.head.in_features * model.head.out_features
+    for block in adapter_for(model).blocks(model):
+        routing = block.dge.routing
+        n_q = float(routing.queries())
+        macs += block_macs(block_spec(block), routing.tokens, n_q, terms="matmul")
+        macs += routing.gates[0, ..., 0].numel() * block.dge.router.gate.in_features * block.dge.router.gate.out_features
+    assert counter.get_total_flops() == 2 * macs
+    coarse = [float(b.dge.routing.queries()) < b.dge.routing.tokens for b in adapter_for(model).blocks(model)]
+    assert all(coarse), "the forced gates must drop queries in every block"
 
 
 def test_static_equals_dense_plus_routers():

@@ -12,7 +12,7 @@ from torch import nn
 from dge_explain.models import PyramidVisionTransformer, dge_modules
 from dge_explain.models.families import FAMILIES, adapter_for, find_adapter
 
-from helpers import small_pvt, small_vit
+from helpers import small_dpvt, small_pvt, small_vit
 
 PACKAGE = Path(__file__).resolve().parents[1] / "dge_explain"
 
@@ -22,7 +22,9 @@ def _models():
     return {"vit (DGE)": (small_vit(dtype=torch.float32), "vit", 64),
             "vit (dense)": (dense_vit, "vit", 64),
             "pvt (DGE)": (small_pvt(depths=(1, 1, 2, 2), dtype=torch.float32), "pvt", 128),
-            "pvt (dense)": (small_pvt(phi=None, depths=(1, 1, 2, 2), dtype=torch.float32), "pvt", 128)}
+            "pvt (dense)": (small_pvt(phi=None, depths=(1, 1, 2, 2), dtype=torch.float32), "pvt", 128),
+            "dpvt (DGE)": (small_dpvt(phi=(1, 2, 4), depths=(1, 1, 2, 2), dtype=torch.float32), "dpvt", 128),
+            "dpvt (dense)": (small_dpvt(phi=None, depths=(1, 1, 2, 2), dtype=torch.float32), "dpvt", 128)}
 
 
 @pytest.mark.parametrize("name", list(_models()))
@@ -57,10 +59,11 @@ def test_each_family_claims_its_own_models_only():
     for model, family, _ in _models().values():
         assert [a.family for a in FAMILIES if a.matches(model)][0] == family
     assert find_adapter(nn.Linear(2, 2)) is None
-    with pytest.raises(ValueError, match=r"Linear belongs to no known backbone family \(pvt, vit\): add an adapter "
+    with pytest.raises(ValueError, match=r"Linear belongs to no known backbone family \(dpvt, pvt, vit\): add an adapter "
                                          r"under dge_explain/models/families/"):
         adapter_for(nn.Linear(2, 2))
     assert adapter_for(small_pvt()).token_attention_refusal and adapter_for(small_vit()).token_attention_refusal is None
+    assert "bilinearly sampled points" in adapter_for(small_dpvt()).token_attention_refusal
     assert isinstance(small_pvt(), PyramidVisionTransformer)
 
 

@@ -64,6 +64,32 @@ def pvt_keys(depths, dge: bool = True) -> dict[str, tuple]:
     return keys
 
 
+def dpvt_keys(depths, dge: bool = True) -> dict[str, tuple]:
+    """dpvt(_dge_s124)_*_256: PVT's layout without cls token, spatial reduction and
+    q/kv; the deformable attention's v, offsets (heads * P * 2), attn_weight
+    (heads * P) and proj, P = 4 (§2.7)."""
+    keys = pvt_keys(depths, dge)
+    del keys["cls_token"]
+    keys["pos_embed4"] = (1, 64, 512)
+    heads = (1, 2, 5, 8)
+    for key in [k for k in keys if ".attn." in k]:
+        del keys[key]
+    for s in range(4):
+        c = (64, 128, 320, 512)[s]
+        for j in range(depths[s]):
+            b = f"block{s + 1}.{j}.attn"
+            keys.update({f"{b}.v.weight": (c, c), f"{b}.v.bias": (c,),
+                         f"{b}.offsets.weight": (heads[s] * 8, c), f"{b}.offsets.bias": (heads[s] * 8,),
+                         f"{b}.attn_weight.weight": (heads[s] * 4, c), f"{b}.attn_weight.bias": (heads[s] * 4,),
+                         f"{b}.proj.weight": (c, c), f"{b}.proj.bias": (c,)})
+    return keys
+
+
+@pytest.mark.parametrize("name,dge", [("dpvt_small_256", False), ("dpvt_dge_s124_small_256", True)])
+def test_dpvt_keys_and_shapes(name, dge):
+    assert _shapes(timm.create_model(name)) == dpvt_keys((3, 4, 6, 3), dge)
+
+
 def _shapes(model):
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 

@@ -9,7 +9,7 @@ import torch
 from dge_explain.complexity import budget_loss, dge_complexity
 from dge_explain.models import dge_modules, force_gates, from_dense, load_checkpoint, random_fraction
 
-from helpers import small_pvt, small_vit
+from helpers import small_dpvt, small_pvt, small_vit
 
 
 def _forward(model, images, training: bool, seed: int, sparse_train: bool = False):
@@ -22,7 +22,7 @@ def _forward(model, images, training: bool, seed: int, sparse_train: bool = Fals
 
 @pytest.mark.parametrize("build,phi,size", [
     (small_vit, (1, 2), 64), (small_vit, (1, 2, 4), 64), (small_vit, (1, 4), 64),
-    (small_pvt, (1, 2), 128), (small_pvt, (1, 2, 4), 128)])
+    (small_pvt, (1, 2), 128), (small_pvt, (1, 2, 4), 128), (small_dpvt, (1, 2), 128), (small_dpvt, (1, 2, 4), 128)])
 def test_training_paths_equal_the_eval_path(build, phi, size, generator):
     torch.manual_seed(generator.initial_seed() % 2**31)
     model = build(phi=phi)
@@ -48,7 +48,7 @@ def _keep_router_logits(model) -> list:
     return logits
 
 
-@pytest.mark.parametrize("build,size", [(small_vit, 64), (small_pvt, 128)])
+@pytest.mark.parametrize("build,size", [(small_vit, 64), (small_pvt, 128), (small_dpvt, 128)])
 @pytest.mark.parametrize("sparse_train", [False, True])
 def test_gradients_reach_every_router_logit(build, size, sparse_train, generator):
     torch.manual_seed(generator.initial_seed() % 2**31)
@@ -85,9 +85,10 @@ def test_finest_gates_reproduce_the_dense_vit(generator):
         torch.testing.assert_close(converted(images), expected, rtol=1e-10, atol=1e-10)
 
 
-def test_finest_gates_reproduce_the_dense_pvt(generator):
-    dense = small_pvt(phi=None).eval()
-    dge = small_pvt(phi=(1, 2, 4)).eval()
+@pytest.mark.parametrize("build", [small_pvt, small_dpvt])
+def test_finest_gates_reproduce_the_dense_pvt(build, generator):
+    dense = build(phi=None).eval()
+    dge = build(phi=(1, 2, 4)).eval()
     load_checkpoint(dge, dense.state_dict(), fresh_routers=True)
     images = torch.randn(2, 3, 128, 128, generator=generator, dtype=torch.float64)
     with torch.no_grad(), force_gates(dge, "finest"):
@@ -104,7 +105,7 @@ def test_router_initialisation_prefers_the_finest_option():
                           atol=1e-6)
 
 
-@pytest.mark.parametrize("build,size", [(small_vit, 64), (small_pvt, 128)])
+@pytest.mark.parametrize("build,size", [(small_vit, 64), (small_pvt, 128), (small_dpvt, 128)])
 def test_budget_loss_reaches_every_router_logit(build, size, generator):
     torch.manual_seed(generator.initial_seed() % 2**31)
     model = build(phi=(1, 2, 4)).train()

@@ -8,7 +8,7 @@ from dge_explain import ops
 from dge_explain.models import dge_modules, from_dense
 
 from conftest import requires_cuda
-from helpers import randomise_routers, used_options
+from helpers import randomise_routers, spread_offsets, used_options
 
 DEIT = [(8, 224), (3, 256), (2, 384), (1, 512), (1, 1024)]
 PVT = [(8, 256), (2, 384), (1, 512), (1, 1024)]
@@ -50,6 +50,19 @@ def test_pvt(batch, size, generator):
     _compare(model, torch.randn(batch, 3, size, size, generator=generator, dtype=torch.float64))
 
 
+def _dpvt(generator):
+    model = timm.create_model("dpvt_dge_s124_tiny_256", depths=(1, 1, 1, 1)).double().eval()
+    spread_offsets(model, generator)
+    return model
+
+
+@pytest.mark.parametrize("batch,size", [(3, 256), (1, 512)])
+def test_dpvt(batch, size, generator):
+    model = _dpvt(generator)
+    randomise_routers(model, generator)
+    _compare(model, torch.randn(batch, 3, size, size, generator=generator, dtype=torch.float64))
+
+
 @requires_cuda
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -66,7 +79,7 @@ def test_cuda_matches_cpu(dtype, generator):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("family", ["deit", "pvt"])
+@pytest.mark.parametrize("family", ["deit", "pvt", "dpvt"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_emulated_cuda_kernels_run_the_models_as_the_reference(family, dtype, generator):
     """DGE models (three granularities, mixed gates) with every op on the CUDA
@@ -75,8 +88,10 @@ def test_emulated_cuda_kernels_run_the_models_as_the_reference(family, dtype, ge
 
     if family == "deit":
         model, size = _deit((1, 2, 4)), 128
-    else:
+    elif family == "pvt":
         model, size = timm.create_model("pvt_dge_s124_tiny_256", depths=(1, 1, 1, 1)).double().eval(), 256
+    else:
+        model, size = _dpvt(generator), 256
     randomise_routers(model, generator)
     images = torch.randn(2, 3, size, size, generator=generator, dtype=torch.float64)
     with torch.no_grad():

@@ -6,13 +6,14 @@ import torch
 
 from dge_explain.models import force_gates, from_dense, random_fraction
 
-from helpers import small_pvt, small_vit
+from helpers import small_dpvt, small_pvt, small_vit
 
 
 def test_every_registered_name_builds():
     for name in ["deit_dge_s12_tiny_patch16_224", "deit_dge_s12_small_patch16_256",
-                 "deit_dge_s124_base_patch16_256", "pvt_dge_s12_tiny_256", "pvt_large_256"]:
-        assert name in timm.list_models("*dge*") + timm.list_models("pvt_*")
+                 "deit_dge_s124_base_patch16_256", "pvt_dge_s12_tiny_256", "pvt_large_256", "dpvt_small_256",
+                 "dpvt_dge_s12_medium_256", "dpvt_dge_s124_large_256"]:
+        assert name in timm.list_models("*dge*") + timm.list_models("*pvt_*")
     model = timm.create_model("deit_dge_s12_tiny_patch16_224", num_classes=7).eval()
     with torch.no_grad():
         assert model(torch.zeros(2, 3, 224, 224)).shape == (2, 7)
@@ -41,8 +42,9 @@ def test_pvt_refuses_unpadded_ragged_inputs():
         model(torch.zeros(1, 3, 200, 100, dtype=torch.float64))
 
 
-def test_pvt_pyramid_pads_and_crops(generator):
-    model = small_pvt(phi=(1, 2), num_classes=0).eval()
+@pytest.mark.parametrize("build", [small_pvt, small_dpvt])
+def test_pvt_pyramid_pads_and_crops(build, generator):
+    model = build(phi=(1, 2), num_classes=0).eval()
     images = torch.randn(2, 3, 100, 140, generator=generator, dtype=torch.float64)
     with torch.no_grad():
         features = model.forward_pyramid(images)

@@ -58,6 +58,9 @@ def resize_pos_embed(pos: torch.Tensor, num_extra: int, grid: tuple[int, int]) -
 
 
 class PyramidVisionTransformer(nn.Module):
+    # tokens before the spatial ones in stage 4: the cls token
+    num_extra = 1
+
     def __init__(self, img_size: int = 256, in_chans: int = 3, num_classes: int = 1000,
                  depths=DEPTHS["small"], embed_dims=EMBED_DIMS, num_heads=NUM_HEADS,
                  mlp_ratios=MLP_RATIOS, sr_ratios=SR_RATIOS, qkv_bias: bool = True,
@@ -70,7 +73,7 @@ class PyramidVisionTransformer(nn.Module):
         self.depths = tuple(depths)
         self.img_size = img_size
         self.phi = None if phi is None else tuple(phi)
-        self.region_size = 1 if phi is None else split_sizes_for(phi)[1]
+        self.split_sizes, self.region_size = (None, 1) if phi is None else split_sizes_for(phi)
         rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         cursor = 0
         for stage in range(4):
@@ -79,13 +82,13 @@ class PyramidVisionTransformer(nn.Module):
             setattr(self, f"patch_embed{stage + 1}", PatchEmbed(
                 4 if stage == 0 else 2, in_chans if stage == 0 else embed_dims[stage - 1], dim))
             setattr(self, f"pos_embed{stage + 1}",
-                    nn.Parameter(torch.zeros(1, patches + (1 if stage == 3 else 0), dim)))
+                    nn.Parameter(torch.zeros(1, patches + (self.num_extra if stage == 3 else 0), dim)))
             blocks = []
             for _ in range(depths[stage]):
                 parts = dict(
                     norm1=nn.LayerNorm(dim, eps=1e-6),
-                    attn=SpatialReductionAttention(dim, num_heads[stage], sr_ratios[stage], qkv_bias,
-                                                   attn_drop_rate, drop_rate),
+                    attn=self.make_attention(dim, num_heads[stage], sr_ratios[stage], qkv_bias,
+                                             attn_drop_rate, drop_rate),
                     norm2=nn.LayerNorm(dim, eps=1e-6),
                     mlp=Mlp(dim, int(dim * mlp_ratios[stage]), drop=drop_rate),
                     drop_path1=DropPath(rates[cursor]) if rates[cursor] > 0 else None,
@@ -99,16 +102,23 @@ class PyramidVisionTransformer(nn.Module):
             setattr(self, f"block{stage + 1}", nn.ModuleList(blocks))
         self.pos_drop = nn.Dropout(drop_rate)
         self.norm = nn.LayerNorm(embed_dims[3], eps=1e-6)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dims[3]))
+        if self.num_extra:
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dims[3]))
         self.head = nn.Linear(embed_dims[3], num_classes) if num_classes > 0 else nn.Identity()
         self.init_weights()
+
+    def make_attention(self, dim: int, heads: int, sr_ratio: int, qkv_bias: bool, attn_drop: float,
+                       proj_drop: float) -> nn.Module:
+        """One block's attention (queries of the block's DGE, or every token)."""
+        return SpatialReductionAttention(dim, heads, sr_ratio, qkv_bias, attn_drop, proj_drop)
 
     def init_weights(self) -> None:
         """As the original: trunc_normal(0.02) for embeddings and Linear layers,
         LayerNorm (1, 0), convs keep PyTorch's default; routers re-initialised."""
         for stage in range(4):
             trunc_normal_(getattr(self, f"pos_embed{stage + 1}"), std=0.02)
-        trunc_normal_(self.cls_token, std=0.02)
+        if self.num_extra:
+            trunc_normal_(self.cls_token, std=0.02)
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 trunc_normal_(module.weight, std=0.02)
@@ -127,7 +137,7 @@ class PyramidVisionTransformer(nn.Module):
 
     def _pos_embed(self, stage: int, grid: tuple[int, int]) -> torch.Tensor:
         pos = getattr(self, f"pos_embed{stage + 1}")
-        extra = 1 if stage == 3 else 0
+        extra = self.num_extra if stage == 3 else 0
         if grid[0] * grid[1] == pos.shape[1] - extra:
             return pos
         return resize_pos_embed(pos, extra, grid)
@@ -148,12 +158,12 @@ class PyramidVisionTransformer(nn.Module):
                 f"(e.g. {valid[0]}x{valid[1]}), or forward_pyramid(..., pad=True)")
 
     def forward_stages(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Stage outputs: stages 1-3 as [B, C, H, W], stage 4 as tokens [B, 1 + HW, C]."""
+        """Stage outputs: stages 1-3 as [B, C, H, W], stage 4 as tokens [B, E + HW, C]."""
         self._check_size(images)
         outputs, x = [], images
         for stage in range(4):
             tokens, grid = getattr(self, f"patch_embed{stage + 1}")(x)
-            if stage == 3:
+            if stage == 3 and self.num_extra:
                 tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], 1)
             tokens = self.pos_drop(tokens + self._pos_embed(stage, grid))
             for block in getattr(self, f"block{stage + 1}"):
@@ -175,7 +185,7 @@ class PyramidVisionTransformer(nn.Module):
             images = F.pad(images, (0, padded[1] - width, 0, padded[0] - height))
         stages = self.forward_stages(images)
         grid = (images.shape[-2] // STRIDES[3], images.shape[-1] // STRIDES[3])
-        res5 = stages[3][:, 1:].transpose(1, 2).reshape(images.shape[0], -1, *grid)
+        res5 = stages[3][:, self.num_extra:].transpose(1, 2).reshape(images.shape[0], -1, *grid)
         maps = stages[:3] + [res5]
         return {f"res{i + 2}": m[..., :-(-height // STRIDES[i]), :-(-width // STRIDES[i])]
                 for i, m in enumerate(maps)}
@@ -193,7 +203,9 @@ class PyramidVisionTransformer(nn.Module):
         return self.forward_head(self.forward_features(images))
 
 
-def _entrypoint(name: str, size: str, phi):
+def register_pyramid(model_class, name: str, size: str, phi, title: str) -> None:
+    """Registers `name` with timm: `model_class` at DEPTHS[size] with DGEs of `phi`
+    (None: dense), and the 256 px evaluation data config."""
     def create(pretrained: bool = False, **kwargs):
         for key in TIMM_FACTORY_KWARGS:
             kwargs.pop(key, None)
@@ -201,16 +213,17 @@ def _entrypoint(name: str, size: str, phi):
             raise ValueError(f"no pretrained weights for {name} can be downloaded; load a "
                              "checkpoint with dge_explain.models.load_checkpoint")
         kwargs.setdefault("depths", DEPTHS[size])
-        model = PyramidVisionTransformer(phi=phi, **kwargs)
+        model = model_class(phi=phi, **kwargs)
         model.pretrained_cfg = deit_eval_config(name, model.img_size)
         return model
 
     create.__name__ = create.__qualname__ = name
-    create.__doc__ = f"PVT-{size.capitalize()} v1 at 256px" + ("" if phi is None else f" with DGE (phi={phi})")
-    globals()[name] = register_model(create)
+    create.__module__ = model_class.__module__
+    create.__doc__ = f"{title}-{size.capitalize()} at 256px" + ("" if phi is None else f" with DGE (phi={phi})")
+    register_model(create)
 
 
 for _size in DEPTHS:
-    _entrypoint(f"pvt_{_size}_256", _size, None)
-    _entrypoint(f"pvt_dge_s12_{_size}_256", _size, (1, 2))
-    _entrypoint(f"pvt_dge_s124_{_size}_256", _size, (1, 2, 4))
+    register_pyramid(PyramidVisionTransformer, f"pvt_{_size}_256", _size, None, "PVT v1")
+    register_pyramid(PyramidVisionTransformer, f"pvt_dge_s12_{_size}_256", _size, (1, 2), "PVT v1")
+    register_pyramid(PyramidVisionTransformer, f"pvt_dge_s124_{_size}_256", _size, (1, 2, 4), "PVT v1")

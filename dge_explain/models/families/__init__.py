@@ -6,11 +6,12 @@ from __future__ import annotations
 from torch import nn
 
 from .base import BackboneAdapter
+from .dpvt import DPVTAdapter
 from .pvt import PVTAdapter
 from .vit import ViTAdapter
 
-# tried in order: the first adapter that matches a model serves it
-FAMILIES: list[BackboneAdapter] = [PVTAdapter(), ViTAdapter()]
+# tried in order: the first adapter that matches a model serves it (DPVT subclasses PVT)
+FAMILIES: list[BackboneAdapter] = [DPVTAdapter(), PVTAdapter(), ViTAdapter()]
 
 
 def find_adapter(model: nn.Module) -> BackboneAdapter | None:

@@ -1,5 +1,6 @@
 """The PVT v1 family (dge_explain.models.pvt), dense or DGE: four stages of
-strides 4-32, spatially reduced keys in stages 1-3, a cls token in stage 4."""
+strides 4-32, spatially reduced keys in stages 1-3, a cls token in stage 4
+(``model.num_extra``, which pyramid variants without it set to 0)."""
 from __future__ import annotations
 
 import math
@@ -28,14 +29,15 @@ class PVTAdapter(BackboneAdapter):
         rows = []
         for stage in STAGES:
             cells = (image_hw[0] // STRIDES[stage]) * (image_hw[1] // STRIDES[stage])
-            rows += [(block, cells + (1 if stage == 3 else 0), cells) for block in getattr(model, f"block{stage + 1}")]
+            extra = model.num_extra if stage == 3 else 0
+            rows += [(block, cells + extra, cells) for block in getattr(model, f"block{stage + 1}")]
         return rows
 
     def image_size(self, model, first_grid):
         return first_grid[0] * STRIDES[0], first_grid[1] * STRIDES[0]
 
     def last_tokens(self, model, image_hw):
-        return 1, (image_hw[0] // STRIDES[3], image_hw[1] // STRIDES[3]), STRIDES[3]
+        return model.num_extra, (image_hw[0] // STRIDES[3], image_hw[1] // STRIDES[3]), STRIDES[3]
 
     def stem_macs(self, model, pixels, terms):
         """The four patch embeddings; each adds Nin/p^2 Cout for its LayerNorm (not a matmul)."""
@@ -60,7 +62,7 @@ class PVTAdapter(BackboneAdapter):
             target, source = getattr(model, key, None), state.get(key)
             if not isinstance(target, torch.Tensor) or source is None or source.shape == target.shape:
                 continue
-            extra = 1 if stage == 4 else 0
+            extra = model.num_extra if stage == 4 else 0
             old, new = math.isqrt(source.shape[1] - extra), math.isqrt(target.shape[1] - extra)
             if old * old != source.shape[1] - extra or new * new != target.shape[1] - extra:
                 continue
