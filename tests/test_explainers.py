@@ -19,7 +19,7 @@ from dge_explain.methods import method_help, parse_method, registry
 from dge_explain.models import from_dense
 from dge_explain.models.attention import attention_probabilities, packed_products
 
-from helpers import counting_calls, randomise_routers, small_pvt
+from helpers import counting_calls, randomise_routers, small_dpvt, small_pvt
 
 
 def tiny_vit(**kwargs):
@@ -284,10 +284,27 @@ CAMS = ["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "gradcam-ele
         "eigengradcam", "scorecam", "ablationcam"]
 
 
-@pytest.mark.parametrize("family", ["dense", "dge", "pvt"])
+def test_dpvt_refuses_every_attention_explainer_and_gives_gating_maps(generator):
+    model = small_dpvt(phi=(1, 2), depths=(1, 1, 1, 2), dtype=torch.float32).eval()
+    for method in ("attention", "attention-gradcam", "rollout", "relevance"):
+        with pytest.raises(ValueError, match=rf"{method} reads attention probabilities over tokens; DPVT's queries "
+                                             r"attend to a few bilinearly sampled points per head"):
+            build_explainers(model, [method])
+    randomise_routers(model, generator)
+    images = torch.randn(2, 3, 128, 128, generator=generator)
+    maps = batch_maps(build_explainers(model, ["gating", "gating-margin", "random"]), images, ["a", "b"])
+    gating = [name for name in maps if name.startswith("layer")]
+    assert gating == [f"layer{i}" for i in range(1, 6)] + [f"layer{i}-margin" for i in range(1, 6)], \
+        "one map per block (depths 1, 1, 1, 2), for both scores"
+    assert all(m.shape == (2, 128, 128) and torch.isfinite(m).all() for m in maps.values())
+    assert len({float(maps[name].std()) for name in gating}) > 1, "the blocks' routers differ"
+
+
+@pytest.mark.parametrize("family", ["dense", "dge", "pvt", "dpvt"])
 def test_the_pytorch_grad_cam_family(family, generator):
-    if family == "pvt":
-        model = small_pvt(phi=(1, 2), depths=(1, 1, 1, 2), dtype=torch.float32).eval()
+    if family in ("pvt", "dpvt"):
+        build = small_pvt if family == "pvt" else small_dpvt
+        model = build(phi=(1, 2), depths=(1, 1, 1, 2), dtype=torch.float32).eval()
         randomise_routers(model, generator)
         images = torch.randn(2, 3, 128, 128, generator=generator)
     else:

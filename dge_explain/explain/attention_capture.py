@@ -30,7 +30,7 @@ import torch
 from timm.models.vision_transformer import Attention
 from torch import nn
 
-from dge_explain.models.families import adapter_for
+from dge_explain.models.families import adapter_for, find_adapter
 from dge_explain.models.attention import CrossAttention, attention_probabilities, packed_products
 from dge_explain.ops import reference
 
@@ -250,6 +250,9 @@ class AttentionExplainer:
         return self.gradient_blocks is not None
 
     def __init__(self, model: nn.Module):
+        adapter = find_adapter(model)
+        if adapter is not None and adapter.attention_refusal is not None:
+            raise ValueError(f"{self.name} reads attention probabilities over tokens; {adapter.attention_refusal}")
         if self.needs_token_attention:
             require_token_attention(model, self.name)
         self.model = model

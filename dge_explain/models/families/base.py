@@ -12,6 +12,9 @@ class BackboneAdapter:
     family = ""
     # None where rollout and relevance are defined, else why they are not
     token_attention_refusal: str | None = None
+    # None where every attention explainer is defined (attention probabilities over
+    # tokens exist), else why none is
+    attention_refusal: str | None = None
 
     def matches(self, model: nn.Module) -> bool:
         raise NotImplementedError

@@ -8,9 +8,9 @@ from .pvt import PVTAdapter
 
 class DPVTAdapter(PVTAdapter):
     family = "dpvt"
-    token_attention_refusal = (
-        "DPVT's queries attend to a few bilinearly sampled points, not to tokens, so it is not defined for "
-        "DPVT (gating maps, gradcam and the baselines without attention are)")
+    attention_refusal = token_attention_refusal = (
+        "DPVT's queries attend to a few bilinearly sampled points per head, not to tokens: it has no attention "
+        "probabilities to read (gating maps, the CAMs and random maps are defined for DPVT)")
 
     def matches(self, model):
         return isinstance(model, DeformablePVT)
