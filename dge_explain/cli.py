@@ -369,7 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="latency of dense vs DGE models over resolutions "
                                                "(Fig. 6, Tables 7-8)")
     bench.add_argument("--models", nargs="+", default=None,
-                       help="default deit_tiny deit_small pvt_small; with --preset: pvt_small pvt_medium")
+                       help="default deit_tiny deit_small pvt_small; with --preset: pvt_small pvt_medium dpvt_small "
+                            "dpvt_medium")
     bench.add_argument("--preset", choices=["maskrcnn", "semfpn"],
                        help="the backbones at Table 7's (800x1333) or Table 8's (512x512, 512x683) input sizes")
     bench.add_argument("--resolutions", type=int, nargs="+", default=[224, 256, 384, 448, 512, 768, 1024])

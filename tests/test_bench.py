@@ -153,26 +153,27 @@ def test_a_preset_case_reports_macs_ratios_and_the_paper(monkeypatch):
 
 def test_presets_refuse_other_settings_before_building_anything():
     for extra, message in ((["--dtype", "bfloat16"], "--preset times forced gates at budget 0.5, float32, batch 1"),
-                           (["--models", "deit_small"], "--preset covers pvt_small, pvt_medium; not deit_small")):
+                           (["--models", "deit_small"], "--preset covers pvt_small, pvt_medium, dpvt_small, dpvt_medium; not deit_small")):
         result = subprocess.run([sys.executable, "-m", "dge_explain", "bench", "--preset", "maskrcnn", *extra],
                                 capture_output=True, text=True)
         assert result.returncode != 0 and message in result.stderr
 
 
 @pytest.mark.slow
-def test_the_mask_rcnn_detector_counts_and_times_both_backbones(monkeypatch):
-    """PVT-S(-DGE) inside torchvision's Mask R-CNN + FPN (a smaller input than
+@pytest.mark.parametrize("name", ["pvt_small", "dpvt_small"])
+def test_the_mask_rcnn_detector_counts_and_times_both_backbones(name, monkeypatch):
+    """(D)PVT-S(-DGE) inside torchvision's Mask R-CNN + FPN (a smaller input than
     Table 7's for speed): the detector runs, the dense backbone's MACs agree with
     the FLOP counter's matmul/conv count, and DGE saves only in the backbone."""
-    from dge_explain.bench import detector
+    from dge_explain.bench import detector, presets
 
     monkeypatch.setattr(detector, "SIZE", (256, 384))
-    case = detector.measure("pvt_small", 0.0, warmup=0, min_repeats=1)
+    case = detector.measure(name, 0.0, warmup=0, min_repeats=1)
     assert case["batched"] == [256, 384] and case["padded"] == [256, 384]
     # the counter sees matmuls and convolutions only; dense_macs adds norms, softmax and activations
     assert 0.85 < case["dense_backbone_counted_gmacs"] / case["dense_backbone_gmacs"] <= 1.0
     saved = case["dense_detector_gmacs"] - case["dge_detector_gmacs"]
     backbone_saved = case["dense_backbone_counted_gmacs"] - case["dge_backbone_gmacs"]
     assert 0 < saved and abs(saved - backbone_saved) < 0.01 * case["dense_detector_gmacs"]  # same heads, 100 detections
-    assert case["paper_gflops"] == [251, 185] and case["speedup"] > 0
-    assert [r[0] for r in detector.rows(case)] == ["pvt_small", "pvt_small + DGE"]
+    assert case["paper_gflops"] == list(presets.PAPER["maskrcnn"][name][:2]) and case["speedup"] > 0
+    assert [r[0] for r in detector.rows(case)] == [name, f"{name} + DGE"]

@@ -1,4 +1,4 @@
-"""The whole detector of the appendix's Table 7: a PVT(-DGE) multi-scale backbone
+"""The whole detector of the appendix's Table 7: a (D)PVT(-DGE) multi-scale backbone
 inside torchvision's Mask R-CNN with an FPN (random weights: no detector weights
 exist here), at 800x1333, batch 1.  Reported: the detector's GMACs beside the
 paper's "FLOPs" (mmdetection's counter counts multiply-accumulates: 251G / 185G
@@ -13,7 +13,7 @@ both ways, as a cross-check: the counter sees matmuls and convolutions only).  `
 so the mask head runs as on a real image (random weights score every class
 about equally, under the default threshold).
 
-    .venv/bin/python -m dge_explain.bench.detector [--backbones pvt_small pvt_medium] [--json out.json]
+    .venv/bin/python -m dge_explain.bench.detector [--backbones pvt_small ... dpvt_medium] [--json out.json]
 """
 from __future__ import annotations
 

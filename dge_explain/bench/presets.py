@@ -6,8 +6,6 @@ ratio against the complexity ratio, and the paper's figures beside them.
 
 The paper's latencies and FLOPs are of the whole detector / segmenter; its
 speed-up (dense / DGE latency) is what a backbone's speed-up should beat here.
-DPVT is not built yet (its deformable attention op is still to come), so only
-the PVT rows are measured.
 """
 from __future__ import annotations
 
@@ -22,7 +20,9 @@ from dge_explain.models import force_gates, load_checkpoint, random_fraction
 PRESETS = {"maskrcnn": [(800, 1333)], "semfpn": [(512, 512), (512, 683)]}
 # benchmark name -> (dense timm model, its DGE twin, Φ = {1, 2})
 BACKBONES = {"pvt_small": ("pvt_small_256", "pvt_dge_s12_small_256"),
-             "pvt_medium": ("pvt_medium_256", "pvt_dge_s12_medium_256")}
+             "pvt_medium": ("pvt_medium_256", "pvt_dge_s12_medium_256"),
+             "dpvt_small": ("dpvt_small_256", "dpvt_dge_s12_small_256"),
+             "dpvt_medium": ("dpvt_medium_256", "dpvt_dge_s12_medium_256")}
 # the appendix, Table 7 (Mask R-CNN 1x, COCO) and Table 8 (Semantic-FPN, ADE20K), gamma = 0.5:
 # (dense GFLOPs, DGE GFLOPs, dense CPU s, DGE CPU s, dense GPU ms, DGE GPU ms)
 PAPER = {
