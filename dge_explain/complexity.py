@@ -12,15 +12,11 @@ Two accountings:
   matmuls, LayerNorms counted on the tokens they run on (DGE blocks run
   LayerNorm 1 on the inputs and again on the pooled queries).
 
-Per block, with Nin inputs and Nq queries (extra tokens included), C channels,
-h heads, MLP hidden width Ch, spatial-reduction ratio r (PVT):
-  q, proj: 2 Nq C^2;  kv: 2 Nin/r^2 C^2 (+ Nin C^2 + Nin/r^2 C for the r x r conv
-  and its norm);  QK^T and AV: 2 Nq Nin/r^2 C;  softmax: 3 Nq Nin/r^2 h;
-  MLP: Nq (2 C Ch + Ch);  router: Nin/S^2 C (pool) + Nin/S^2 C K (gate).
-DPVT's deformable attention with P points per head instead: v: Nin C^2;
-offsets and point weights: 3 Nq C h P;  proj: Nq C^2;  softmax: 3 Nq h P;
-sampling: 4 Nq P C (four bilinear corners per channel and point).  The original
-code has no DPVT accounting; both accountings count these terms alike.
+Per block, with Nin inputs and Nq queries (extra tokens included), C channels and
+MLP hidden width Ch: MLP: Nq (2 C Ch + Ch);  router: Nin/S^2 C (pool) +
+Nin/S^2 C K (gate);  the attention's terms come from the model family's adapter
+(``BackboneAdapter.attention_macs``: token attention for ViT, spatial reduction
+for PVT, deformable points for DPVT).
 """
 from __future__ import annotations
 
@@ -29,56 +25,27 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dge_explain.models.attention import SpatialReductionAttention
 from dge_explain.models.blocks import DGEBlock
 from dge_explain.models.families import adapter_for
 
 ACCOUNTINGS = ("corrected", "original")
 
 
-@dataclass(frozen=True)
-class BlockSpec:
-    dim: int
-    heads: int
-    hidden: int
-    sr_ratio: int      # 1: keys are all inputs
-    pvt: bool          # PVT-style attention accounting
-    dge: bool
-    points: int = 0    # > 0: deformable attention sampling this many points per head (DPVT)
-
-
-def block_spec(block: nn.Module) -> BlockSpec:
-    attn = block.attn
-    sr = getattr(attn, "sr_ratio", 1)
-    return BlockSpec(dim=block.norm1.normalized_shape[0], heads=attn.num_heads,
-                     hidden=block.mlp.fc1.out_features, sr_ratio=sr,
-                     pvt=isinstance(attn, SpatialReductionAttention), dge=isinstance(block, DGEBlock),
-                     points=getattr(attn, "points", 0))
-
-
-def block_macs(spec: BlockSpec, n_in, n_q, accounting: str = "corrected", terms: str = "all"):
-    """MACs of one block for n_in inputs and n_q queries (numbers or tensors).
+def block_macs(adapter, block: nn.Module, n_in, n_q, accounting: str = "corrected", terms: str = "all"):
+    """MACs of one block of the adapter's family for n_in inputs and n_q queries
+    (numbers or tensors): its attention (the adapter's terms), MLP and norms.
     terms='matmul' keeps only matrix products (what FLOP counters count)."""
     _check_accounting(accounting)
     original = accounting == "original"
-    c, h, hidden, r2 = spec.dim, spec.heads, spec.hidden, spec.sr_ratio ** 2
-    keys = n_in / r2
-    mlp = n_q * (2 * c * hidden)
-    if spec.points:
-        matmul = n_in * c * c + 3 * n_q * c * h * spec.points + n_q * c * c + mlp
-        attention_other = 3 * n_q * h * spec.points + 4 * n_q * spec.points * c
-    else:
-        matmul = 2 * n_q * c * c + 2 * keys * c * c + mlp
-        matmul = matmul + (1 if spec.pvt and original else 2) * n_q * keys * c
-        if spec.sr_ratio > 1:
-            matmul = matmul + n_in * c * c
-        attention_other = 3 * n_q * keys * h + (keys * c if spec.sr_ratio > 1 else 0)
+    c, hidden = block.norm1.normalized_shape[0], block.mlp.fc1.out_features
+    attention, attention_other = adapter.attention_macs(block.attn, c, n_in, n_q, original)
+    matmul = attention + n_q * (2 * c * hidden)
     if terms == "matmul":
         return matmul
     if original:
         norms = 2 * n_in * c
     else:
-        norms = n_in * c + n_q * c * (2 if spec.dge else 1)
+        norms = n_in * c + n_q * c * (2 if isinstance(block, DGEBlock) else 1)
     return matmul + norms + attention_other + n_q * hidden
 
 
@@ -139,12 +106,12 @@ def dge_complexity(model: nn.Module, accounting: str = "corrected") -> Complexit
     constant = _stem_and_head_macs(model, image_hw, accounting)
     block_static, block_dynamic, fine = [], [], []
     for block in dge_blocks:
-        routing, spec = block.dge.routing, block_spec(block)
+        routing, dim = block.dge.routing, block.norm1.normalized_shape[0]
         n_in = float(routing.tokens)
         n_q = routing.queries().double()
-        router = router_macs(spec.dim, len(routing.split_sizes), block.dge.region_size, n_in)
-        block_static.append(torch.full_like(n_q, block_macs(spec, n_in, n_in, accounting) + router))
-        block_dynamic.append(block_macs(spec, n_in, n_q, accounting) + router)
+        router = router_macs(dim, len(routing.split_sizes), block.dge.region_size, n_in)
+        block_static.append(torch.full_like(n_q, block_macs(adapter, block, n_in, n_in, accounting) + router))
+        block_dynamic.append(block_macs(adapter, block, n_in, n_q, accounting) + router)
         fine.append(routing.gates[..., 0].detach().double().mean(dim=(1, 2)))
     static = constant + torch.stack(block_static).sum(0)
     dynamic = constant + torch.stack(block_dynamic).sum(0)
@@ -155,8 +122,9 @@ def dense_macs(model: nn.Module, image_size: tuple[int, int], accounting: str = 
                terms: str = "all") -> float:
     """MACs per image of a dense model (timm ViT/DeiT or dense PVT) at image_size."""
     _check_accounting(accounting)
-    total = sum(block_macs(block_spec(block), n, n, accounting, terms)
-                for block, n, _ in adapter_for(model).block_inputs(model, image_size))
+    adapter = adapter_for(model)
+    total = sum(block_macs(adapter, block, n, n, accounting, terms)
+                for block, n, _ in adapter.block_inputs(model, image_size))
     return total + _stem_and_head_macs(model, image_size, accounting, terms)
 
 
@@ -167,15 +135,16 @@ def expected_ratio(model: nn.Module, image_size: tuple[int, int], fine: float,
     ``models.random_fraction``), in expectation."""
     _check_accounting(accounting)
     static = dynamic = _stem_and_head_macs(model, image_size, accounting)
-    for block, n_in, cells in adapter_for(model).block_inputs(model, image_size):
-        dge, spec = block.dge, block_spec(block)
+    adapter = adapter_for(model)
+    for block, n_in, cells in adapter.block_inputs(model, image_size):
+        dge, dim = block.dge, block.norm1.normalized_shape[0]
         splits = dge.split_sizes
         coarse = [k * k for k in splits[1:]] or [splits[0] ** 2]
         per_region = fine * splits[0] ** 2 + (1 - fine) * sum(coarse) / len(coarse)
         n_q = (n_in - cells) + cells / dge.region_size ** 2 * per_region
-        router = router_macs(spec.dim, len(splits), dge.region_size, n_in)
-        static += block_macs(spec, n_in, n_in, accounting) + router
-        dynamic += block_macs(spec, n_in, n_q, accounting) + router
+        router = router_macs(dim, len(splits), dge.region_size, n_in)
+        static += block_macs(adapter, block, n_in, n_in, accounting) + router
+        dynamic += block_macs(adapter, block, n_in, n_q, accounting) + router
     return dynamic / static
 
 

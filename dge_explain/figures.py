@@ -215,7 +215,7 @@ def speedup_figure(cases: list[dict]):
     """Tables 7-8 on this machine: DGE's speed-up (dense / DGE latency) per backbone
     and input size, beside the paper's CPU speed-up of the same backbone and task."""
     kind = lambda c: c.get("preset") or ("whole Mask R-CNN" if "dense_detector_gmacs" in c else "")
-    labels = [f"{c['backbone']}\n{kind(c)} {'x'.join(map(str, c['input']))}".replace("\n ", "\n") for c in cases]
+    labels = [f"{c['backbone']}\n{kind(c)}\n{'x'.join(map(str, c['input']))}".replace("\n\n", "\n") for c in cases]
     x = np.arange(len(cases))
     figure, axis = plt.subplots(figsize=(max(4.0, 1.1 * len(cases)), 3.2))
     measured = axis.bar(x - 0.2, [c["speedup"] for c in cases], 0.4, label="measured (this CPU)")

@@ -7,7 +7,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from dge_explain.complexity import block_macs, block_spec, budget_loss, dense_macs, dge_complexity
+from dge_explain.complexity import block_macs, budget_loss, dense_macs, dge_complexity
 from dge_explain.models import dge_modules, force_gates, from_dense, random_fraction
 from dge_explain.models.families import adapter_for
 
@@ -73,11 +73,12 @@ def test_dynamic_matmul_macs_equal_a_flop_counter(name):
     with torch.no_grad(), force_gates(model, random_fraction(0.4, seed=3)), sdpa_kernel(SDPBackend.MATH), \
             FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, 3, 256, 256))
-    macs = adapter_for(model).stem_macs(model, 256 * 256, "matmul") + model.head.in_features * model.head.out_features
-    for block in adapter_for(model).blocks(model):
+    adapter = adapter_for(model)
+    macs = adapter.stem_macs(model, 256 * 256, "matmul") + model.head.in_features * model.head.out_features
+    for block in adapter.blocks(model):
         routing = block.dge.routing
         n_q = float(routing.queries())
-        macs += block_macs(block_spec(block), routing.tokens, n_q, terms="matmul")
+        macs += block_macs(adapter, block, routing.tokens, n_q, terms="matmul")
         macs += routing.gates[0, ..., 0].numel() * block.dge.router.gate.in_features * block.dge.router.gate.out_features
     assert counter.get_total_flops() == 2 * macs
     coarse = [float(b.dge.routing.queries()) < b.dge.routing.tokens for b in adapter_for(model).blocks(model)]

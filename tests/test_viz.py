@@ -189,6 +189,6 @@ def test_speedup_figure_sets_measured_beside_the_paper(tmp_path):
     figure = speedup_figure(cases)
     heights = [round(bar.get_height(), 2) for bar in figure.axes[0].patches]
     assert heights == [1.5, 1.1, 1.88, 0.0]
-    assert [t.get_text() for t in figure.axes[0].get_xticklabels()] == ["pvt_small\nsemfpn 512x512",
-                                                                        "pvt_medium\nwhole Mask R-CNN 800x1333"]
+    assert [t.get_text() for t in figure.axes[0].get_xticklabels()] == ["pvt_small\nsemfpn\n512x512",
+                                                                        "pvt_medium\nwhole Mask R-CNN\n800x1333"]
     assert _not_blank(save(figure, tmp_path / "speedups", dpi=80)[0])

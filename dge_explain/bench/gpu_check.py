@@ -137,7 +137,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="folder for gpu-check.json, gpu-check.md and "
                         "bench-<dtype>.json (the runtime figure's input)")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--models", nargs="+", default=["deit_tiny", "deit_small", "pvt_small"])
+    parser.add_argument("--models", nargs="+", default=["deit_tiny", "deit_small", "pvt_small", "dpvt_small"])
     parser.add_argument("--resolutions", type=int, nargs="+", default=[224, 384, 512, 768, 1024])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float16", "bfloat16"],

@@ -24,13 +24,14 @@ from dge_explain.bench.timing import measure_interleaved
 from dge_explain.complexity import dge_complexity, fine_fraction_for_ratio
 from dge_explain.models import force_gates, from_dense, load_checkpoint, random_fraction
 
-# benchmark name -> dense timm model (its DGE twin: from_dense, or the PVT-DGE below)
+# benchmark name -> dense timm model (its DGE twin: from_dense, or the pyramid's DGE model below)
 MODELS = {
     "deit_tiny": "deit_tiny_patch16_224",
     "deit_small": "deit_small_patch16_224",
     "pvt_small": "pvt_small_256",
+    "dpvt_small": "dpvt_small_256",
 }
-PVT_DGE = {"pvt_small": "pvt_dge_s12_small_256"}
+PYRAMID_DGE = {"pvt_small": "pvt_dge_s12_small_256", "dpvt_small": "dpvt_dge_s12_small_256"}
 
 
 @dataclass
@@ -66,9 +67,9 @@ def build_pair(name: str, phi=(1, 2)) -> tuple[torch.nn.Module, torch.nn.Module]
     if name not in MODELS:
         raise ValueError(f"unknown model {name}; benchmarked models: {', '.join(MODELS)}")
     torch.manual_seed(0)
-    if name in PVT_DGE:
+    if name in PYRAMID_DGE:
         dense = timm.create_model(MODELS[name])
-        dge = timm.create_model(PVT_DGE[name])
+        dge = timm.create_model(PYRAMID_DGE[name])
         load_checkpoint(dge, dense.state_dict(), fresh_routers=True)
     else:
         dense = timm.create_model(MODELS[name], dynamic_img_size=True)

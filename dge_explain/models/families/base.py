@@ -41,6 +41,14 @@ class BackboneAdapter:
         "matmul" only)."""
         raise NotImplementedError
 
+    def attention_macs(self, attn: nn.Module, dim: int, n_in, n_q, original: bool):
+        """(matrix-product MACs, other MACs) of one block's attention for n_in
+        inputs and n_q queries (numbers or tensors); `original`: the authors'
+        accounting.  Token attention with h heads: q, proj 2 Nq C^2; kv 2 Nin C^2;
+        QK^T and AV 2 Nq Nin C; softmax 3 Nq Nin h."""
+        matmul = 2 * n_q * dim * dim + 2 * n_in * dim * dim + 2 * n_q * n_in * dim
+        return matmul, 3 * n_q * n_in * attn.num_heads
+
     def cam_layers(self, model: nn.Module) -> tuple[list[nn.Module], list[nn.Module], int]:
         """(blocks of the last stage, the blocks before that stage, token stride in
         pixels of the last stage): the CAMs read the second-to-last block."""

@@ -51,6 +51,19 @@ class PVTAdapter(BackboneAdapter):
                 total += n_in / patch ** 2 * proj.out_channels
         return total
 
+    def attention_macs(self, attn, dim, n_in, n_q, original):
+        """Spatial reduction r: keys Nin/r^2; kv 2 Nin/r^2 C^2, plus the r x r conv
+        Nin C^2 and its norm Nin/r^2 C where r > 1; the original counts one of the
+        two attention matmuls."""
+        r = attn.sr_ratio
+        keys = n_in / r ** 2
+        matmul = 2 * n_q * dim * dim + 2 * keys * dim * dim + (1 if original else 2) * n_q * keys * dim
+        other = 3 * n_q * keys * attn.num_heads
+        if r > 1:
+            matmul = matmul + n_in * dim * dim
+            other = other + keys * dim
+        return matmul, other
+
     def cam_layers(self, model):
         earlier = [block for stage in (model.block1, model.block2, model.block3) for block in stage]
         return list(model.block4), earlier, STRIDES[3]
