@@ -86,3 +86,21 @@ def test_bad_gate_shape():
     delta = ops.multigrain_compress(x, (2, 1), None, 1, (4, 4))
     with pytest.raises(ValueError, match=r"gates has shape \(1, 2, 2, 3\), expected \(1, 2, 2, 2\)"):
         ops.multigrain_restore(x, delta, torch.zeros(1, 2, 2, 3), (2, 1), None, 1, (4, 4))
+
+
+@pytest.mark.parametrize("grid,step,extra", [((12, 8), 1, 0), ((12, 8), 2, 1), ((8, 16), 4, 2), ((6, 6), 3, 1)])
+def test_window_means_equal_average_pooling(grid, step, extra, generator):
+    """The routers' region means and the training path's coarse queries: equal
+    to avg_pool2d, on the spatial tokens after the extra ones (a batch-strided
+    view), with the same gradient."""
+    from dge_explain.ops.multigrain import window_means
+
+    x = torch.randn(3, extra + grid[0] * grid[1], 7, generator=generator, dtype=torch.float64, requires_grad=True)
+    got = window_means(x[:, extra:], grid, step)
+    image = x[:, extra:].transpose(1, 2).reshape(3, 7, *grid)
+    want = torch.nn.functional.avg_pool2d(image, step).permute(0, 2, 3, 1)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    weight = torch.randn(got.shape, generator=generator, dtype=torch.float64)
+    grad, = torch.autograd.grad((got * weight).sum(), x)
+    want_grad, = torch.autograd.grad((want * weight).sum(), x)
+    torch.testing.assert_close(grad, want_grad, rtol=1e-12, atol=1e-12)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.init import trunc_normal_
 
 from dge_explain.ops import region_grid
-from dge_explain.ops.multigrain import grid_image
+from dge_explain.ops.multigrain import window_means
 
 
 def finest_bias(options: int, init_gate: float) -> float:
@@ -42,7 +41,7 @@ class DynamicRouter(nn.Module):
     def pool(self, x: torch.Tensor, grid: tuple[int, int], num_extra: int) -> torch.Tensor:
         """Mean of each region's tokens: [B, Hr, Wr, C]."""
         region_grid(grid, self.region_size)
-        return F.avg_pool2d(grid_image(x[:, num_extra:], grid), self.region_size).permute(0, 2, 3, 1)
+        return window_means(x[:, num_extra:], grid, self.region_size)
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int], num_extra: int) -> torch.Tensor:
         return self.gate(self.pool(x, grid, num_extra))
