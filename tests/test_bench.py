@@ -79,7 +79,11 @@ def test_op_benchmark_reports_every_shape_over_rounds(tmp_path, capsys):
         (shape[0], op) for shape in op_bench.POOL_SHAPES
         for op in ("compress", "decompress", "restore (fused)")]
     assert [r["shape"] for r in result["attention"]] == [s[0] for s in op_bench.ATTENTION_SHAPES]
-    assert len(result["rounds"]["pooling"]) == len(result["rounds"]["attention"]) == 2
+    assert [r["shape"] for r in result["deformable"]] == [s[0] for s in op_bench.DEFORMABLE_SHAPES]
+    assert len(result["rounds"]["pooling"]) == len(result["rounds"]["attention"]) == \
+        len(result["rounds"]["deformable"]) == 2
+    for records in result["rounds"]["deformable"]:
+        assert all(r["op_s"] > 0 and r["reference_s"] > 0 and r["bytes_gathered"] > 0 for r in records)
     for records in result["rounds"]["pooling"]:
         assert all(r["op_s"] > 0 and r["copy_s"] > 0 and r["bytes"] > 0 for r in records)
     # several rounds: median with the range over rounds, which brackets it

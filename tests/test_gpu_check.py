@@ -17,6 +17,7 @@ SMALL = ["--device", "cpu", "--skip-tests", "--models", "deit_tiny", "--resoluti
 def small_op_shapes(monkeypatch):
     monkeypatch.setattr(op_bench, "POOL_SHAPES", [("tiny", 2, (4, 4), 1, 8, (2, 1))])
     monkeypatch.setattr(op_bench, "ATTENTION_SHAPES", [("tiny", 2, (4, 4), 1, 2, 8, (2, 1))])
+    monkeypatch.setattr(op_bench, "DEFORMABLE_SHAPES", [("tiny", 2, (4, 4), 2, 8, 3, (2, 1))])
 
 
 def test_the_check_writes_json_and_markdown(tmp_path, small_op_shapes):

@@ -122,9 +122,9 @@ def markdown(report: dict) -> str:
                            [[r["model"], r["dtype"], str(r["resolution"]), f"{r['relative_error']:.2e}",
                              f"{r['tolerance']:.0e}", "yes" if r["passed"] else "NO"] for r in report["parity"]]), ""]
     for dtype, table in report["op_timings"].items():
-        parts += [f"## Ops ({dtype})", "", format_table(list(table["pooling"][0]), [list(r.values()) for r in
-                                                                                 table["pooling"]]), "",
-                  format_table(list(table["attention"][0]), [list(r.values()) for r in table["attention"]]), ""]
+        parts += [f"## Ops ({dtype})", ""]
+        for section in ("pooling", "attention", "deformable"):
+            parts += [format_table(list(table[section][0]), [list(r.values()) for r in table[section]]), ""]
     for dtype, cases in report["model_timings"].items():
         parts += [f"## Dense vs DGE at budget 0.5 ({dtype})", "",
                   format_table(HEADER, [Case(**c).row() for c in cases]), "", *[f"- {g}" for g in goals(cases)], ""]
@@ -167,7 +167,7 @@ def main(argv=None) -> int:
         op_bench.main(["--device", args.device, "--dtype", dtype, "--min-time", str(args.min_time / 4),
                        "--json", str(path)])
         tables = json.loads(path.read_text())
-        report["op_timings"][dtype] = {"pooling": tables["pooling"], "attention": tables["attention"]}
+        report["op_timings"][dtype] = {section: tables[section] for section in ("pooling", "attention", "deformable")}
     report["model_timings"] = {}
     for dtype in args.timing_dtypes:
         cases = run_sweep(args.models, args.resolutions, args.batch_sizes, device, 0.5, args.min_time,

@@ -1,5 +1,7 @@
 """Op benchmark: compress / decompress / restore throughput next to a plain copy
-of the same bytes, and varlen attention next to dense SDPA doing the same FLOPs.
+of the same bytes, varlen attention next to dense SDPA doing the same FLOPs, and
+the deformable point attention next to its grid_sample reference (the same
+bilinear samples through PyTorch's own kernel).
 
     python -m dge_explain.bench.ops [--device cpu|cuda] [--threads N] [--rounds N] [--json out.json]
 """
@@ -15,6 +17,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from dge_explain import ops
+from dge_explain.ops import reference
 from dge_explain.bench.timing import measure_interleaved
 from dge_explain.tables import format_table
 
@@ -29,6 +32,12 @@ ATTENTION_SHAPES = [
     ("DeiT-Ti @224, S=2", 8, (14, 14), 1, 3, 64, (2, 1)),
     ("DeiT-S @512, S=4", 4, (32, 32), 1, 6, 64, (4, 2, 1)),
     ("DeiT-S @1024, S=4", 1, (64, 64), 1, 6, 64, (4, 2, 1)),
+]
+# name, batch, value map (H, W), heads, head dim, points, split sizes (None: every token a query)
+DEFORMABLE_SHAPES = [
+    ("DPVT-S stage 1 @512", 1, (128, 128), 1, 64, 4, None),
+    ("DPVT-S stage 3 @512, DGE S=2", 1, (32, 32), 5, 64, 4, (2, 1)),
+    ("DPVT-S stage 2 @800x1344, DGE S=2", 1, (100, 168), 2, 64, 4, (2, 1)),
 ]
 
 
@@ -90,6 +99,45 @@ def bench_attention(device, dtype, generator, min_time: float) -> list[dict]:
                         "dense_flops": 4 * batch * per_sample * keys * heads * head_dim,
                         "varlen_time": timed["varlen"], "dense_time": timed["dense"]})
     return records
+
+
+def bench_deformable(device, dtype, generator, min_time: float) -> list[dict]:
+    """One record per shape: the bytes the bilinear samples gather, and the median
+    times of the compiled op and of the grid_sample reference."""
+    records = []
+    for name, batch, grid, heads, head_dim, points, splits in DEFORMABLE_SHAPES:
+        if splits is None:
+            offsets = torch.arange(batch + 1) * grid[0] * grid[1]
+            centres = ops.grid_centres(*grid).repeat(batch, 1)
+        else:
+            size = max(splits)
+            table = ops.route_to_patches(_half_fine_gates(batch, grid, size, len(splits), generator, device),
+                                         splits, size, 0)
+            offsets, centres = table.offsets.cpu(), ops.patch_centres(table).cpu()
+        rows = len(centres)
+        value = torch.randn(batch, *grid, heads, head_dim, generator=generator).to(device, dtype)
+        shifts = torch.randn(rows, heads, points, 2, generator=generator) * 2
+        locations = (centres.view(-1, 1, 1, 2) + shifts).to(device, dtype)
+        weights = torch.rand(rows, heads, points, generator=generator).softmax(-1).to(device, dtype)
+        offsets = offsets.to(device)
+        timed = measure_interleaved({
+            "op": lambda: ops.deformable_attention(value, locations, weights, offsets),
+            "reference": lambda: reference.deformable_attention(value, locations, weights, offsets)},
+            device, min_time=min_time)
+        records.append({"shape": name, "rows": rows, "gathered": rows * heads * points * 4 * head_dim * value.element_size(),
+                        "op_time": timed["op"], "reference_time": timed["reference"]})
+    return records
+
+
+def deformable_rows(rounds: list[list[dict]]) -> list[list[str]]:
+    rows = []
+    for records in zip(*rounds):  # one shape, every round
+        first = records[0]
+        rows.append([first["shape"], str(first["rows"]), _time_cell(records, "op_time"),
+                     _spread([first["gathered"] / r["op_time"].median / 1e9 for r in records], "{:.1f}"),
+                     _time_cell(records, "reference_time"),
+                     _spread([r["reference_time"].median / r["op_time"].median for r in records], "{:.1f}x")])
+    return rows
 
 
 def _of_copy(record: dict) -> float:
@@ -161,28 +209,38 @@ def main(argv=None) -> int:
     info = ops.build_info()
     print(f"backend {info['active_backend']}, torch {info['torch_version']}, device {device}, "
           f"{torch.get_num_threads()} CPU threads, {args.dtype}, {args.rounds} round(s)")
-    pool_rounds, attention_rounds = [], []
+    pool_rounds, attention_rounds, deformable_rounds = [], [], []
     for _ in tqdm(range(args.rounds), desc="rounds", disable=args.rounds == 1):
         generator = torch.Generator().manual_seed(args.seed)  # the same gates every round
         pool_rounds.append(bench_pooling(device, dtype, generator, args.min_time))
         attention_rounds.append(bench_attention(device, dtype, generator, args.min_time))
+        deformable_rounds.append(bench_deformable(device, dtype, generator, args.min_time))
     pool_header = ["shape", "op", "MB moved", "time", "GB/s", "copy GB/s", "of copy"]
     attention_header = ["shape", "L x Nk", "varlen", "varlen GFLOP/s", "dense SDPA", "dense GFLOP/s",
                         "time per FLOP vs dense"]
+    deformable_header = ["shape", "rows", "deformable", "gathered GB/s", "grid_sample reference",
+                         "speed-up over reference"]
     pool, attention = pooling_rows(pool_rounds), attention_rows(attention_rounds)
+    deformable = deformable_rows(deformable_rounds)
     print(format_table(pool_header, pool))
     print()
     print(format_table(attention_header, attention))
+    print()
+    print(format_table(deformable_header, deformable))
     if args.json:
         raw = {"pooling": [[{"shape": r["shape"], "op": r["op"], "bytes": r["moved"],
                              "op_s": r["op_time"].median, "copy_s": r["copy_time"].median}
                             for r in records] for records in pool_rounds],
                "attention": [[{"shape": r["shape"], "flops": r["flops"], "dense_flops": r["dense_flops"],
                                "varlen_s": r["varlen_time"].median, "dense_s": r["dense_time"].median}
-                              for r in records] for records in attention_rounds]}
+                              for r in records] for records in attention_rounds],
+               "deformable": [[{"shape": r["shape"], "rows": r["rows"], "bytes_gathered": r["gathered"],
+                                "op_s": r["op_time"].median, "reference_s": r["reference_time"].median}
+                               for r in records] for records in deformable_rounds]}
         with open(args.json, "w") as handle:
             json.dump({"info": info, "pooling": [dict(zip(pool_header, r)) for r in pool],
                        "attention": [dict(zip(attention_header, r)) for r in attention],
+                       "deformable": [dict(zip(deformable_header, r)) for r in deformable],
                        "rounds": raw}, handle, indent=2)
     return 0
 
