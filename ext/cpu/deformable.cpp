@@ -45,6 +45,19 @@ struct Problem {
   }
 };
 
+// visit(point weight * corner weight, pixel) for every corner inside the map of
+// every point of one item.
+template <typename T, typename Visit>
+inline void each_weighted_corner(const Problem<T>& p, const T* loc, const T* w, Visit&& visit) {
+  for (int64_t point = 0; point < p.points; ++point) {
+    Corners<T> c;
+    if (!bilinear_corners(loc[2 * point], loc[2 * point + 1], p.height, p.width, c)) continue;
+    for (int corner = 0; corner < 4; ++corner) {
+      if (c.index[corner] >= 0) visit(w[point] * c.weight[corner], c.index[corner]);
+    }
+  }
+}
+
 template <typename T>
 void forward(const Problem<T>& p, T* out) {
   const int64_t items = p.rows * p.heads, stride = p.pixel_stride();
@@ -59,16 +72,10 @@ void forward(const Problem<T>& p, T* out) {
       const T* map = p.map(b, head);
       const T* loc = p.locations + i * p.points * 2;
       const T* w = p.weights + i * p.points;
-      for (int64_t point = 0; point < p.points; ++point) {
-        Corners<T> c;
-        if (!bilinear_corners(loc[2 * point], loc[2 * point + 1], p.height, p.width, c)) continue;
-        for (int corner = 0; corner < 4; ++corner) {
-          if (c.index[corner] < 0) continue;
-          const T coef = w[point] * c.weight[corner];
-          const T* v = map + c.index[corner] * stride;
-          for (int64_t ch = 0; ch < p.dim; ++ch) o[ch] += coef * v[ch];
-        }
-      }
+      each_weighted_corner(p, loc, w, [&](T coef, int64_t pixel) {
+        const T* v = map + pixel * stride;
+        for (int64_t ch = 0; ch < p.dim; ++ch) o[ch] += coef * v[ch];
+      });
     }
   });
 }
@@ -121,16 +128,10 @@ void value_grad(const Problem<T>& p, const T* grad, T* grad_value) {
         const T* g = grad + item * p.dim;
         const T* loc = p.locations + item * p.points * 2;
         const T* w = p.weights + item * p.points;
-        for (int64_t point = 0; point < p.points; ++point) {
-          Corners<T> c;
-          if (!bilinear_corners(loc[2 * point], loc[2 * point + 1], p.height, p.width, c)) continue;
-          for (int corner = 0; corner < 4; ++corner) {
-            if (c.index[corner] < 0) continue;
-            const T coef = w[point] * c.weight[corner];
-            T* target = map + c.index[corner] * stride;
-            for (int64_t ch = ch0; ch < ch1; ++ch) target[ch] += coef * g[ch];
-          }
-        }
+        each_weighted_corner(p, loc, w, [&](T coef, int64_t pixel) {
+          T* target = map + pixel * stride;
+          for (int64_t ch = ch0; ch < ch1; ++ch) target[ch] += coef * g[ch];
+        });
       }
     }
   });
