@@ -91,7 +91,7 @@ class TestBadInput:
         self.q, self.k, self.v, self.offsets = _problem([3, 4], 2, 8, 6, torch.float32, g)
 
     def test_offsets_length(self):
-        with pytest.raises(ValueError, match=r"offsets has shape \(2,\) but k has batch 2: expected \[3\]"):
+        with pytest.raises(ValueError, match=r"offsets has shape \(2,\) but q \(7, 2, 8\) and k \(2, 2, 6, 8\) give batch 2: expected \[3\]"):
             ops.varlen_attention(self.q, self.k, self.v, self.offsets[:2])
 
     def test_offsets_total(self):

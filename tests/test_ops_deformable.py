@@ -136,7 +136,7 @@ def test_reference_fallback_matches(generator):
     (lambda v, l, w, o: (v[0], l, w, o), r"value must be \[B, H, W, h, d\]"),
     (lambda v, l, w, o: (v, l[:, :1], w[:, :1], o), r"locations .* must be \[L, 2, P, 2\]"),
     (lambda v, l, w, o: (v, l, w[..., :1], o), r"weights .* must be"),
-    (lambda v, l, w, o: (v, l, w, o[:2]), r"offsets has shape \(2,\) but value has batch 2"),
+    (lambda v, l, w, o: (v, l, w, o[:2]), r"offsets has shape \(2,\) but value \(2, 3, 4, 2, 7\) and locations \(7, 2, 4, 2\) give batch 2: expected \[3\]"),
     (lambda v, l, w, o: (v, l, w, torch.tensor([0, 5, 3])), "offsets must rise from 0 to L=7"),
     (lambda v, l, w, o: (v, l.float(), w, o), "locations has dtype torch.float32 but value has torch.float64"),
     (lambda v, l, w, o: (v.int(), l, w, o), "value has dtype torch.int32"),

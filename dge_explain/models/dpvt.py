@@ -7,6 +7,9 @@ map sampled bilinearly (zero padding) at reference point + offset.  No cls token
 (stage 4 has 64 positional entries at 256 px), no spatial reduction, and the
 classifier reads the mean of the final tokens.  Parameter names as the authors'
 implementation: ``attn.v``, ``attn.offsets``, ``attn.attn_weight``, ``attn.proj``.
+The original sets the offsets to a per-head ray of points (zero weight) and then
+re-initialises every Linear, offsets included (trunc-normal 0.02, bias 0): the
+effective initial offsets are ~0, which the model's init_weights gives directly.
 
 With a DGE, a query stands for a patch of the grid: its reference point is the
 patch's centre (x0 + (step - 1)/2), which no released code defines (the authors
@@ -14,7 +17,6 @@ released DPVT, not DPVT+DGE).  Values always come from every token.
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -60,20 +62,6 @@ class DeformablePointAttention(nn.Module):
         self.attn_weight = nn.Linear(dim, num_heads * points)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
-        self.reset_offsets()
-
-    def reset_offsets(self) -> None:
-        """The intended initial pattern: head h's P points on the ray of angle
-        2 pi h / heads, 1..P pixels out (its cos/sin scaled so that the larger is 1).
-        The model's init_weights then re-initialises every Linear, as the original
-        does, so that the effective initial offsets are ~0."""
-        angles = torch.arange(self.num_heads, dtype=torch.float32) * (2 * math.pi / self.num_heads)
-        directions = torch.stack([angles.cos(), angles.sin()], -1)
-        directions = directions / directions.abs().max(-1, keepdim=True).values
-        steps = torch.arange(1, self.points + 1, dtype=torch.float32).view(1, -1, 1)
-        with torch.no_grad():
-            self.offsets.weight.zero_()
-            self.offsets.bias.copy_((directions.unsqueeze(1) * steps).flatten())
 
     def reference_points(self, grid: tuple[int, int], queries: int, table, device, dtype) -> torch.Tensor:
         """[Lq or L, 2]: the (x, y) reference point of every query."""
@@ -95,10 +83,8 @@ class DeformablePointAttention(nn.Module):
         heads, points = self.num_heads, self.points
         value = self.v(xn).view(batch, height, width, heads, channels // heads)
         rows = qn if table is not None else qn.reshape(-1, channels)
-        if table is not None:
-            offsets = table
-        else:
-            offsets = torch.arange(batch + 1, device=qn.device) * qn.shape[1]
+        # dense rows: offsets built on the host, where the op checks them without a device sync
+        offsets = table if table is not None else torch.arange(batch + 1) * qn.shape[1]
         reference = self.reference_points(grid, qn.shape[-2], table, qn.device, qn.dtype)
         if table is None:
             reference = reference.repeat(batch, 1)

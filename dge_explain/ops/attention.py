@@ -5,7 +5,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from . import _backend, fused_attention, reference
-from .checks import check_float, check_same, check_tensor, require
+from .checks import check_float, check_same, check_tensor, require, sample_offsets
 from .patch_table import PatchTable
 
 
@@ -50,22 +50,8 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             lambda: f"q {tuple(q.shape)} and k {tuple(k.shape)} disagree on heads or head dim")
     require(k.shape[2] > 0, lambda: f"k {tuple(k.shape)} has no keys")
     require(q.shape[2] > 0, lambda: f"q {tuple(q.shape)} has an empty head dim")
-    if isinstance(offsets, PatchTable):
-        require(offsets.batch == k.shape[0] and offsets.total == q.shape[0],
-                lambda: f"patch table (B={offsets.batch}, L={offsets.total}) does not match q "
-                        f"{tuple(q.shape)} and k {tuple(k.shape)}")
-        lengths, offsets = offsets.lengths, offsets.offsets
-    else:
-        check_tensor("offsets", offsets, 1, "[B+1]")
-        require(offsets.shape[0] == k.shape[0] + 1,
-                lambda: f"offsets has shape {tuple(offsets.shape)} but k has batch {k.shape[0]}: "
-                        f"expected [{k.shape[0] + 1}]")
-        bounds = offsets.tolist()
-        require(bounds[0] == 0 and bounds[-1] == q.shape[0]
-                and all(a <= b for a, b in zip(bounds, bounds[1:])),
-                lambda: f"offsets must rise from 0 to L={q.shape[0]}, got {bounds}")
-        offsets = offsets.to(device=q.device, dtype=torch.long)
-        lengths = [b - a for a, b in zip(bounds, bounds[1:])]
+    offsets, lengths = sample_offsets(offsets, k.shape[0], q.shape[0], q.device,
+                                      f"q {tuple(q.shape)} and k {tuple(k.shape)}")
     scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     fused = fused_attention.kernel_for(q)

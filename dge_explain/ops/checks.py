@@ -7,6 +7,7 @@ from typing import Callable
 import torch
 
 from . import _backend
+from .patch_table import PatchTable
 
 CPU_DTYPES = (torch.float32, torch.float64)
 CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -41,6 +42,23 @@ def check_same(name: str, tensor: torch.Tensor, other_name: str, other: torch.Te
             lambda: f"{name} is on {tensor.device} but {other_name} is on {other.device}")
     require(tensor.dtype == other.dtype,
             lambda: f"{name} has dtype {tensor.dtype} but {other_name} has {other.dtype}")
+
+
+def sample_offsets(offsets, batch: int, rows: int, device, names: str):
+    """The row offsets [B+1] (int64 on `device`) and per-sample row counts of packed
+    rows, from a PatchTable or a rising [B+1] tensor that must span 0..rows;
+    `names` says which arguments give batch and rows (for the error)."""
+    if isinstance(offsets, PatchTable):
+        require(offsets.batch == batch and offsets.total == rows,
+                lambda: f"patch table (B={offsets.batch}, L={offsets.total}) does not match {names}")
+        return offsets.offsets, offsets.lengths
+    check_tensor("offsets", offsets, 1, "[B+1]")
+    require(offsets.shape[0] == batch + 1,
+            lambda: f"offsets has shape {tuple(offsets.shape)} but {names} give batch {batch}: expected [{batch + 1}]")
+    bounds = offsets.tolist()
+    require(bounds[0] == 0 and bounds[-1] == rows and all(a <= b for a, b in zip(bounds, bounds[1:])),
+            lambda: f"offsets must rise from 0 to L={rows}, got {bounds}")
+    return offsets.to(device=device, dtype=torch.long), [b - a for a, b in zip(bounds, bounds[1:])]
 
 
 def region_grid(grid: tuple[int, int], region_size: int) -> tuple[int, int]:

@@ -9,7 +9,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from . import _backend, reference
-from .checks import check_float, check_same, check_tensor, require
+from .checks import check_float, check_same, check_tensor, require, sample_offsets
 from .patch_table import PatchTable
 
 
@@ -51,20 +51,8 @@ def deformable_attention(value: torch.Tensor, locations: torch.Tensor, weights: 
     require(weights.shape == locations.shape[:3],
             lambda: f"weights {tuple(weights.shape)} must be {tuple(locations.shape[:3])} for locations "
                     f"{tuple(locations.shape)}")
-    if isinstance(offsets, PatchTable):
-        require(offsets.batch == batch and offsets.total == locations.shape[0],
-                lambda: f"patch table (B={offsets.batch}, L={offsets.total}) does not match value "
-                        f"{tuple(value.shape)} and locations {tuple(locations.shape)}")
-        offsets = offsets.offsets
-    else:
-        check_tensor("offsets", offsets, 1, "[B+1]")
-        require(offsets.shape[0] == batch + 1,
-                lambda: f"offsets has shape {tuple(offsets.shape)} but value has batch {batch}: expected [{batch + 1}]")
-        bounds = offsets.tolist()
-        require(bounds[0] == 0 and bounds[-1] == locations.shape[0]
-                and all(a <= b for a, b in zip(bounds, bounds[1:])),
-                lambda: f"offsets must rise from 0 to L={locations.shape[0]}, got {bounds}")
-        offsets = offsets.to(device=value.device, dtype=torch.long)
+    offsets, _ = sample_offsets(offsets, batch, locations.shape[0], value.device,
+                                f"value {tuple(value.shape)} and locations {tuple(locations.shape)}")
     if not _backend.compiled_on(value.device):
         return reference.deformable_attention(value, locations, weights, offsets)
     value, locations, weights = (t.contiguous() for t in (value, locations, weights))

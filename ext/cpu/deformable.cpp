@@ -58,59 +58,60 @@ inline void each_weighted_corner(const Problem<T>& p, const T* loc, const T* w, 
   }
 }
 
-template <typename T>
-void forward(const Problem<T>& p, T* out) {
-  const int64_t items = p.rows * p.heads, stride = p.pixel_stride();
-  at::parallel_for(0, items, std::max<int64_t>(1, 4096 / (p.points * p.dim + 1)),
+// visit(item, sample, head) for every (row, head) item, in parallel over items
+// (each owns its outputs); the sample is tracked along the rows of a chunk.
+template <typename T, typename Visit>
+void for_each_item(const Problem<T>& p, Visit&& visit) {
+  at::parallel_for(0, p.rows * p.heads, std::max<int64_t>(1, 4096 / (p.points * p.dim + 1)),
                    [&](int64_t i0, int64_t i1) {
     int64_t b = p.sample_of(i0 / p.heads);
     for (int64_t i = i0; i < i1; ++i) {
-      const int64_t row = i / p.heads, head = i % p.heads;
-      while (row >= p.offsets[b + 1]) ++b;
-      T* o = out + i * p.dim;
-      std::fill(o, o + p.dim, T(0));
-      const T* map = p.map(b, head);
-      const T* loc = p.locations + i * p.points * 2;
-      const T* w = p.weights + i * p.points;
-      each_weighted_corner(p, loc, w, [&](T coef, int64_t pixel) {
-        const T* v = map + pixel * stride;
-        for (int64_t ch = 0; ch < p.dim; ++ch) o[ch] += coef * v[ch];
-      });
+      while (i / p.heads >= p.offsets[b + 1]) ++b;
+      visit(i, b, i % p.heads);
     }
   });
 }
 
 template <typename T>
+void forward(const Problem<T>& p, T* out) {
+  const int64_t stride = p.pixel_stride();
+  for_each_item(p, [&](int64_t i, int64_t b, int64_t head) {
+    T* o = out + i * p.dim;
+    std::fill(o, o + p.dim, T(0));
+    const T* map = p.map(b, head);
+    each_weighted_corner(p, p.locations + i * p.points * 2, p.weights + i * p.points,
+                         [&](T coef, int64_t pixel) {
+      const T* v = map + pixel * stride;
+      for (int64_t ch = 0; ch < p.dim; ++ch) o[ch] += coef * v[ch];
+    });
+  });
+}
+
+template <typename T>
 void location_and_weight_grads(const Problem<T>& p, const T* grad, T* grad_loc, T* grad_w) {
-  const int64_t items = p.rows * p.heads, stride = p.pixel_stride();
-  at::parallel_for(0, items, std::max<int64_t>(1, 4096 / (p.points * p.dim + 1)),
-                   [&](int64_t i0, int64_t i1) {
-    int64_t b = p.sample_of(i0 / p.heads);
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t row = i / p.heads, head = i % p.heads;
-      while (row >= p.offsets[b + 1]) ++b;
-      const T* g = grad + i * p.dim;
-      const T* map = p.map(b, head);
-      const T* loc = p.locations + i * p.points * 2;
-      const T* w = p.weights + i * p.points;
-      for (int64_t point = 0; point < p.points; ++point) {
-        T sampled = 0, d_x = 0, d_y = 0;
-        Corners<T> c;
-        if (bilinear_corners(loc[2 * point], loc[2 * point + 1], p.height, p.width, c)) {
-          for (int corner = 0; corner < 4; ++corner) {
-            if (c.index[corner] < 0) continue;
-            const T* v = map + c.index[corner] * stride;
-            T dot = 0;
-            for (int64_t ch = 0; ch < p.dim; ++ch) dot += g[ch] * v[ch];
-            sampled += c.weight[corner] * dot;
-            d_x += c.d_x[corner] * dot;
-            d_y += c.d_y[corner] * dot;
-          }
+  const int64_t stride = p.pixel_stride();
+  for_each_item(p, [&](int64_t i, int64_t b, int64_t head) {
+    const T* g = grad + i * p.dim;
+    const T* map = p.map(b, head);
+    const T* loc = p.locations + i * p.points * 2;
+    const T* w = p.weights + i * p.points;
+    for (int64_t point = 0; point < p.points; ++point) {
+      T sampled = 0, d_x = 0, d_y = 0;
+      Corners<T> c;
+      if (bilinear_corners(loc[2 * point], loc[2 * point + 1], p.height, p.width, c)) {
+        for (int corner = 0; corner < 4; ++corner) {
+          if (c.index[corner] < 0) continue;
+          const T* v = map + c.index[corner] * stride;
+          T dot = 0;
+          for (int64_t ch = 0; ch < p.dim; ++ch) dot += g[ch] * v[ch];
+          sampled += c.weight[corner] * dot;
+          d_x += c.d_x[corner] * dot;
+          d_y += c.d_y[corner] * dot;
         }
-        grad_w[i * p.points + point] = sampled;
-        grad_loc[(i * p.points + point) * 2] = w[point] * d_x;
-        grad_loc[(i * p.points + point) * 2 + 1] = w[point] * d_y;
       }
+      grad_w[i * p.points + point] = sampled;
+      grad_loc[(i * p.points + point) * 2] = w[point] * d_x;
+      grad_loc[(i * p.points + point) * 2 + 1] = w[point] * d_y;
     }
   });
 }
