@@ -20,7 +20,7 @@ from timm.models import register_model
 from torch import nn
 from torch.nn.init import trunc_normal_
 
-from .attention import SpatialReductionAttention
+from .attention import SpatialReductionAttention, token_map
 from .blocks import DenseBlock, DGEBlock
 from .data_config import deit_eval_config
 from .encoder import DynamicGrainedEncoder, split_sizes_for
@@ -169,7 +169,7 @@ class PyramidVisionTransformer(nn.Module):
             for block in getattr(self, f"block{stage + 1}"):
                 tokens = block(tokens, grid)
             if stage < 3:
-                x = tokens.transpose(1, 2).reshape(tokens.shape[0], -1, *grid)
+                x = token_map(tokens, grid)
                 outputs.append(x)
             else:
                 outputs.append(tokens)
@@ -185,7 +185,7 @@ class PyramidVisionTransformer(nn.Module):
             images = F.pad(images, (0, padded[1] - width, 0, padded[0] - height))
         stages = self.forward_stages(images)
         grid = (images.shape[-2] // STRIDES[3], images.shape[-1] // STRIDES[3])
-        res5 = stages[3][:, self.num_extra:].transpose(1, 2).reshape(images.shape[0], -1, *grid)
+        res5 = token_map(stages[3][:, self.num_extra:], grid)
         maps = stages[:3] + [res5]
         return {f"res{i + 2}": m[..., :-(-height // STRIDES[i]), :-(-width // STRIDES[i])]
                 for i, m in enumerate(maps)}
