@@ -85,7 +85,8 @@ def measure(name: str, min_time: float, ratio: float = 0.5, **timing) -> dict:
         dge_total = _counted_gmacs(lambda: dge([image]))
         dge_body_counted = _counted_gmacs(lambda: dge_body.forward_pyramid(batched))
         complexity = dge_complexity(dge_body)
-    dense_body_macs = dense_macs(dense_body, padded) / 1e9
+    # the dense backbone pads only to its own multiple (see presets.run_backbone)
+    dense_body_macs = dense_macs(dense_body, dense_body.padded_size(*batched.shape[-2:])) / 1e9
     dge_body_macs = float(complexity.dynamic.mean()) / 1e9
     paper = presets.PAPER["maskrcnn"][name]
     return {"backbone": name, "input": list(SIZE), "batched": list(batched.shape[-2:]), "padded": list(padded),
