@@ -183,7 +183,8 @@ def test_the_mask_rcnn_detector_counts_and_times_both_backbones(name, monkeypatc
 
     monkeypatch.setattr(detector, "SIZE", (256, 384))
     case = detector.measure(name, 0.0, warmup=0, min_repeats=1)
-    assert case["batched"] == [256, 384] and case["padded"] == [256, 384]
+    assert case["batched"] == [256, 384] and case["padded"] == case["dense_padded"] == [256, 384]
+    assert case["complexity_ratio"] == pytest.approx(case["budget_ratio"], abs=0.002)
     # the counter sees matmuls and convolutions only; dense_macs adds norms, softmax and activations
     assert 0.85 < case["dense_backbone_counted_gmacs"] / case["dense_backbone_gmacs"] <= 1.0
     saved = case["dense_detector_gmacs"] - case["dge_detector_gmacs"]

@@ -87,3 +87,17 @@ def test_small_builders_round_trip(generator):
     model = small_vit(phi=(1, 2, 4)).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 64, 64, generator=generator, dtype=torch.float64)).shape == (1, 10)
+
+
+def test_token_map_is_the_nchw_map_and_a_view_of_contiguous_tokens(generator):
+    from dge_explain.models.attention import token_map
+
+    tokens = torch.randn(2, 6 * 4, 5, generator=generator, dtype=torch.float64)
+    nchw = tokens.transpose(1, 2).reshape(2, 5, 6, 4)
+    mapped = token_map(tokens, (6, 4))
+    assert torch.equal(mapped, nchw) and mapped.data_ptr() == tokens.data_ptr()
+    assert mapped.is_contiguous(memory_format=torch.channels_last)
+    # strided tokens (every other channel) still map correctly, through a copy
+    wide = torch.randn(2, 6 * 4, 10, generator=generator, dtype=torch.float64)
+    torch.testing.assert_close(token_map(wide[..., ::2], (6, 4)), wide[..., ::2].transpose(1, 2).reshape(2, 5, 6, 4),
+                               rtol=0, atol=0)

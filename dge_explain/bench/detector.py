@@ -32,7 +32,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from dge_explain.bench import presets
 from dge_explain.bench.runtime import environment, write_report
 from dge_explain.bench.timing import measure_interleaved
-from dge_explain.complexity import dense_macs, dge_complexity, fine_fraction_for_ratio
+from dge_explain.complexity import fine_fraction_for_ratio
 from dge_explain.models import force_gates, random_fraction
 from dge_explain.tables import format_table
 
@@ -84,15 +84,14 @@ def measure(name: str, min_time: float, ratio: float = 0.5, **timing) -> dict:
         dense_body_counted = _counted_gmacs(lambda: dense_body.forward_pyramid(batched))
         dge_total = _counted_gmacs(lambda: dge([image]))
         dge_body_counted = _counted_gmacs(lambda: dge_body.forward_pyramid(batched))
-        complexity = dge_complexity(dge_body)
-    # the dense backbone pads only to its own multiple (see presets.run_backbone)
-    dense_body_macs = dense_macs(dense_body, dense_body.padded_size(*batched.shape[-2:])) / 1e9
-    dge_body_macs = float(complexity.dynamic.mean()) / 1e9
+        macs = presets.timed_macs(dense_body, dge_body, tuple(batched.shape[-2:]))
     paper = presets.PAPER["maskrcnn"][name]
-    return {"backbone": name, "input": list(SIZE), "batched": list(batched.shape[-2:]), "padded": list(padded),
-            "dense_detector_gmacs": dense_total, "dge_detector_gmacs": dge_total - dge_body_counted + dge_body_macs,
-            "dense_backbone_gmacs": dense_body_macs, "dense_backbone_counted_gmacs": dense_body_counted,
-            "dge_backbone_gmacs": dge_body_macs, "complexity_ratio": float(complexity.ratio),
+    return {"backbone": name, "input": list(SIZE), "batched": list(batched.shape[-2:]), "padded": macs["padded"],
+            "dense_padded": macs["dense_padded"], "dense_detector_gmacs": dense_total,
+            "dge_detector_gmacs": dge_total - dge_body_counted + macs["dge_gmacs"],
+            "dense_backbone_gmacs": macs["dense_gmacs"], "dense_backbone_counted_gmacs": dense_body_counted,
+            "dge_backbone_gmacs": macs["dge_gmacs"], "complexity_ratio": macs["complexity_ratio"],
+            "budget_ratio": macs["budget_ratio"],
             "dense_ms": timed["dense"].median * 1e3, "dense_iqr_ms": timed["dense"].iqr * 1e3,
             "dge_ms": timed["dge"].median * 1e3, "dge_iqr_ms": timed["dge"].iqr * 1e3,
             "speedup": timed["dense"].median / timed["dge"].median,

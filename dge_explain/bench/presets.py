@@ -47,6 +47,20 @@ def build_backbones(name: str) -> tuple[torch.nn.Module, torch.nn.Module]:
     return dense.eval(), dge.eval()
 
 
+def timed_macs(dense, dge, size: tuple[int, int]) -> dict:
+    """MACs of the two forwards a case times, after the DGE model's last forward at
+    `size`: each model pads to its own multiple, as a detector would (the dense one
+    to 32, the DGE one to 32 x region size), so the complexity ratio compares what
+    ran; the gates' budget ratio (against the DGE model's own finest pass) beside it."""
+    complexity = dge_complexity(dge)
+    dense_padded = dense.padded_size(*size)
+    dense_gmacs = dense_macs(dense, dense_padded) / 1e9
+    dge_gmacs = float(complexity.dynamic.mean()) / 1e9
+    return {"padded": list(dge.padded_size(*size)), "dense_padded": list(dense_padded),
+            "dense_gmacs": dense_gmacs, "dge_gmacs": dge_gmacs, "complexity_ratio": dge_gmacs / dense_gmacs,
+            "budget_ratio": float(complexity.ratio)}
+
+
 def run_backbone(preset: str, name: str, dense, dge, size: tuple[int, int], device: torch.device,
                  min_time: float, ratio: float = 0.5, **timing) -> dict:
     """One timed case; `timing`: measure_interleaved's warmup / min_repeats."""
@@ -58,17 +72,9 @@ def run_backbone(preset: str, name: str, dense, dge, size: tuple[int, int], devi
                                      "dge": lambda: dge.forward_pyramid(images)}, device, min_time=min_time,
                                     **timing)
         dge.forward_pyramid(images)
-    complexity = dge_complexity(dge)
-    # each model pads to its own multiple (the DGE to 32 * region size), as a detector
-    # would: the complexity ratio compares the MACs of the two forwards that were timed
-    dense_padded = dense.padded_size(*size)
-    dense_gmacs = dense_macs(dense, dense_padded) / 1e9
-    dge_gmacs = float(complexity.dynamic.mean()) / 1e9
     latency = timed["dge"].median / timed["dense"].median
     paper = PAPER[preset].get(name)
-    return {"preset": preset, "backbone": name, "input": list(size), "padded": list(padded),
-            "dense_padded": list(dense_padded), "dense_gmacs": dense_gmacs, "dge_gmacs": dge_gmacs,
-            "complexity_ratio": dge_gmacs / dense_gmacs, "budget_ratio": float(complexity.ratio),
+    return {"preset": preset, "backbone": name, "input": list(size), **timed_macs(dense, dge, size),
             "fine_fraction": fine,
             "dense_ms": timed["dense"].median * 1e3, "dense_iqr_ms": timed["dense"].iqr * 1e3,
             "dge_ms": timed["dge"].median * 1e3, "dge_iqr_ms": timed["dge"].iqr * 1e3,
