@@ -5,8 +5,8 @@ import argparse
 import sys
 
 from dge_explain.methods import method_help
-from dge_explain.tables import format_table
-from dge_explain.train_config import TrainConfig
+from dge_explain.console import format_table
+from dge_explain.training.config import TrainConfig
 
 # The parser imports nothing heavy (torch, timm, grad-cam load in the commands),
 # so that `dge-explain --help` answers at once.
@@ -50,7 +50,7 @@ def _overrides(args) -> dict:
 
 
 def cmd_figures(args: argparse.Namespace) -> int:
-    from dge_explain.figures import figures_for_run
+    from dge_explain.viz.figures import figures_for_run
 
     for path in figures_for_run(args.run, args.out, images=args.images, home=args.home, dpi=args.dpi,
                                 methods=args.methods):
@@ -62,7 +62,7 @@ def _explainers_and_model(args: argparse.Namespace, command: str, check_data):
     """(model, explainers, device) of an evaluate or perturb command, after every check
     that needs neither torch, timm nor the model (method names, data, run folder)."""
     from dge_explain.methods import parse_method
-    from dge_explain.runs import RunFolder
+    from dge_explain.evaluation.runs import RunFolder
 
     for method in args.methods:
         parse_method(method)
@@ -88,7 +88,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from dge_explain import zoo
     from dge_explain.data import Preprocessing
-    from dge_explain.evaluate import evaluate, markdown_table
+    from dge_explain.evaluation.report import markdown_table
+    from dge_explain.evaluation.segmentation import evaluate
 
     preprocessing = Preprocessing.of(model, input_size=args.image_size, mean=args.mean, std=args.std
                                      ).for_segmentation(args.interpolation)
@@ -111,7 +112,7 @@ def cmd_perturb(args: argparse.Namespace) -> int:
 
     from dge_explain import zoo
     from dge_explain.data import Preprocessing
-    from dge_explain.perturb import markdown_tables, perturb
+    from dge_explain.evaluation.perturbation import markdown_tables, perturb
 
     preprocessing = Preprocessing.of(model, input_size=args.image_size, interpolation=args.interpolation,
                                      **_overrides(args))
@@ -135,7 +136,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     list_images(folder)  # before the heavy imports and the model
 
     from dge_explain import zoo
-    from dge_explain.classify import evaluate_classification
+    from dge_explain.evaluation.classification import evaluate_classification
     from dge_explain.data import Preprocessing
 
     zoo.check_choice(args.model, args.checkpoint, args.weights, args.trained, args.random_weights)
@@ -157,7 +158,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from dge_explain import paths
-    from dge_explain.train import train
+    from dge_explain.training.distill import train
 
     config = TrainConfig(
         out=args.out, weights=args.weights, dense_model=args.dense_model, phi=tuple(args.phi),

@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 from dge_explain import paths, zoo
-from dge_explain.classify import evaluate_classification
-from dge_explain.figures import budget_figure, save
-from dge_explain.train import TrainConfig, train
+from dge_explain.evaluation.classification import evaluate_classification
+from dge_explain.viz.figures import budget_figure, save
+from dge_explain.training.distill import TrainConfig, train
 
 
 def main(argv=None) -> int:

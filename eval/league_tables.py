@@ -11,10 +11,10 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from dge_explain import perturb
-from dge_explain.evaluate import method_title, ordered_names
-from dge_explain.metrics import ImageScore, aggregate
-from dge_explain.runs import RunFolder
+from dge_explain.evaluation import perturbation as perturb
+from dge_explain.evaluation.report import method_title, ordered_names
+from dge_explain.evaluation.metrics import ImageScore, aggregate
+from dge_explain.evaluation.runs import RunFolder
 
 
 def _load(folder: Path) -> dict | None:

@@ -4,8 +4,8 @@ import sys
 from _common import map_parser, model_and_dataset
 
 from dge_explain.explain import build_explainers
-from dge_explain.figures import collect_maps, map_grid, save
-from dge_explain.metrics import aggregate, score_image
+from dge_explain.viz.figures import collect_maps, map_grid, save
+from dge_explain.evaluation.metrics import aggregate, score_image
 
 
 def main(argv=None):

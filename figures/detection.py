@@ -16,7 +16,7 @@ import numpy as np
 
 from dge_explain.data import load_rgb
 from dge_explain.data.annotations import CocoInstances, coco_json_from_yolo
-from dge_explain.figures import instance_grid, save
+from dge_explain.viz.figures import instance_grid, save
 
 
 def main(argv=None):

@@ -4,7 +4,7 @@ import sys
 from _common import map_parser, model_and_dataset
 
 from dge_explain.explain import GatingMaps
-from dge_explain.figures import collect_maps, map_grid, save
+from dge_explain.viz.figures import collect_maps, map_grid, save
 
 
 def main(argv=None):

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 from _common import parser
 
-from dge_explain.figures import pr_figure, save
+from dge_explain.viz.figures import pr_figure, save
 
 
 def main(argv=None):

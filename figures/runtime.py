@@ -6,7 +6,7 @@ import sys
 
 from _common import parser
 
-from dge_explain.figures import runtime_figure, save
+from dge_explain.viz.figures import runtime_figure, save
 
 
 def main(argv=None):

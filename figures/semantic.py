@@ -16,7 +16,7 @@ from PIL import Image
 
 from dge_explain.data import load_rgb
 from dge_explain.data.annotations import read_label_map, yolo_instances
-from dge_explain.figures import save, semantic_grid
+from dge_explain.viz.figures import save, semantic_grid
 from dge_explain.viz import COCO_CLASSES
 
 

@@ -7,7 +7,7 @@ import sys
 
 from _common import parser
 
-from dge_explain.figures import save, speedup_figure
+from dge_explain.viz.figures import save, speedup_figure
 
 
 def main(argv=None):

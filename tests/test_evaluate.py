@@ -18,11 +18,12 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from dge_explain.data import ImagenetSegMat, MaskFolder, Preprocessing, segmentation_dataset
-from dge_explain.evaluate import evaluate, methods_of_run
+from dge_explain.evaluation.segmentation import evaluate
+from dge_explain.explain import methods_of_run
 from dge_explain.explain import CAMMaps, GatingMaps, RandomMaps, batch_maps, build_explainers, token_grid
-from dge_explain.metrics import aggregate, score_image
+from dge_explain.evaluation.metrics import aggregate, score_image
 from dge_explain.models import dge_modules
-from dge_explain.runs import RunError, RunFolder
+from dge_explain.evaluation.runs import RunError, RunFolder
 
 from conftest import shared_file
 from helpers import counting_calls, randomise_routers, small_pvt
@@ -328,7 +329,7 @@ def test_method_lists_name_one_set_of_maps(dge_model):
     settings = {"maps": {n: c for e in build_explainers(dge_model, ["gating:2", "gating-margin:1", "gradcam"])
                          for n, c in e.describe().items()}}
     assert methods_of_run(settings) == ["gradcam", "gating:2", "gating-margin:1"]
-    from dge_explain.evaluate import method_title, ordered_names
+    from dge_explain.evaluation.report import method_title, ordered_names
 
     assert ordered_names(["layer12", "layercam", "layer2-margin", "random", "layer2", "relevance"]) == \
         ["random", "relevance", "layercam", "layer2", "layer12", "layer2-margin"]

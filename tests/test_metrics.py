@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import average_precision_score
 
-from dge_explain.metrics import EPS, aggregate, pr_curve, score_image, score_maps
+from dge_explain.evaluation.metrics import EPS, aggregate, pr_curve, score_image, score_maps
 from dge_explain.ops import reference, segmentation_scores, use_backend
 
 from conftest import poisoned_outputs

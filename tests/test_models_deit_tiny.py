@@ -70,7 +70,7 @@ def test_unreadable_image_is_named(tmp_path):
 
 
 def test_classification_report(tmp_path, generator):
-    from dge_explain.classify import evaluate_classification
+    from dge_explain.evaluation.classification import evaluate_classification
     for name in ["n01440764_tench.jpg", "n01443537_goldfish.jpg", "n01484850_shark.jpg"]:
         Image.new("RGB", (60, 50), (10, 200, 10)).save(tmp_path / name)
     dense = timm.create_model("deit_tiny_patch16_224", depth=2, num_classes=3).eval()
@@ -84,7 +84,7 @@ def test_classification_report(tmp_path, generator):
 
 
 def test_classification_report_of_a_dense_model(tmp_path):
-    from dge_explain.classify import evaluate_classification
+    from dge_explain.evaluation.classification import evaluate_classification
 
     Image.new("RGB", (60, 50)).save(tmp_path / "n01440764_tench.jpg")
     dense = timm.create_model("deit_tiny_patch16_224", depth=1).eval()

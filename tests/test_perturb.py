@@ -16,7 +16,7 @@ from torch import nn
 from dge_explain.data import Preprocessing
 from dge_explain.explain import build_explainers
 from dge_explain.models import dge_modules
-from dge_explain.perturb import FRACTIONS, _region_policy, auc, perturb, removal_masks
+from dge_explain.evaluation.perturbation import FRACTIONS, _region_policy, auc, perturb, removal_masks
 
 from conftest import shared_file
 from helpers import randomise_routers, small_vit
@@ -79,15 +79,15 @@ def test_curves_of_a_model_whose_logit_depends_on_known_pixels(white_images, tmp
 def test_freed_memory_goes_back_to_the_system_after_every_batch(white_images, tmp_path, monkeypatch):
     """glibc keeps the perturbed batches' freed blocks on its heap (a 1000-image run
     grew to 15 GB): the run loop trims it after each batch."""
-    from dge_explain import runs
+    from dge_explain.evaluation import loop
 
     calls = []
-    monkeypatch.setattr(runs, "release_freed_memory", lambda: calls.append(1))
+    monkeypatch.setattr(loop, "release_freed_memory", lambda: calls.append(1))
     perturb(Quadrant(), str(white_images), [QuadrantMap()], tmp_path / "run", batch_size=1, workers=0,
             progress=False, preprocessing=PLAIN)
     assert len(calls) == 3, "one trim per batch"
     if platform.libc_ver()[0] == "glibc":
-        assert runs._libc_trim() is not None, "glibc's malloc_trim is found"
+        assert loop._libc_trim() is not None, "glibc's malloc_trim is found"
 
 
 def test_auc_is_the_trapezoid_over_zero_to_nine_tenths():

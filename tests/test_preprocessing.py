@@ -9,7 +9,7 @@ from PIL import Image
 from timm.data import create_transform, resolve_model_data_config
 
 from dge_explain import zoo
-from dge_explain.classify import evaluate_classification
+from dge_explain.evaluation.classification import evaluate_classification
 from dge_explain.data import Preprocessing
 from dge_explain.models import from_dense
 

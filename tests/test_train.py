@@ -8,7 +8,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from dge_explain.models import load_checkpoint
-from dge_explain.train import TrainConfig, distillation_loss, train
+from dge_explain.training.distill import TrainConfig, distillation_loss, train
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def _teacher_depth2(monkeypatch):
     import timm
 
     original = timm.create_model
-    monkeypatch.setattr("dge_explain.train.timm.create_model",
+    monkeypatch.setattr("dge_explain.training.distill.timm.create_model",
                         lambda name, **kw: original(name, depth=2, **kw))
 
 

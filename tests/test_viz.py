@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from dge_explain.data.annotations import CocoInstances, coco_json_from_yolo, read_label_map, yolo_instances
-from dge_explain.figures import (budget_figure, instance_grid, map_grid, perturbation_figure, pr_figure,
+from dge_explain.viz.figures import (budget_figure, instance_grid, map_grid, perturbation_figure, pr_figure,
                                  runtime_figure, save, semantic_grid)
 from dge_explain.viz import (ADE20K_CLASSES, Instance, draw_granularity, draw_instances,
                              heatmap_overlay, mask_contours, semantic_overlay, voc_palette)
@@ -181,7 +181,7 @@ def test_yolo_and_coco_annotations(tmp_path):
 
 
 def test_speedup_figure_sets_measured_beside_the_paper(tmp_path):
-    from dge_explain.figures import speedup_figure
+    from dge_explain.viz.figures import speedup_figure
 
     cases = [{"preset": "semfpn", "backbone": "pvt_small", "input": [512, 512], "speedup": 1.5, "paper_cpu_speedup": 1.88},
              {"backbone": "pvt_medium", "input": [800, 1333], "speedup": 1.1, "paper_cpu_speedup": None,

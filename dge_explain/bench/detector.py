@@ -34,7 +34,7 @@ from dge_explain.bench.runtime import environment, write_report
 from dge_explain.bench.timing import measure_interleaved
 from dge_explain.complexity import fine_fraction_for_ratio
 from dge_explain.models import force_gates, random_fraction
-from dge_explain.tables import format_table
+from dge_explain.console import format_table
 
 SIZE = presets.PRESETS["maskrcnn"][0]
 HEADER = ["backbone", "detector GMACs", "paper", "backbone GMACs", "dense ms", "DGE ms", "speed-up",

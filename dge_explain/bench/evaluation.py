@@ -23,9 +23,9 @@ from torch.utils.data import DataLoader, Subset
 
 from dge_explain import paths, zoo
 from dge_explain.data import Preprocessing, segmentation_dataset
-from dge_explain.evaluate import evaluate
+from dge_explain.evaluation.segmentation import evaluate
 from dge_explain.explain import build_explainers
-from dge_explain.tables import format_table
+from dge_explain.console import format_table
 
 
 def _loop_seconds(model, loader, backward: bool) -> float:

@@ -19,7 +19,7 @@ from dge_explain import paths, zoo
 from dge_explain.bench.timing import measure_interleaved
 from dge_explain.data import Preprocessing, segmentation_dataset
 from dge_explain.explain import batch_maps, build_explainers
-from dge_explain.tables import format_table
+from dge_explain.console import format_table
 
 ATTENTION_EXPLAINERS = ("attention", "rollout", "attention-gradcam", "relevance")
 DEFAULT_METHODS = (*ATTENTION_EXPLAINERS, " ".join(ATTENTION_EXPLAINERS), "gradcam",

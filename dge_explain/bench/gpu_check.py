@@ -26,7 +26,7 @@ from dge_explain.bench import ops as op_bench
 from dge_explain.bench.runtime import HEADER, Case, build_pair, cases_to_json, environment, run_sweep, write_report
 from dge_explain.complexity import fine_fraction_for_ratio
 from dge_explain.models import force_gates, random_fraction
-from dge_explain.tables import format_table
+from dge_explain.console import format_table
 
 ROOT = Path(__file__).resolve().parents[2]
 CUDA_TESTS = ["tests/test_ops_cuda.py", "tests/test_ops_fused.py"]

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from dge_explain import ops
 from dge_explain.ops import reference
 from dge_explain.bench.timing import measure_interleaved
-from dge_explain.tables import format_table
+from dge_explain.console import format_table
 
 # name, batch, token grid (H, W), extra tokens, channels, split sizes
 POOL_SHAPES = [

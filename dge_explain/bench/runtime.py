@@ -121,7 +121,7 @@ def run_sweep(names, resolutions, batches, device: torch.device, ratio: float | 
               **timing) -> list[Case]:
     """Every (model, resolution, batch) case; a size the DGE's region grid cannot tile,
     or one that runs out of GPU memory, is reported and skipped."""
-    from dge_explain.tables import format_table
+    from dge_explain.console import format_table
 
     cases = []
     for name in names:

@@ -1,4 +1,4 @@
-"""Instance annotations and predictions as ``viz.Instance`` lists:
+"""Instance annotations and predictions as ``Instance`` lists (drawn by ``viz``):
 
 * YOLO polygon labels (``labels/*.txt``: class id, then normalised x y pairs),
   e.g. coco128-seg;
@@ -11,13 +11,21 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from dge_explain.viz.detection import Instance
-from dge_explain.viz.palettes import COCO_CATEGORY_IDS, COCO_CLASSES
+from .classes import COCO_CATEGORY_IDS, COCO_CLASSES
+
+
+@dataclass
+class Instance:
+    box: tuple[float, float, float, float]   # x0, y0, x1, y1 in pixels
+    label: str
+    score: float | None = None               # None for ground truth
+    mask: np.ndarray | None = None            # bool [H, W]
 
 
 def yolo_polygons(label_file, width: int, height: int, classes=COCO_CLASSES) -> list[tuple[int, np.ndarray]]:

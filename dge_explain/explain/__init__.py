@@ -25,7 +25,7 @@ from .gating import GatingMaps
 from .random import RandomMaps
 
 __all__ = ["AttentionExplainer", "CAMMaps", "GatingMaps", "RandomMaps", "batch_maps", "build_explainers",
-           "token_grid"]
+           "describe_maps", "methods_of_run", "token_grid"]
 
 
 def build_explainers(model: nn.Module, methods, seed: int = 0) -> list:
@@ -72,3 +72,22 @@ def batch_maps(explainers: list, images: torch.Tensor, ids, labels=None) -> dict
         if explainer not in served:
             maps.update(explainer(images, ids, labels))
     return {name: m.detach().cpu() for name, m in maps.items()}
+
+
+def methods_of_run(settings: dict) -> list[str]:
+    """Method names that rebuild the explainers of a run's settings ("maps")."""
+    layers: dict[str, list[int]] = {}
+    methods = []
+    for config in settings["maps"].values():
+        if config["method"] == "gating":
+            kind = "gating" if config["score"] == "fine" else f"gating-{config['score']}"
+            layers.setdefault(kind, []).append(config["layer"])
+        else:
+            methods.append(config["method"])
+    return sorted(set(methods)) + [f"{kind}:{','.join(map(str, sorted(ls)))}" for kind, ls in sorted(layers.items())]
+
+
+def describe_maps(explainers: list) -> dict[str, dict]:
+    """The settings of every map, by name, in name order (so that the same set of
+    maps compares equal however it was asked for)."""
+    return dict(sorted((name, config) for e in explainers for name, config in e.describe().items()))

@@ -161,7 +161,7 @@ def _region_major_to_raster(table: "PatchTable") -> torch.Tensor:
 def segmentation_scores(maps: torch.Tensor, masks: torch.Tensor, bins: int):
     """(counts [M, 3], ap [M], histograms [M, 2, bins]) as the compiled scorer
     returns them: the soft-segmentation protocol of Chefer et al. per map
-    (``dge_explain.metrics`` describes it), written step by step."""
+    (``dge_explain.evaluation.metrics`` describes it), written step by step."""
     import numpy as np
 
     counts, aps, histograms = [], [], []

@@ -1,5 +1,5 @@
 """The soft-segmentation scorer: every map of a batch scored against its mask
-in one compiled call (``dge_explain.metrics`` states the protocol)."""
+in one compiled call (``dge_explain.evaluation.metrics`` states the protocol)."""
 from __future__ import annotations
 
 import torch

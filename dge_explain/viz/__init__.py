@@ -1,8 +1,11 @@
 """Drawing: heatmap, granularity, mask-contour, detection and semantic overlays
 (RGB uint8 arrays in, RGB uint8 arrays out), and the palettes they use."""
-from .detection import Instance, draw_instances
+from .detection import draw_instances
 from .overlays import draw_granularity, heatmap_overlay, mask_contours
-from .palettes import ADE20K_CLASSES, COCO_CLASSES, VOC_CLASSES, distinct_colors, voc_palette
+from dge_explain.data.annotations import Instance
+from dge_explain.data.classes import ADE20K_CLASSES, COCO_CLASSES, VOC_CLASSES
+
+from .palettes import distinct_colors, voc_palette
 from .semantic import semantic_overlay
 
 __all__ = ["ADE20K_CLASSES", "COCO_CLASSES", "Instance", "VOC_CLASSES", "distinct_colors",

@@ -3,21 +3,14 @@ mmdetection users know: a box per instance with its class name and score, its
 mask filled translucently in the instance's own colour and outlined."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import cv2
 import numpy as np
 
+from dge_explain.data.annotations import Instance
+
 from .palettes import distinct_colors
-
-
-@dataclass
-class Instance:
-    box: tuple[float, float, float, float]   # x0, y0, x1, y1 in pixels
-    label: str
-    score: float | None = None               # None for ground truth
-    mask: np.ndarray | None = None            # bool [H, W]
 
 
 def draw_instances(image, instances: Sequence[Instance], alpha: float = 0.45,

@@ -35,10 +35,12 @@ from torch import nn
 
 from dge_explain.data import IdentifiedImages, LabelledImageFolder, Preprocessing
 from dge_explain.data.folders import parse_folder_spec
-from dge_explain.evaluate import check_input_size, describe_maps, method_title, ordered_names
-from dge_explain.explain import batch_maps
+from dge_explain.evaluation.report import method_title, ordered_names
+from dge_explain.evaluation.segmentation import check_input_size
+from dge_explain.explain import batch_maps, describe_maps
 from dge_explain.models import dge_modules, force_gates
-from dge_explain.runs import RunFolder, release_freed_memory, run_resumable
+from dge_explain.evaluation.loop import release_freed_memory, run_resumable
+from dge_explain.evaluation.runs import RunFolder
 
 FRACTIONS = tuple(round(0.1 * i, 1) for i in range(1, 10))
 VARIANTS = ("predicted", "target")
@@ -220,7 +222,7 @@ def router_table(router: dict, first_column: str = "Method") -> list[str]:
 
 
 def write_outputs(out: Path, records: list[dict], settings: dict, limit: int | None) -> dict:
-    from dge_explain.figures import perturbation_figure, save
+    from dge_explain.viz.figures import perturbation_figure, save
 
     summary = summarise(records)
     (out / "results.json").write_text(json.dumps({"run": settings, **summary, "limit": limit}, indent=2))

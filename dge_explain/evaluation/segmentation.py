@@ -2,9 +2,9 @@
 
 For every batch: every explainer's maps (``dge_explain.explain.batch_maps``: one
 pass per family of explainers, the gating maps riding along), then every map
-scored by one compiled call per method (``dge_explain.metrics``); one record per
+scored by one compiled call per method (``dge_explain.evaluation.metrics``); one record per
 image is appended to
-``OUT/records/rank<r>.jsonl``, keyed by the image's identity (``dge_explain.runs``).
+``OUT/records/rank<r>.jsonl``, keyed by the image's identity (``dge_explain.evaluation.runs``).
 Rerunning with the same OUT resumes: images already scored are skipped, new or
 changed ones are scored.  Under torchrun the images are split across ranks; rank
 0 reduces the records of the current listing exactly, in dataset order.
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,66 +24,18 @@ from torch import nn
 
 from dge_explain.data import Preprocessing, canonical_spec, segmentation_dataset
 from dge_explain.data.segmentation import MASK_ISSUES
-from dge_explain.explain import batch_maps
-from dge_explain.metrics import ImageScore, aggregate, score_maps
-from dge_explain.runs import RunFolder, run_resumable, say
-
-
-def methods_of_run(settings: dict) -> list[str]:
-    """Method names that rebuild the explainers of a run's settings ("maps")."""
-    layers: dict[str, list[int]] = {}
-    methods = []
-    for config in settings["maps"].values():
-        if config["method"] == "gating":
-            kind = "gating" if config["score"] == "fine" else f"gating-{config['score']}"
-            layers.setdefault(kind, []).append(config["layer"])
-        else:
-            methods.append(config["method"])
-    return sorted(set(methods)) + [f"{kind}:{','.join(map(str, sorted(ls)))}" for kind, ls in sorted(layers.items())]
+from dge_explain.explain import batch_maps, describe_maps
+from dge_explain.evaluation.metrics import ImageScore, aggregate, score_maps
+from dge_explain.evaluation.report import markdown_table, ordered_names
+from dge_explain.console import say
+from dge_explain.evaluation.loop import run_resumable
+from dge_explain.evaluation.runs import RunFolder
 
 
 @dataclass
 class EvaluationResult:
     images: int
     methods: dict[str, dict[str, float]]   # method -> Accuracy / mAP / mIoU (percent) + IoUs
-
-
-TITLES = {"random": "Random", "attention": "Raw attention", "rollout": "Rollout",
-          "attention-gradcam": "Attention GradCAM", "relevance": "Relevance", "gradcam": "GradCAM",
-          "gradcam++": "GradCAM++", "xgradcam": "XGradCAM", "layercam": "LayerCAM", "hirescam": "HiResCAM",
-          "gradcam-elementwise": "GradCAM (element-wise)", "eigencam": "EigenCAM",
-          "eigengradcam": "EigenGradCAM", "scorecam": "ScoreCAM", "ablationcam": "AblationCAM"}
-
-
-GATING_NAME = re.compile(r"^layer(\d+)(?:-(\w+))?$")
-
-
-def gating_layer(name: str) -> tuple[int, str] | None:
-    """'layer8' -> (8, ''), 'layer8-margin' -> (8, 'margin'); None for other maps."""
-    match = GATING_NAME.match(name)
-    return (int(match.group(1)), match.group(2) or "") if match else None
-
-
-def method_title(name: str) -> str:
-    gating = gating_layer(name)
-    if gating:
-        return f"Layer {gating[0]}" + (f" ({gating[1]})" if gating[1] else "")
-    return TITLES.get(name, name)
-
-
-def ordered_names(names) -> list[str]:
-    """Random, the attention baselines, the CAMs, then gating layers (p_fine, margin,
-    density): the paper's tables put random first and the layers last."""
-    rank = {name: i for i, name in enumerate(TITLES)}
-    scores = {"": 0, "margin": 1, "density": 2}
-
-    def key(name):
-        gating = gating_layer(name)
-        if gating:
-            return (1, scores.get(gating[1], 3), gating[0], name)
-        return (0, rank.get(name, len(rank)), 0, name)
-
-    return sorted(names, key=key)
 
 
 def _mask_issues(records: list[dict]) -> dict[str, dict]:
@@ -126,15 +77,6 @@ def write_outputs(out: Path, ordered: list[dict], info: dict, limit: int | None)
         name: np.sum([np.asarray(r["histograms"][name]).reshape(2, -1) for r in ordered], axis=0)
         for name in names})
     return result
-
-
-def markdown_table(result: EvaluationResult) -> str:
-    names = list(result.methods)
-    lines = ["| Metric | " + " | ".join(method_title(n) for n in names) + " |",
-             "|---|" + "---|" * len(names)]
-    for metric in ("Accuracy", "mAP", "mIoU"):
-        lines.append(f"| {metric} | " + " | ".join(f"{result.methods[n][metric]:.1f}" for n in names) + " |")
-    return "\n".join(lines)
 
 
 def check_input_size(model: nn.Module, size: int, device) -> None:
@@ -180,9 +122,3 @@ def evaluate(model: nn.Module, dataset_spec: str, explainers: list, out, limit: 
 
     return run_resumable(RunFolder(out, "evaluate"), dataset, settings, limit, score_batch, write_outputs,
                          batch_size, workers, progress)
-
-
-def describe_maps(explainers: list) -> dict[str, dict]:
-    """The settings of every map, by name, in name order (so that the same set of
-    maps compares equal however it was asked for)."""
-    return dict(sorted((name, config) for e in explainers for name, config in e.describe().items()))

@@ -35,7 +35,7 @@ from torch import nn
 from tqdm import tqdm
 
 from dge_explain.distributed import Distributed
-from dge_explain.train_config import TrainConfig
+from dge_explain.training.config import TrainConfig
 from dge_explain.paths import read_json_lines
 from dge_explain.complexity import budget_loss, dge_complexity
 from dge_explain.data import Preprocessing, list_images, load_rgb

@@ -1,0 +1,51 @@
+"""How results are named and laid out for people: method titles, the paper's
+column order (random, the baselines, then gating layers), Markdown tables."""
+from __future__ import annotations
+
+import re
+
+TITLES = {"random": "Random", "attention": "Raw attention", "rollout": "Rollout",
+          "attention-gradcam": "Attention GradCAM", "relevance": "Relevance", "gradcam": "GradCAM",
+          "gradcam++": "GradCAM++", "xgradcam": "XGradCAM", "layercam": "LayerCAM", "hirescam": "HiResCAM",
+          "gradcam-elementwise": "GradCAM (element-wise)", "eigencam": "EigenCAM",
+          "eigengradcam": "EigenGradCAM", "scorecam": "ScoreCAM", "ablationcam": "AblationCAM"}
+
+
+GATING_NAME = re.compile(r"^layer(\d+)(?:-(\w+))?$")
+
+
+def gating_layer(name: str) -> tuple[int, str] | None:
+    """'layer8' -> (8, ''), 'layer8-margin' -> (8, 'margin'); None for other maps."""
+    match = GATING_NAME.match(name)
+    return (int(match.group(1)), match.group(2) or "") if match else None
+
+
+def method_title(name: str) -> str:
+    gating = gating_layer(name)
+    if gating:
+        return f"Layer {gating[0]}" + (f" ({gating[1]})" if gating[1] else "")
+    return TITLES.get(name, name)
+
+
+def ordered_names(names) -> list[str]:
+    """Random, the attention baselines, the CAMs, then gating layers (p_fine, margin,
+    density): the paper's tables put random first and the layers last."""
+    rank = {name: i for i, name in enumerate(TITLES)}
+    scores = {"": 0, "margin": 1, "density": 2}
+
+    def key(name):
+        gating = gating_layer(name)
+        if gating:
+            return (1, scores.get(gating[1], 3), gating[0], name)
+        return (0, rank.get(name, len(rank)), 0, name)
+
+    return sorted(names, key=key)
+
+
+def markdown_table(result) -> str:
+    names = list(result.methods)
+    lines = ["| Metric | " + " | ".join(method_title(n) for n in names) + " |",
+             "|---|" + "---|" * len(names)]
+    for metric in ("Accuracy", "mAP", "mIoU"):
+        lines.append(f"| {metric} | " + " | ".join(f"{result.methods[n][metric]:.1f}" for n in names) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Distilling DGE routers from a dense teacher."""
