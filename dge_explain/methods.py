@@ -1,39 +1,65 @@
 """The explainers an evaluation accepts, by name, found without importing them.
 
 Every module of ``dge_explain/explain/`` that defines a module-level dict literal
-``METHODS = {"name": "help", ...}`` provides those methods through its
-``build(model, requests, seed)`` function (requests: {name: layers or None});
-a name written ``"name:LAYERS"`` takes an optional comma-separated list of layers
-(``gating:1,4,8``).  The modules are read here as source (``ast``), not imported,
-so that the command line can list and check method names before torch loads:
-adding an explainer is adding one such file (and its tests).
+``METHODS = {"name": {"title": ..., "help": ..., "passes": ...}, ...}`` provides
+those methods through its ``build(model, requests, seed)`` function (requests:
+{name: layers or None}); a name written ``"name:LAYERS"`` takes an optional
+comma-separated list of layers (``gating:1,4,8``).  ``passes`` says what a method
+costs: "none", "attention" (the shared attention pass), "gradients" (the shared
+pytorch-grad-cam forward and backward), "forward", "per-channel" (a pass per
+channel of the target layer) or "rides" (read during another method's pass).
+The modules are read here as source (``ast``), not imported, so that the command
+line can list and check method names before torch loads: adding an explainer is
+adding one such file (and its tests); this registry is the only list of names.
 """
 from __future__ import annotations
 
 import ast
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 EXPLAIN_DIR = Path(__file__).resolve().parent / "explain"
+PASSES = ("none", "attention", "gradients", "forward", "per-channel", "rides")
+# the paper's column order: random first, the baselines, the gating layers last
+FAMILY_RANK = {"none": 0, "attention": 1, "gradients": 2, "forward": 2, "per-channel": 2, "rides": 3}
+
+
+class Method(NamedTuple):
+    module: str          # under dge_explain.explain
+    takes_layers: bool
+    title: str
+    help: str
+    passes: str
+
+    @property
+    def baseline(self) -> bool:
+        """One of the field's explainers that run at the cost of a pass or two (the
+        league's default set: neither the gating maps nor a pass per channel)."""
+        return self.passes not in ("rides", "per-channel")
 
 
 @lru_cache(maxsize=1)
-def registry() -> dict[str, tuple[str, bool, str]]:
-    """name -> (module under dge_explain.explain, takes layers, help)."""
-    found: dict[str, tuple[str, bool, str]] = {}
+def registry() -> dict[str, Method]:
+    """name -> Method, ordered as the paper's tables order their columns."""
+    found: dict[str, Method] = {}
     for path in sorted(EXPLAIN_DIR.glob("*.py")):
         for node in ast.parse(path.read_text()).body:
             if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "METHODS" for t in node.targets):
                 for key, value in ast.literal_eval(node.value).items():
                     name, _, layers = key.partition(":")
                     if name in found:
-                        raise RuntimeError(f"method {name!r} is defined by {found[name][0]} and {path.stem}")
-                    found[name] = (path.stem, bool(layers), value)
-    return found
+                        raise RuntimeError(f"method {name!r} is defined by {found[name].module} and {path.stem}")
+                    if value.get("passes") not in PASSES or not value.get("title") or not value.get("help"):
+                        raise RuntimeError(f"{path}: METHODS[{key!r}] needs a title, a help and passes in {PASSES}")
+                    found[name] = Method(path.stem, bool(layers), value["title"], value["help"], value["passes"])
+    order = sorted(found, key=lambda n: FAMILY_RANK[found[n].passes])
+    return {name: found[name] for name in order}
 
 
 def method_help() -> str:
-    return ", ".join(f"{name}[:L1,L2,...]" if layers else name for name, (_, layers, _) in registry().items())
+    return ", ".join(f"{name}[:L1,L2,...]" if layers else name for name, method in registry().items()
+                     for layers in [method.takes_layers])
 
 
 def parse_method(method: str) -> tuple[str, list[int] | None]:
@@ -43,7 +69,7 @@ def parse_method(method: str) -> tuple[str, list[int] | None]:
     known = registry()
     if kind not in known:
         raise ValueError(f"unknown method '{method}'; methods: {method_help()}")
-    if arg and not known[kind][1]:
+    if arg and not known[kind].takes_layers:
         raise ValueError(f"method '{method}' takes no layers; methods: {method_help()}")
     try:
         layers = [int(v) for v in arg.split(",")] if arg else None

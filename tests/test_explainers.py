@@ -155,13 +155,13 @@ def test_the_recorded_attention_and_its_gradients_are_autograds(generator):
     (in float32 their gradients differ by ~1e-3 relative on small elements)."""
     model = tiny_vit().double()
     images = torch.randn(3, 3, 32, 32, generator=generator, dtype=torch.float64)
-    record, _ = attention_pass(model, images, gradients="all")
+    record = attention_pass(model, images, gradients="all")
     leaves, grads = _leaf_gradients(model, images, record.targets)
     for got, expected in zip(record.probs, leaves):
         torch.testing.assert_close(got, expected)
     for got, expected in zip(record.grads, grads):
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
-    last, _ = attention_pass(model, images, gradients="last")
+    last = attention_pass(model, images, gradients="last")
     assert last.grads[0] is None, "the backward stops at the last block"
     torch.testing.assert_close(last.grads[1], grads[1], rtol=1e-9, atol=1e-12)
     with pytest.raises(ValueError, match="gradients must be one of"):
@@ -210,7 +210,7 @@ def test_packed_records_act_as_their_token_level_matrices(generator):
     model = from_dense(tiny_vit(img_size=64), phi=(1, 2)).eval()
     randomise_routers(model, generator, std=0.5)
     images = torch.randn(2, 3, 64, 64, generator=generator)
-    record, _ = attention_pass(model, images, gradients="all")
+    record = attention_pass(model, images, gradients="all")
     table = record.tables[0]
     assert table is not None and record.probs[0].shape == (table.total, 3, 17)
     tokens = _token_level(record)
@@ -234,7 +234,7 @@ def test_dge_attention_gradients_are_autograds_on_explicit_probabilities(generat
     model = from_dense(tiny_vit(img_size=64), phi=(1, 2)).eval().double()
     randomise_routers(model, generator, std=0.5)
     images = torch.randn(2, 3, 64, 64, generator=generator, dtype=torch.float64)
-    record, _ = attention_pass(model, images, gradients="all")
+    record = attention_pass(model, images, gradients="all")
     for index, chosen in enumerate(model.blocks):
         leaves = []
 
@@ -262,7 +262,7 @@ def test_a_dge_model_computes_the_same_with_the_attention_recorded(generator):
             recorded = model(images)
     torch.testing.assert_close(recorded, plain, rtol=1e-5, atol=1e-5)
     assert len(recorder.blocks) == 2 and recorder.blocks[0].table is not None, "packed queries with their table"
-    record, _ = attention_pass(model, images, gradients="all")
+    record = attention_pass(model, images, gradients="all")
     assert all(torch.isfinite(g).all() for g in record.grads)
     assert all(a.capture is None for a in (b.attn for b in model.blocks))
     maps = batch_maps(build_explainers(model, ["attention", "rollout", "attention-gradcam", "relevance"]),
@@ -364,7 +364,7 @@ def test_the_registry_knows_every_explainer_without_importing_it():
     names = set(registry())
     assert {"random", "gating", "gating-margin", "gating-density", "attention", "rollout", "attention-gradcam",
             "relevance", *CAMS} <= names
-    assert registry()["gating"][1] and not registry()["rollout"][1]
+    assert registry()["gating"].takes_layers and not registry()["rollout"].takes_layers
     assert "gating[:L1,L2,...]" in method_help() and "scorecam" in method_help()
     assert parse_method(" RollOut ") == ("rollout", None)
     with pytest.raises(ValueError, match=r"method 'rollout:3' takes no layers"):

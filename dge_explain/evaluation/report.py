@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import re
 
-TITLES = {"random": "Random", "attention": "Raw attention", "rollout": "Rollout",
-          "attention-gradcam": "Attention GradCAM", "relevance": "Relevance", "gradcam": "GradCAM",
-          "gradcam++": "GradCAM++", "xgradcam": "XGradCAM", "layercam": "LayerCAM", "hirescam": "HiResCAM",
-          "gradcam-elementwise": "GradCAM (element-wise)", "eigencam": "EigenCAM",
-          "eigengradcam": "EigenGradCAM", "scorecam": "ScoreCAM", "ablationcam": "AblationCAM"}
-
+from dge_explain.methods import registry
 
 GATING_NAME = re.compile(r"^layer(\d+)(?:-(\w+))?$")
 
@@ -24,13 +19,14 @@ def method_title(name: str) -> str:
     gating = gating_layer(name)
     if gating:
         return f"Layer {gating[0]}" + (f" ({gating[1]})" if gating[1] else "")
-    return TITLES.get(name, name)
+    method = registry().get(name)
+    return method.title if method else name
 
 
 def ordered_names(names) -> list[str]:
     """Random, the attention baselines, the CAMs, then gating layers (p_fine, margin,
     density): the paper's tables put random first and the layers last."""
-    rank = {name: i for i, name in enumerate(TITLES)}
+    rank = {name: i for i, name in enumerate(registry())}
     scores = {"": 0, "margin": 1, "density": 2}
 
     def key(name):

@@ -34,6 +34,8 @@ from dge_explain.models.families import adapter_for, find_adapter
 from dge_explain.models.attention import CrossAttention, attention_probabilities, packed_products
 from dge_explain.ops import reference
 
+from .base import Explainer
+
 
 def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The model's attention modules in forward order, or a ValueError naming one
@@ -173,10 +175,9 @@ def _attention_gradients(recorder: _Recorder, target: torch.Tensor, blocks: str)
     return [None] * (len(recorder.blocks) - len(wanted)) + gradients
 
 
-def attention_pass(model: nn.Module, images: torch.Tensor, labels=None, gradients: str | None = None,
-                   riders=()) -> tuple[AttentionRecord, list]:
-    """One forward pass with every block's attention recorded (riders' captures
-    active too); with `gradients` ("last" or "all": the blocks whose attention
+def attention_pass(model: nn.Module, images: torch.Tensor, labels=None,
+                   gradients: str | None = None) -> AttentionRecord:
+    """One forward pass with every block's attention recorded; with `gradients` ("last" or "all": the blocks whose attention
     gradients are wanted) one backward pass from the sum of the target logits
     (labels, or the predicted classes), only as deep as those blocks.  No parameter
     gradient is computed."""
@@ -187,7 +188,6 @@ def attention_pass(model: nn.Module, images: torch.Tensor, labels=None, gradient
     model.eval()
     with contextlib.ExitStack() as stack:
         recorder = stack.enter_context(recording(model))
-        captured = [stack.enter_context(rider.capturing()) for rider in riders]
         try:
             for parameter in trainable:
                 parameter.requires_grad_(False)
@@ -208,7 +208,7 @@ def attention_pass(model: nn.Module, images: torch.Tensor, labels=None, gradient
         record.grads = [grad if grad is None or table is None
                         else grad / record.token_rows(index)[1].to(grad.dtype).view(-1, 1, 1)
                         for index, (grad, table) in enumerate(zip(raw_grads, record.tables))]
-    return record, captured
+    return record
 
 
 def layout(model: nn.Module, images: torch.Tensor) -> tuple[int, tuple[int, int], int]:
@@ -233,7 +233,7 @@ def require_token_attention(model: nn.Module, method: str) -> None:
         raise ValueError(f"{method} multiplies token-to-token attention across blocks; {refusal}")
 
 
-class AttentionExplainer:
+class AttentionExplainer(Explainer):
     """An explainer computed from the recorded attention (and, with
     ``gradient_blocks``, its gradients): subclasses name themselves and implement
     ``map_from``.  Called alone it runs its own pass; ``batch_maps`` runs one pass
@@ -242,6 +242,7 @@ class AttentionExplainer:
     ("last" or "all")."""
 
     name = ""
+    shared_pass = "attention"
     gradient_blocks: str | None = None
     needs_token_attention = False
 
@@ -268,5 +269,11 @@ class AttentionExplainer:
         raise NotImplementedError
 
     def __call__(self, images: torch.Tensor, ids=None, labels=None) -> dict[str, torch.Tensor]:
-        record, _ = attention_pass(self.model, images, labels, self.gradient_blocks)
-        return {self.name: self.map_from(record, images)}
+        return self.compute_together([self], images, labels)
+
+    @classmethod
+    def compute_together(cls, explainers, images, labels=None):
+        """One attention pass (with a backward only as deep as the group's
+        gradients are needed) for every attention explainer of a batch."""
+        record = attention_pass(explainers[0].model, images, labels, gradient_blocks(explainers))
+        return {e.name: e.map_from(record, images) for e in explainers}

@@ -9,7 +9,8 @@ import torch
 
 from .attention_capture import AttentionExplainer, cls_row_maps, layout
 
-METHODS = {"attention-gradcam": "GradCAM on the last block's attention (Chefer et al.'s GradCAM baseline)"}
+METHODS = {"attention-gradcam": {"title": "Attention GradCAM", "passes": "attention",
+                               "help": "GradCAM on the last block's attention (Chefer et al.'s GradCAM baseline)"}}
 
 
 class AttentionGradCAM(AttentionExplainer):

@@ -28,27 +28,37 @@ from torch import nn
 
 from dge_explain.models.families import adapter_for
 
+from .base import Explainer
+
+# "class": the pytorch-grad-cam class; "passes": "gradients" (one shared forward and
+# backward), "forward" (one forward), "per-channel" (a pass per channel: costly)
 METHODS = {
-    "gradcam": "GradCAM (Selvaraju et al.): channel weights = mean gradient",
-    "gradcam++": "GradCAM++ (Chattopadhay et al.)",
-    "xgradcam": "XGradCAM (Fu et al.)",
-    "layercam": "LayerCAM (Jiang et al.)",
-    "hirescam": "HiResCAM (Draelos and Carin): gradient times activation, element-wise",
-    "gradcam-elementwise": "GradCAM with element-wise ReLU (pytorch-grad-cam's GradCAMElementWise)",
-    "eigencam": "EigenCAM (Muhammad and Yeasin): first principal component, no gradient",
-    "eigengradcam": "EigenGradCAM: first principal component of gradient times activation",
-    "scorecam": "ScoreCAM (Wang et al.): one forward per channel of the target layer",
-    "ablationcam": "AblationCAM (Desai and Ramaswamy): one ablated forward per channel",
+    "gradcam": {"title": "GradCAM", "class": "GradCAM", "passes": "gradients",
+                "help": "GradCAM (Selvaraju et al.): channel weights = mean gradient"},
+    "gradcam++": {"title": "GradCAM++", "class": "GradCAMPlusPlus", "passes": "gradients",
+                  "help": "GradCAM++ (Chattopadhay et al.)"},
+    "xgradcam": {"title": "XGradCAM", "class": "XGradCAM", "passes": "gradients", "help": "XGradCAM (Fu et al.)"},
+    "layercam": {"title": "LayerCAM", "class": "LayerCAM", "passes": "gradients",
+                 "help": "LayerCAM (Jiang et al.)"},
+    "hirescam": {"title": "HiResCAM", "class": "HiResCAM", "passes": "gradients",
+                 "help": "HiResCAM (Draelos and Carin): gradient times activation, element-wise"},
+    "gradcam-elementwise": {"title": "GradCAM (element-wise)", "class": "GradCAMElementWise", "passes": "gradients",
+                            "help": "GradCAM with element-wise ReLU (pytorch-grad-cam's GradCAMElementWise)"},
+    "eigencam": {"title": "EigenCAM", "class": "EigenCAM", "passes": "forward", "class_specific": False,
+                 "help": "EigenCAM (Muhammad and Yeasin): first principal component, no gradient"},
+    "eigengradcam": {"title": "EigenGradCAM", "class": "EigenGradCAM", "passes": "gradients",
+                     "help": "EigenGradCAM: first principal component of gradient times activation"},
+    "scorecam": {"title": "ScoreCAM", "class": "ScoreCAM", "passes": "per-channel",
+                 "help": "ScoreCAM (Wang et al.): one forward per channel of the target layer"},
+    "ablationcam": {"title": "AblationCAM", "class": "AblationCAM", "passes": "per-channel",
+                    "help": "AblationCAM (Desai and Ramaswamy): one ablated forward per channel"},
 }
 
 
-def _classes() -> dict:
-    import pytorch_grad_cam as cams  # imported on first use: it takes seconds
+def _cam_class(method: str):
+    import pytorch_grad_cam  # imported on first use: it takes seconds
 
-    return {"gradcam": cams.GradCAM, "gradcam++": cams.GradCAMPlusPlus, "xgradcam": cams.XGradCAM,
-            "layercam": cams.LayerCAM, "hirescam": cams.HiResCAM, "gradcam-elementwise": cams.GradCAMElementWise,
-            "eigencam": cams.EigenCAM, "eigengradcam": cams.EigenGradCAM, "scorecam": cams.ScoreCAM,
-            "ablationcam": cams.AblationCAM}
+    return getattr(pytorch_grad_cam, METHODS[method]["class"])
 
 
 def cam_target_layer(model: nn.Module) -> tuple[nn.Module, list[nn.Module], int]:
@@ -158,13 +168,17 @@ def _ablation_layer(before: list[nn.Module], stack: contextlib.ExitStack):
 SCORECAM_IMAGES, SCORECAM_BATCH = 2, 64
 
 
-class CAMMaps:
+class CAMMaps(Explainer):
     """Maps of one pytorch-grad-cam method, named as the method."""
 
     def __init__(self, model: nn.Module, method: str = "gradcam"):
         if method not in METHODS:
             raise ValueError(f"unknown CAM method {method!r}; known: {', '.join(METHODS)}")
         self.model, self.method = model, method
+        self.uses_gradients = METHODS[method]["passes"] == "gradients"
+        self.class_specific = METHODS[method].get("class_specific", True)
+        # the gradient methods weigh the same activations and gradients: one pass for all
+        self.shared_pass = "gradient-cam" if self.uses_gradients else None
         self.layer, self.before, _ = cam_target_layer(model)
         self.reshape = token_grid(model)
 
@@ -174,14 +188,6 @@ class CAMMaps:
     def describe(self) -> dict[str, dict]:
         layer = next(name for name, module in self.model.named_modules() if module is self.layer)
         return {self.method: {"method": self.method, "target_layer": layer}}
-
-    @property
-    def uses_gradients(self) -> bool:
-        return self.method not in ("eigencam", "scorecam", "ablationcam")
-
-    @property
-    def class_specific(self) -> bool:
-        return self.method != "eigencam"
 
     @contextlib.contextmanager
     def _prepared(self) -> Iterator[contextlib.ExitStack]:
@@ -202,7 +208,7 @@ class CAMMaps:
 
     def _cam(self, stack: contextlib.ExitStack):
         extra = {"ablation_layer": _ablation_layer(self.before, stack)} if self.method == "ablationcam" else {}
-        cam = _classes()[self.method](model=self.model, target_layers=[self.layer],
+        cam = _cam_class(self.method)(model=self.model, target_layers=[self.layer],
                                       reshape_transform=self.reshape, **extra)
         if self.method == "scorecam":
             cam.batch_size = SCORECAM_BATCH
@@ -215,7 +221,11 @@ class CAMMaps:
                           None if labels is None else labels[i:i + SCORECAM_IMAGES])[self.method]
                      for i in range(0, len(images), SCORECAM_IMAGES)]
             return {self.method: torch.cat(parts)}
-        return shared_pass([self], images, labels)
+        return self.compute_together([self], images, labels)
+
+    @classmethod
+    def compute_together(cls, explainers, images, labels=None):
+        return shared_pass(explainers, images, labels)
 
 
 def shared_pass(cams: list[CAMMaps], images: torch.Tensor, labels=None) -> dict[str, torch.Tensor]:

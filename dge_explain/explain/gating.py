@@ -27,12 +27,17 @@ from torch import nn
 
 from dge_explain.models import dge_modules
 
+from .base import Explainer
+
 SCORES = ("fine", "margin", "density")
 
 METHODS = {
-    "gating:LAYERS": "the finer-grained gating score p_fine of each DGE layer (default: every layer)",
-    "gating-margin:LAYERS": "the log-odds of the finest option (never saturates)",
-    "gating-density:LAYERS": "the expected query density sum_i p_i k_i^2 / S^2 (for |Phi| > 2)",
+    "gating:LAYERS": {"title": "Gating (p_fine)", "passes": "rides",
+                      "help": "the finer-grained gating score p_fine of each DGE layer (default: every layer)"},
+    "gating-margin:LAYERS": {"title": "Gating (margin)", "passes": "rides",
+                             "help": "the log-odds of the finest option (never saturates)"},
+    "gating-density:LAYERS": {"title": "Gating (density)", "passes": "rides",
+                              "help": "the expected query density sum_i p_i k_i^2 / S^2 (for |Phi| > 2)"},
 }
 
 
@@ -52,8 +57,8 @@ def gating_score(logits: torch.Tensor, split_sizes, region_size: int, score: str
     return (log_p.exp() * weights).sum(-1)
 
 
-class GatingMaps:
-    class_specific = False
+class GatingMaps(Explainer):
+    rides_along = True
 
     def __init__(self, model: nn.Module, layers=None, score: str = "fine"):
         self.model = model

@@ -7,12 +7,14 @@ import zlib
 
 import torch
 
+from .base import Explainer
 
-METHODS = {"random": "uniform noise per pixel, seeded by the image's identity"}
+
+METHODS = {"random": {"title": "Random", "passes": "none",
+                      "help": "uniform noise per pixel, seeded by the image's identity"}}
 
 
-class RandomMaps:
-    class_specific = False
+class RandomMaps(Explainer):
 
     def __init__(self, seed: int = 0):
         self.seed = seed

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from .attention_capture import AttentionExplainer, cls_row_maps
 
-METHODS = {"attention": "raw attention: the last block's head-averaged attention, cls row"}
+METHODS = {"attention": {"title": "Raw attention", "passes": "attention",
+                       "help": "raw attention: the last block's head-averaged attention, cls row"}}
 
 
 class RawAttention(AttentionExplainer):

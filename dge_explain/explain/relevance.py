@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from .attention_capture import AttentionExplainer, cls_row_maps
 
-METHODS = {"relevance": "Chefer et al. (ICCV 2021) gradient-weighted attention relevance, no LRP"}
+METHODS = {"relevance": {"title": "Relevance", "passes": "attention",
+                       "help": "Chefer et al. (ICCV 2021) gradient-weighted attention relevance, no LRP"}}
 
 
 class Relevance(AttentionExplainer):

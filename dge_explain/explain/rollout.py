@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from .attention_capture import AttentionExplainer, cls_row_maps
 
-METHODS = {"rollout": "attention rollout: product of head-averaged attention plus identity, cls row"}
+METHODS = {"rollout": {"title": "Rollout", "passes": "attention",
+                     "help": "attention rollout: product of head-averaged attention plus identity, cls row"}}
 
 
 class Rollout(AttentionExplainer):
