@@ -1,9 +1,9 @@
 """The README and the pages of docs/ stay honest: every dge-explain command of a
-```sh block parses with the real argument parser, every script, module and make
-target such a block runs exists, every ```python block runs as written (unless its
-fence says why not: ```python title="not run: REASON"), and every relative link
-points at a file that exists (and, from docs/, at a file inside docs/, the only
-folder the site serves), at an anchor its page has."""
+```sh block, or quoted whole in the text, parses with the real argument parser;
+every script, module and make target such a block runs exists; every ```python
+block runs as written (unless its fence says why not: ```python title="not run:
+REASON"); and every relative link points at a file that exists (from docs/, a file
+inside docs/, the only folder the site serves) and at an anchor its page has."""
 import os
 import re
 import shlex
@@ -56,8 +56,20 @@ def _shell_commands() -> list[tuple[str, list[str]]]:
     return commands
 
 
+def _inline_commands() -> list[tuple[str, list[str]]]:
+    """(page, words) of every whole command quoted in the text: a code span running
+    dge-explain with options, and no placeholder ([...], ...) in it."""
+    commands = []
+    for page in PAGES:
+        for span in re.findall(r"`([^`\n]*dge-explain [^`\n]*)`", FENCE.sub("", page.read_text())):
+            if " --" in span and not re.search(r"\[|\.\.\.|…", span):
+                commands.append((_name(page), shlex.split(span)))
+    return commands
+
+
 def _dge_explain_commands() -> list[tuple[str, list[str]]]:
-    return [(page, words[1:]) for page, words in _shell_commands() if words[0].endswith("dge-explain")]
+    return [(page, words[1:]) for page, words in _shell_commands() + _inline_commands()
+            if words[0].endswith("dge-explain")]
 
 
 def _make_targets() -> set[str]:
