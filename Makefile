@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 export DGE_EXPLAIN_HOME ?= $(abspath ../shared)
 EXT_SOURCES := $(wildcard ext/*.cpp ext/*.h ext/cpu/*.cpp ext/cuda/*.cu ext/cuda/*.cuh)
 
-.PHONY: venv build test test-fast demo bench-ops gpu-check readme-figures clean
+.PHONY: venv build test test-fast demo bench-ops gpu-check readme-figures docs clean
 
 venv: $(STAMP)
 
@@ -71,6 +71,21 @@ readme-figures: build
 # Five rounds: each cell is the median over rounds, the range in brackets (~2 minutes).
 bench-ops: build
 	$(PY) -m dge_explain.bench.ops --rounds 5
+
+# The documentation site (mkdocs.yml: docs/ and the API reference from the docstrings) into
+# site/, with every warning an error. Needs only the pinned tools of requirements-docs.lock:
+# mkdocstrings reads the package's source without importing it, so neither the package
+# nor the ops are installed or built for it. mkdocs keeps hidden files when it cleans site/,
+# so the .gitignore written there keeps the build out of git.
+DOCS_STAMP := $(VENV)/.docs-installed
+$(DOCS_STAMP): requirements-docs.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-docs.lock
+	touch $@
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+	echo '*' > site/.gitignore
 
 clean:
 	rm -rf build dge_explain/_C*.so *.egg-info

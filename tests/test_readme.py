@@ -1,46 +1,212 @@
-"""The README stays honest: its Python example runs, and every dge-explain
-command it shows parses with the real argument parser."""
+"""The README and the pages of docs/ stay honest: every dge-explain command of a
+```sh block, or quoted whole in the text, parses with the real argument parser;
+every script, module and make target such a block runs exists; every ```python
+block runs as written (unless its fence says why not: ```python title="not run:
+REASON"); and every relative link points at a file that exists (from docs/, a file
+inside docs/, the only folder the site serves) and at an anchor its page has."""
+import os
 import re
 import shlex
 from pathlib import Path
 
 import pytest
+import yaml
 
 from dge_explain.cli import build_parser
 
-from conftest import shared_file
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+PAGES = [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+FENCE = re.compile(r"^[ \t]*```([\w+-]*)([^\n]*)\n(.*?)^[ \t]*```[ \t]*$", re.M | re.S)
+# The only way out of running a python block: a reason in its fence's title.
+NOT_RUN = re.compile(r'^\s*title="not run: ([^"]*\S[^"]*)"\s*$')
+SHELL_OPERATORS = {"&&", "||", ";", "|"}
 
 
-def _blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", README, re.S)
+def _name(page: Path) -> str:
+    return str(page.relative_to(ROOT))
 
 
-def _commands() -> list[list[str]]:
+def _blocks(page: Path, language: str) -> list[tuple[str, str]]:
+    """(fence attributes, code) of every fenced block of that language."""
+    return [(attributes, code) for lang, attributes, code in FENCE.findall(page.read_text())
+            if lang == language]
+
+
+def _shell_commands() -> list[tuple[str, list[str]]]:
+    """(page, words) of every simple command of every ```sh block, with line
+    continuations joined, comments and leading VAR=value assignments dropped, and
+    chains (&&, ||, ;, |) split."""
     commands = []
-    for block in _blocks("sh"):
-        for line in block.replace("\\\n", " ").splitlines():
-            line = line.split("#")[0].strip()
-            words = shlex.split(line)
-            while words and re.match(r"^[A-Z_]+=", words[0]):
-                words = words[1:]
-            if words and words[0].endswith("dge-explain"):
-                commands.append(words[1:])
+    for page in PAGES:
+        for _, block in _blocks(page, "sh"):
+            for line in block.replace("\\\n", " ").splitlines():
+                words = shlex.split(line, comments=True)
+                command: list[str] = []
+                for word in words + [";"]:
+                    if word not in SHELL_OPERATORS:
+                        command.append(word)
+                        continue
+                    while command and re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", command[0]):
+                        command = command[1:]
+                    if command:
+                        commands.append((_name(page), command))
+                    command = []
     return commands
 
 
+def _inline_commands() -> list[tuple[str, list[str]]]:
+    """(page, words) of every whole command quoted in the text: a code span running
+    dge-explain with options, and no placeholder ([...], ...) in it."""
+    commands = []
+    for page in PAGES:
+        for span in re.findall(r"`([^`\n]*dge-explain [^`\n]*)`", FENCE.sub("", page.read_text())):
+            if " --" in span and not re.search(r"\[|\.\.\.|…", span):
+                commands.append((_name(page), shlex.split(span)))
+    return commands
+
+
+def _dge_explain_commands() -> list[tuple[str, list[str]]]:
+    return [(page, words[1:]) for page, words in _shell_commands() + _inline_commands()
+            if words[0].endswith("dge-explain")]
+
+
+def _make_targets() -> set[str]:
+    return set(re.findall(r"^([A-Za-z0-9_.-]+):(?!=)", (ROOT / "Makefile").read_text(), re.M))
+
+
+def _python_blocks() -> list[tuple[str, int, str, str]]:
+    """(page, index, fence attributes, code) of every ```python block."""
+    return [(_name(page), index, attributes, code) for page in PAGES
+            for index, (attributes, code) in enumerate(_blocks(page, "python"))]
+
+
 def test_there_are_commands_to_check():
-    assert len(_commands()) >= 5
+    assert len(_dge_explain_commands()) >= 5
+    assert {page for page, _ in _dge_explain_commands()} >= {"README.md", "docs/protocol.md"}
 
 
-@pytest.mark.parametrize("arguments", _commands(), ids=lambda a: " ".join(a[:2]))
-def test_commands_parse(arguments):
-    build_parser().parse_args(arguments)
+@pytest.mark.parametrize("page, arguments", [pytest.param(page, arguments, id=f"{page}: {' '.join(arguments[:2])}")
+                                              for page, arguments in _dge_explain_commands()])
+def test_commands_parse(page, arguments, capsys):
+    try:
+        build_parser().parse_args(arguments)
+    except SystemExit as exit:
+        error = capsys.readouterr().err.strip().splitlines()[-1:]
+        pytest.fail(f"{page}: `dge-explain {shlex.join(arguments)}` does not parse (exit {exit.code}): {error}")
 
 
-def test_python_example_runs(monkeypatch):
-    shared_file("weights/deit_tiny_patch16_224.safetensors")
-    monkeypatch.chdir(Path(__file__).resolve().parents[1])
-    for block in _blocks("python"):
-        exec(compile(block, "README.md", "exec"), {})
+@pytest.mark.parametrize("page, words", [pytest.param(page, words, id=f"{page}: {' '.join(words[:3])}")
+                                          for page, words in _shell_commands()])
+def test_what_commands_run_exists(page, words):
+    """Scripts (.py, .sh), `-m dge_explain...` modules and make targets named by a
+    shell block are in the repository."""
+    missing = []
+    for position, word in enumerate(words):
+        if re.fullmatch(r"[\w./-]+\.(py|sh)", word) and not (ROOT / word).is_file():
+            missing.append(word)
+        if word == "-m" and position + 1 < len(words) and words[position + 1].startswith("dge_explain"):
+            module = ROOT / words[position + 1].replace(".", "/")
+            if not (module.with_suffix(".py").is_file() or (module / "__init__.py").is_file()):
+                missing.append(words[position + 1])
+    if words[0] == "make":
+        targets = [word for word in words[1:] if not word.startswith("-") and "=" not in word]
+        missing += [f"make target {target}" for target in targets if target not in _make_targets()]
+    assert not missing, f"{page}: `{shlex.join(words)}` runs {missing}, which the repository lacks"
+
+
+def test_there_are_python_blocks_to_run():
+    assert any(not NOT_RUN.match(attributes) for _, _, attributes, _ in _python_blocks())
+
+
+@pytest.mark.parametrize("page, index, attributes, code", [pytest.param(*block, id=f"{block[0]} #{block[1]}")
+                                                            for block in _python_blocks()])
+def test_python_blocks_run(page, index, attributes, code, monkeypatch):
+    """Each block runs alone, from the repository root, as written; a block that
+    cannot run in the tests says why in its fence and must still compile."""
+    compiled = compile(code, f"{page} python block {index}", "exec")
+    if NOT_RUN.match(attributes):
+        return
+    assert not attributes.strip(), (
+        f"{page} python block {index}: fence attributes {attributes.strip()!r}; the only one allowed "
+        f'is title="not run: REASON"')
+    for relative in re.findall(r"\.\./shared/[\w./-]+", code):
+        if not (ROOT / relative).exists():
+            pytest.skip(f"{page} python block {index} reads {relative}, which is missing beside the checkout")
+    monkeypatch.chdir(ROOT)
+    exec(compiled, {"__name__": "__main__"})
+
+
+def _without_code(text: str) -> str:
+    return re.sub(r"`[^`\n]*`", "", FENCE.sub("", text))
+
+
+def _links(page: Path) -> list[str]:
+    text = _without_code(page.read_text())
+    return (re.findall(r"\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)", text)
+            + re.findall(r"""(?:src|href)=["']([^"']+)["']""", text))
+
+
+def _anchors(page: Path) -> set[str]:
+    """The anchors of a page's headings, as GitHub and as mkdocs (Python-Markdown's
+    toc) write them, plus explicit {#id} attributes."""
+    anchors = set()
+    for heading in re.findall(r"^#{1,6}[ \t]+(.+?)[ \t]*#*$", _without_fences(page.read_text()), re.M):
+        explicit = re.search(r"\{\s*#([\w-]+)[^}]*\}\s*$", heading)
+        if explicit:
+            anchors.add(explicit.group(1))
+            heading = heading[:explicit.start()]
+        words = re.sub(r"[^\w\- ]", "", heading.replace("`", "")).strip().lower()
+        anchors.add(words.replace(" ", "-"))
+        anchors.add(re.sub(r"[-\s]+", "-", words))
+    return anchors
+
+
+def _without_fences(text: str) -> str:
+    return FENCE.sub("", text)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_name)
+def test_relative_links_resolve(page):
+    broken = []
+    for target in _links(page):
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto:
+            continue
+        path, _, anchor = target.partition("#")
+        # normpath, not resolve: the site serves paths as written, symlinks or not
+        destination = Path(os.path.normpath(page.parent / path)) if path else page
+        if not destination.exists():
+            broken.append(f"{target} (no such file)")
+            continue
+        if page.parent == DOCS:
+            if not destination.is_relative_to(DOCS):
+                broken.append(f"{target} (outside docs/, which the site does not serve)")
+            elif destination.is_dir():
+                broken.append(f"{target} (a folder: the site serves no listing; link a file)")
+        if anchor and destination.suffix == ".md" and anchor not in _anchors(destination):
+            broken.append(f"{target} (no heading with anchor #{anchor})")
+    assert not broken, f"{_name(page)}: broken links: {', '.join(broken)}"
+
+
+def test_every_page_is_in_the_site_nav():
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
+
+    def entries(nav):
+        for item in nav:
+            if isinstance(item, dict):
+                for value in item.values():
+                    yield from (entries(value) if isinstance(value, list) else [value])
+            else:
+                yield item
+
+    listed = set(entries(config["nav"]))
+    pages = {str(page.relative_to(DOCS)) for page in PAGES if page.parent == DOCS}
+    assert pages <= listed, f"docs pages missing from mkdocs.yml's nav: {sorted(pages - listed)}"
+    assert all((DOCS / entry).is_file() for entry in listed), \
+        f"mkdocs.yml's nav names missing pages: {sorted(e for e in listed if not (DOCS / e).is_file())}"
+
+
+def test_readme_stays_short():
+    lines = (ROOT / "README.md").read_text().count("\n")
+    assert lines <= 250, f"README.md has {lines} lines; the rest belongs in docs/ (issue 25: at most 250)"
