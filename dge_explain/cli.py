@@ -71,7 +71,7 @@ def _explainers_and_model(args: argparse.Namespace, command: str, check_data):
 
     from dge_explain import zoo
     from dge_explain.distributed import Distributed
-    from dge_explain.explain import build_explainers
+    from dge_explain.explainers import build_explainers
 
     zoo.check_choice(args.model, args.checkpoint, args.weights, args.trained, args.random_weights)
     device = Distributed(args.device).device

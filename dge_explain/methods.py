@@ -1,6 +1,6 @@
 """The explainers an evaluation accepts, by name, found without importing them.
 
-Every module of ``dge_explain/explain/`` that defines a module-level dict literal
+Every module of ``dge_explain/explainers/`` that defines a module-level dict literal
 ``METHODS = {"name": {"title": ..., "help": ..., "passes": ...}, ...}`` provides
 those methods through its ``build(model, requests, seed)`` function (requests:
 {name: layers or None}); a name written ``"name:LAYERS"`` takes an optional
@@ -19,14 +19,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
 
-EXPLAIN_DIR = Path(__file__).resolve().parent / "explain"
+EXPLAIN_DIR = Path(__file__).resolve().parent / "explainers"
 PASSES = ("none", "attention", "gradients", "forward", "per-channel", "rides")
 # the paper's column order: random first, the baselines, the gating layers last
 FAMILY_RANK = {"none": 0, "attention": 1, "gradients": 2, "forward": 2, "per-channel": 2, "rides": 3}
 
 
 class Method(NamedTuple):
-    module: str          # under dge_explain.explain
+    module: str          # under dge_explain.explainers
     takes_layers: bool
     title: str
     help: str

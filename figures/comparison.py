@@ -3,7 +3,7 @@ import sys
 
 from _common import map_parser, model_and_dataset
 
-from dge_explain.explain import build_explainers
+from dge_explain.explainers import build_explainers
 from dge_explain.viz.figures import collect_maps, map_grid, save
 from dge_explain.evaluation.metrics import aggregate, score_image
 

@@ -3,7 +3,7 @@ import sys
 
 from _common import map_parser, model_and_dataset
 
-from dge_explain.explain import GatingMaps
+from dge_explain.explainers import GatingMaps
 from dge_explain.viz.figures import collect_maps, map_grid, save
 
 

@@ -19,8 +19,8 @@ from safetensors.torch import save_file
 
 from dge_explain.data import ImagenetSegMat, MaskFolder, Preprocessing, segmentation_dataset
 from dge_explain.evaluation.segmentation import evaluate
-from dge_explain.explain import methods_of_run
-from dge_explain.explain import CAMMaps, GatingMaps, RandomMaps, batch_maps, build_explainers, token_grid
+from dge_explain.explainers import methods_of_run
+from dge_explain.explainers import CAMMaps, GatingMaps, RandomMaps, batch_maps, build_explainers, token_grid
 from dge_explain.evaluation.metrics import aggregate, score_image
 from dge_explain.models import dge_modules
 from dge_explain.evaluation.runs import RunError, RunFolder

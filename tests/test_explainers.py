@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 
 from dge_explain import ops
-from dge_explain.explain import CAMMaps, batch_maps, build_explainers, token_grid
-from dge_explain.explain.attention_capture import AttentionRecord, attention_pass, recording
-from dge_explain.explain.attention_gradcam import AttentionGradCAM
-from dge_explain.explain.raw_attention import RawAttention
-from dge_explain.explain.relevance import Relevance
-from dge_explain.explain.rollout import Rollout
+from dge_explain.explainers import CAMMaps, batch_maps, build_explainers, token_grid
+from dge_explain.explainers.attention_capture import AttentionRecord, attention_pass, recording
+from dge_explain.explainers.attention_gradcam import AttentionGradCAM
+from dge_explain.explainers.raw_attention import RawAttention
+from dge_explain.explainers.relevance import Relevance
+from dge_explain.explainers.rollout import Rollout
 from dge_explain.methods import method_help, parse_method, registry
 from dge_explain.models import from_dense
 from dge_explain.models.attention import attention_probabilities, packed_products

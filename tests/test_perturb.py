@@ -14,7 +14,7 @@ from PIL import Image
 from torch import nn
 
 from dge_explain.data import Preprocessing
-from dge_explain.explain import build_explainers
+from dge_explain.explainers import build_explainers
 from dge_explain.models import dge_modules
 from dge_explain.evaluation.perturbation import FRACTIONS, _region_policy, auc, perturb, removal_masks
 

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Subset
 from dge_explain import paths, zoo
 from dge_explain.data import Preprocessing, segmentation_dataset
 from dge_explain.evaluation.segmentation import evaluate
-from dge_explain.explain import build_explainers
+from dge_explain.explainers import build_explainers
 from dge_explain.console import format_table
 
 

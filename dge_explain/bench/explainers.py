@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Subset
 from dge_explain import paths, zoo
 from dge_explain.bench.timing import measure_interleaved
 from dge_explain.data import Preprocessing, segmentation_dataset
-from dge_explain.explain import batch_maps, build_explainers
+from dge_explain.explainers import batch_maps, build_explainers
 from dge_explain.console import format_table
 
 ATTENTION_EXPLAINERS = ("attention", "rollout", "attention-gradcam", "relevance")

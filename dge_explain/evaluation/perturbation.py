@@ -37,7 +37,7 @@ from dge_explain.data import IdentifiedImages, LabelledImageFolder, Preprocessin
 from dge_explain.data.folders import parse_folder_spec
 from dge_explain.evaluation.report import method_title, ordered_names
 from dge_explain.evaluation.segmentation import check_input_size
-from dge_explain.explain import batch_maps, describe_maps
+from dge_explain.explainers import batch_maps, describe_maps
 from dge_explain.models import dge_modules, force_gates
 from dge_explain.evaluation.loop import release_freed_memory, run_resumable
 from dge_explain.evaluation.runs import RunFolder

@@ -1,6 +1,6 @@
 """Score explanation maps as soft segmentations (appendix Tables 5 and 6).
 
-For every batch: every explainer's maps (``dge_explain.explain.batch_maps``: one
+For every batch: every explainer's maps (``dge_explain.explainers.batch_maps``: one
 pass per family of explainers, the gating maps riding along), then every map
 scored by one compiled call per method (``dge_explain.evaluation.metrics``); one record per
 image is appended to
@@ -24,7 +24,7 @@ from torch import nn
 
 from dge_explain.data import Preprocessing, canonical_spec, segmentation_dataset
 from dge_explain.data.segmentation import MASK_ISSUES
-from dge_explain.explain import batch_maps, describe_maps
+from dge_explain.explainers import batch_maps, describe_maps
 from dge_explain.evaluation.metrics import ImageScore, aggregate, score_maps
 from dge_explain.evaluation.report import markdown_table, ordered_names
 from dge_explain.console import say

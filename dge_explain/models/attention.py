@@ -74,7 +74,7 @@ def attention_probabilities(q, k, table: Optional[ops.PatchTable]) -> torch.Tens
 class CrossAttention(nn.Module):
     """q from the queries, k and v from the block's full (normalised) input.
 
-    ``capture``: set (by dge_explain.explain) to a callable(q, k, v, output, table)
+    ``capture``: set (by dge_explain.explainers) to a callable(q, k, v, output, table)
     that sees every attention call's inputs and per-head output (the fused or
     compiled kernels, which never materialise the probabilities, still compute
     it); None by default.  Only meaningful in eval mode (no attention dropout)."""

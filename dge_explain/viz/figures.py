@@ -19,8 +19,8 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from dge_explain.data import Preprocessing  # noqa: E402
 from dge_explain.evaluation.report import gating_layer, method_title, ordered_names  # noqa: E402
-from dge_explain.explain import methods_of_run  # noqa: E402
-from dge_explain.explain import batch_maps, build_explainers  # noqa: E402
+from dge_explain.explainers import methods_of_run  # noqa: E402
+from dge_explain.explainers import batch_maps, build_explainers  # noqa: E402
 from dge_explain.evaluation.metrics import pr_curve  # noqa: E402
 from dge_explain.models import dge_modules  # noqa: E402
 from dge_explain.viz import (draw_granularity, draw_instances, heatmap_overlay,  # noqa: E402
