@@ -37,7 +37,7 @@ test-fast: build
 # DEMO_IMAGES=N for fewer; rerunning resumes, or reprints the table of a finished run).
 DEMO_IMAGES ?= 1000
 demo: build
-	$(VENV)/bin/dge-explain evaluate --model deit_tiny_dge_s12 \
+	$(VENV)/bin/dge-explain evaluate --model deit_dge_s12_tiny_patch16_224.distilled \
 		--dataset ecssd:$(DGE_EXPLAIN_HOME)/data/ecssd --methods random gradcam gating:1,4,8,12 gating-margin:1,4,8,12 \
 		--limit $(DEMO_IMAGES) --out runs/demo-$(DEMO_IMAGES)
 

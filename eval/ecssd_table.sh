@@ -6,5 +6,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DGE_EXPLAIN_HOME="${DGE_EXPLAIN_HOME:-$(cd .. && pwd)/shared}"
-.venv/bin/dge-explain evaluate --model deit_tiny_dge_s12 --dataset "ecssd:$DGE_EXPLAIN_HOME/data/ecssd" \
+.venv/bin/dge-explain evaluate --model deit_dge_s12_tiny_patch16_224.distilled --dataset "ecssd:$DGE_EXPLAIN_HOME/data/ecssd" \
     --methods random gradcam gating:1,4,8,12 gating-margin:1,4,8,12 gating-density:8 --out runs/ecssd-full "$@"

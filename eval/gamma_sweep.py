@@ -12,7 +12,9 @@ import json
 import sys
 from pathlib import Path
 
-from dge_explain import paths, zoo
+from dge_explain import paths
+from dge_explain.zoo import DEFAULT_MODEL
+from dge_explain.zoo.build import build_shipped, dense_teacher
 from dge_explain.evaluation.classification import evaluate_classification
 from dge_explain.viz.figures import budget_figure, save
 from dge_explain.training.distill import TrainConfig, train
@@ -35,8 +37,8 @@ def main(argv=None) -> int:
             if not (run / "trained.safetensors").exists():
                 # the shipped model's recipe: DeiT's evaluation crop, not timm's 0.9 for this teacher
                 train(TrainConfig(out=str(run), gamma=gamma, epochs=args.epochs, crop_pct=0.875), resume=True)
-            model = zoo.load_model("deit_tiny_dge_s12", trained=str(run / "trained.safetensors"))
-            dense = None if rows else zoo.dense_teacher("deit_tiny_dge_s12")
+            model = build_shipped(DEFAULT_MODEL, trained=str(run / "trained.safetensors"))
+            dense = None if rows else dense_teacher(DEFAULT_MODEL)
             result = evaluate_classification(model, held_out, dense)
             result_file.write_text(json.dumps(result.to_dict(), indent=2))
         rows.append((gamma, json.loads(result_file.read_text())))

@@ -13,9 +13,9 @@ export DGE_EXPLAIN_HOME="${DGE_EXPLAIN_HOME:-$(cd .. && pwd)/shared}"
 SCORECAM_IMAGES="${SCORECAM_IMAGES:-100}"
 PERTURB_IMAGES="${PERTURB_IMAGES:-1000}"
 LEAGUE_PARTS="${LEAGUE_PARTS:-ecssd perturb}"
-BASELINES="random attention rollout attention-gradcam relevance gradcam gradcam++ xgradcam layercam hirescam
-           gradcam-elementwise eigencam eigengradcam ablationcam"
-DGE=(--model deit_tiny_dge_s12)
+# every explainer of the registry but the gating maps and ScoreCAM (run on fewer images below)
+BASELINES="$(.venv/bin/dge-explain methods --names --baselines --exclude scorecam)"
+DGE=(--model deit_dge_s12_tiny_patch16_224.distilled)
 # the teacher, with the shipped model's preprocessing (timm's config for it says crop 0.9)
 DENSE=(--model deit_tiny_patch16_224 --checkpoint "$DGE_EXPLAIN_HOME/weights/deit_tiny_patch16_224.safetensors"
        --crop-pct 0.875)

@@ -15,7 +15,7 @@ def parser(description: str, default_out: str) -> argparse.ArgumentParser:
 def map_parser(description: str, default_out: str, default_layers) -> argparse.ArgumentParser:
     """Arguments of the figures that draw maps of a model on a segmentation dataset."""
     p = parser(description, default_out)
-    p.add_argument("--model", default="deit_tiny_dge_s12")
+    p.add_argument("--model", default="deit_dge_s12_tiny_patch16_224.distilled")
     p.add_argument("--dataset", help="default ecssd:$DGE_EXPLAIN_HOME/data/ecssd")
     p.add_argument("--layers", default=default_layers, help="comma-separated gating layers")
     p.add_argument("--images", type=int, nargs="+", default=[0, 1, 2, 3], help="dataset indices")
@@ -23,10 +23,11 @@ def map_parser(description: str, default_out: str, default_layers) -> argparse.A
 
 
 def model_and_dataset(args):
-    from dge_explain import paths, zoo
+    from dge_explain import paths
+    from dge_explain.api import load_model
     from dge_explain.data import Preprocessing, segmentation_dataset
 
-    model = zoo.load_by_name(args.model, home=args.home)
+    model = load_model(args.model, home=args.home)
     spec = paths.expand(args.dataset, args.home) if args.dataset else \
         f"ecssd:{paths.home(args.home) / 'data' / 'ecssd'}"
     dataset = segmentation_dataset(spec, Preprocessing.of(model).for_segmentation())

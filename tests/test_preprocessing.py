@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 from timm.data import create_transform, resolve_model_data_config
 
-from dge_explain import zoo
+from dge_explain import load_model, zoo
+from dge_explain.zoo.build import data_config, dense_teacher
 from dge_explain.evaluation.classification import evaluate_classification
 from dge_explain.data import Preprocessing
 from dge_explain.models import from_dense
@@ -49,14 +50,14 @@ def test_dge_models_declare_the_deit_evaluation_and_conversion_keeps_a_config():
         assert (config["crop_pct"], config["interpolation"], config["mean"]) == (0.875, "bicubic",
                                                                                 (0.485, 0.456, 0.406))
     assert Preprocessing.of(from_dense(_augreg())).mean == (0.5, 0.5, 0.5)
-    assert zoo.MODELS["deit_tiny_dge_s12"].data_config["crop_pct"] == 0.875
+    assert data_config("deit_tiny_dge_s12")["crop_pct"] == 0.875
 
 
 def test_the_shipped_model_declares_its_own_config():
     shared_file("weights/deit_tiny_patch16_224.safetensors")
     # timm's config for the teacher says crop 0.9; the model was distilled and measured at 0.875
     assert resolve_model_data_config(timm.create_model("deit_tiny_patch16_224"))["crop_pct"] == 0.9
-    for model in (zoo.load_model("deit_tiny_dge_s12"), zoo.dense_teacher("deit_tiny_dge_s12")):
+    for model in (load_model("deit_tiny_dge_s12"), dense_teacher("deit_tiny_dge_s12")):
         assert Preprocessing.of(model).crop_pct == 0.875
 
 
@@ -86,14 +87,15 @@ def test_classification_sees_the_models_own_normalisation_and_crop(tmp_path):
 
 def test_a_timm_name_without_weights_is_refused_unless_asked_for():
     with pytest.raises(ValueError, match=r"model 'deit_dge_s12_tiny_patch16_224' has no trained weights unless "
-                                         r"you give --checkpoint FILE; pass --random-weights"):
+                                         r"you give a checkpoint \(--checkpoint FILE; Python: checkpoint=FILE\); "
+                                         r"pass --random-weights"):
         zoo.check_choice("deit_dge_s12_tiny_patch16_224")
     zoo.check_choice("deit_dge_s12_tiny_patch16_224", random_weights=True)
     with pytest.raises(ValueError, match=r"--checkpoint and --random-weights exclude each other"):
         zoo.check_choice("deit_dge_s12_tiny_patch16_224", checkpoint="x.pth", random_weights=True)
-    with pytest.raises(ValueError, match=r"--random-weights applies to timm model names"):
+    with pytest.raises(ValueError, match=r"--random-weights and --fresh-routers apply to timm model names"):
         zoo.check_choice("deit_tiny_dge_s12", random_weights=True)
     with pytest.raises(ValueError, match=r"unknown model 'deit_giant'"):
-        zoo.check_choice("deit_giant", random_weights=True)
-    model = zoo.load_by_name(AUGREG, random_weights=True)
+        load_model("deit_giant", random_weights=True)
+    model = load_model(AUGREG, random_weights=True)
     assert not model.training and zoo.identity(AUGREG, random_weights=True)["random_weights"] is True

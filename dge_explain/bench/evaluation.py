@@ -8,7 +8,7 @@ that a machine whose speed drifts hits a run and its reference alike; a ratio is
 taken within each round, and the table gives the median over rounds with the
 range.
 
-    python -m dge_explain.bench.evaluation --limit 200 --rounds 3 [--model deit_tiny_dge_s12]
+    python -m dge_explain.bench.evaluation --limit 200 --rounds 3 [--model deit_dge_s12_tiny_patch16_224.distilled]
 """
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ import time
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from dge_explain import paths, zoo
+from dge_explain import paths
+from dge_explain.api import load_model
+from dge_explain.zoo import DEFAULT_MODEL
 from dge_explain.data import Preprocessing, segmentation_dataset
 from dge_explain.evaluation.segmentation import evaluate
 from dge_explain.explainers import build_explainers
@@ -58,7 +60,7 @@ def _cell(values: list[float], unit: str) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="deit_tiny_dge_s12")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--dataset", default=None, help="default ecssd:$DGE_EXPLAIN_HOME/data/ecssd")
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -67,7 +69,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
     dataset = paths.expand(args.dataset) if args.dataset else f"ecssd:{paths.home() / 'data' / 'ecssd'}"
-    model = zoo.load_model(args.model)
+    model = load_model(args.model)
     data = segmentation_dataset(dataset, Preprocessing.of(model).for_segmentation())
     loader = DataLoader(Subset(data, range(min(args.limit, len(data)))), batch_size=args.batch_size,
                         num_workers=args.workers)

@@ -5,7 +5,7 @@ attention-based explainer costs at most one forward + backward (ratio <= 1).
 Calls are interleaved (bench.timing), so a drifting machine hits an explainer and
 its references alike.
 
-    python -m dge_explain.bench.explainers [--models deit_tiny_dge_s12 dense] [--batch-size 16]
+    python -m dge_explain.bench.explainers [--models deit_dge_s12_tiny_patch16_224.distilled dense] [--batch-size 16]
 """
 from __future__ import annotations
 
@@ -15,7 +15,10 @@ import sys
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from dge_explain import paths, zoo
+from dge_explain import paths
+from dge_explain.api import load_model
+from dge_explain.zoo import DEFAULT_MODEL
+from dge_explain.zoo.build import dense_teacher
 from dge_explain.bench.timing import measure_interleaved
 from dge_explain.data import Preprocessing, segmentation_dataset
 from dge_explain.explainers import batch_maps, build_explainers
@@ -39,7 +42,7 @@ def _forward_backward(model, images):
 
 def _model(name: str, shipped: str):
     """`dense` stands for the shipped DGE model's dense teacher."""
-    return zoo.dense_teacher(shipped) if name == "dense" else zoo.load_model(name)
+    return dense_teacher(shipped) if name == "dense" else load_model(name)
 
 
 def explainer_costs(model, images: torch.Tensor, keys, methods, min_time: float = 20.0) -> dict:
@@ -60,7 +63,7 @@ def explainer_costs(model, images: torch.Tensor, keys, methods, min_time: float 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["deit_tiny_dge_s12", "dense"],
+    parser.add_argument("--models", nargs="+", default=[DEFAULT_MODEL, "dense"],
                         help="model names; `dense` is the shipped model's dense teacher")
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
                         help="one entry per timed call; an entry with spaces times those methods together")
@@ -71,7 +74,7 @@ def main(argv=None) -> int:
     dataset = paths.expand(args.dataset) if args.dataset else f"ecssd:{paths.home() / 'data' / 'ecssd'}"
     rows = []
     for name in args.models:
-        model = _model(name, "deit_tiny_dge_s12")
+        model = _model(name, DEFAULT_MODEL)
         data = segmentation_dataset(dataset, Preprocessing.of(model).for_segmentation())
         batch = next(iter(DataLoader(Subset(data, range(args.batch_size)), batch_size=args.batch_size)))
         costs = explainer_costs(model, batch["image"], batch["key"], args.methods, args.min_time)

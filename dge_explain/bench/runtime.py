@@ -79,12 +79,13 @@ def build_pair(name: str, phi=(1, 2)) -> tuple[torch.nn.Module, torch.nn.Module]
 
 def trained_pair(name: str, home=None) -> tuple[torch.nn.Module, torch.nn.Module]:
     """The shipped DGE-DeiT-Tiny and its dense teacher (the real weights)."""
-    from dge_explain import zoo
+    from dge_explain.zoo import DEFAULT_MODEL
+    from dge_explain.zoo.build import build_shipped, dense_teacher
 
     if name != "deit_tiny":
         raise ValueError("trained gates exist for the shipped DeiT-Tiny only (--models deit_tiny)")
-    dense = zoo.dense_teacher("deit_tiny_dge_s12", home=home, dynamic_img_size=True)
-    return dense, zoo.load_model("deit_tiny_dge_s12", home=home)
+    dense = dense_teacher(DEFAULT_MODEL, home=home, dynamic_img_size=True)
+    return dense, build_shipped(DEFAULT_MODEL, home=home)
 
 
 def run_case(name: str, dense, dge, resolution: int, batch: int, device: torch.device,

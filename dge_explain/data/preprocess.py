@@ -113,6 +113,27 @@ class Preprocessing:
         return self.normalise(torch.from_numpy(np.array(resized, dtype=np.uint8)).permute(2, 0, 1))
 
 
+    def model_input(self, image: Image.Image) -> torch.Tensor:
+        """An RGB image as the model sees it: the protocol's whole-image resize (crop
+        fraction 1, squash), or the classification resize and centre crop."""
+        if self.crop_mode == "squash" and self.crop_pct == 1:
+            return self.segmentation_image(image)
+        return self.normalise(self.classification_geometry()(image))
+
+    def mask_on_input(self, foreground: np.ndarray) -> np.ndarray:
+        """A bool mask [H, W] carried to the input grid as `model_input` carries its
+        image: nearest-neighbour sampling (PIL's, the protocol's, for the squash)."""
+        if self.crop_mode == "squash" and self.crop_pct == 1:
+            resized = Image.fromarray(foreground.astype(np.uint8)).resize((self.input_size, self.input_size),
+                                                                          Image.NEAREST)
+            return np.asarray(resized) > 0
+        scale = math.floor(self.input_size / self.crop_pct)
+        resize = T.Resize(scale if self.crop_mode == "center" else (scale, scale),
+                          interpolation=T.InterpolationMode.NEAREST)
+        mask = T.CenterCrop(self.input_size)(resize(torch.from_numpy(foreground.astype(np.uint8))[None]))
+        return mask[0].numpy() > 0
+
+
 class ClassificationTransform:
     """Picklable (DataLoader workers may be spawned) PIL -> normalised tensor."""
 

@@ -24,6 +24,7 @@ results.md, perturbation.png/.pdf (the curves).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import zlib
 from pathlib import Path
@@ -40,7 +41,7 @@ from dge_explain.evaluation.segmentation import check_input_size
 from dge_explain.explainers import batch_maps, describe_maps
 from dge_explain.models import dge_modules, force_gates
 from dge_explain.evaluation.loop import release_freed_memory, run_resumable
-from dge_explain.evaluation.runs import RunFolder
+from dge_explain.evaluation.runs import RunFolder, write_atomic
 
 FRACTIONS = tuple(round(0.1 * i, 1) for i in range(1, 10))
 VARIANTS = ("predicted", "target")
@@ -221,19 +222,24 @@ def router_table(router: dict, first_column: str = "Method") -> list[str]:
     return lines
 
 
-def write_outputs(out: Path, records: list[dict], settings: dict, limit: int | None) -> dict:
+def write_outputs(out: Path, records: list[dict], settings: dict, limit: int | None, failed: list[dict],
+                  write: bool = True) -> dict:
     from dge_explain.viz.figures import perturbation_figure, save
 
     summary = summarise(records)
-    (out / "results.json").write_text(json.dumps({"run": settings, **summary, "limit": limit}, indent=2))
-    with (out / "results.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["method", "variant", "direction", "auc", *[f"top1@{f:.1f}" for f in (0.0, *FRACTIONS)]])
-        for name, by_variant in summary["curves"].items():
-            for variant in VARIANTS:
-                for direction in DIRECTIONS:
-                    writer.writerow([name, variant, direction, summary["auc"][name][variant][direction],
-                                     *by_variant[variant][direction]])
-    (out / "results.md").write_text(markdown_tables(summary) + "\n")
+    if not write:
+        return summary
+    write_atomic(out / "results.json", json.dumps({"run": settings, **summary, "limit": limit,
+                                                   "failed": failed}, indent=2))
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(["method", "variant", "direction", "auc", *[f"top1@{f:.1f}" for f in (0.0, *FRACTIONS)]])
+    for name, by_variant in summary["curves"].items():
+        for variant in VARIANTS:
+            for direction in DIRECTIONS:
+                writer.writerow([name, variant, direction, summary["auc"][name][variant][direction],
+                                 *by_variant[variant][direction]])
+    write_atomic(out / "results.csv", table.getvalue())
+    write_atomic(out / "results.md", markdown_tables(summary) + "\n")
     save(perturbation_figure(summary), out / "perturbation", dpi=100)
     return summary

@@ -14,6 +14,7 @@ per_image.csv and pr_histograms.npz.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from dge_explain.evaluation.metrics import ImageScore, aggregate, score_maps
 from dge_explain.evaluation.report import markdown_table, ordered_names
 from dge_explain.console import say
 from dge_explain.evaluation.loop import run_resumable
-from dge_explain.evaluation.runs import RunFolder
+from dge_explain.evaluation.runs import RunFolder, write_atomic
 
 
 @dataclass
@@ -46,7 +47,10 @@ def _mask_issues(records: list[dict]) -> dict[str, dict]:
     return {issue: {"count": len(keys), "images": keys[:20]} for issue, keys in sorted(issues.items())}
 
 
-def write_outputs(out: Path, ordered: list[dict], info: dict, limit: int | None) -> EvaluationResult:
+def write_outputs(out: Path, ordered: list[dict], info: dict, limit: int | None, failed: list[dict],
+                  write: bool = True) -> EvaluationResult:
+    """The results of the records (one per scored image, in dataset order), written
+    (each file atomically) unless `write` is False."""
     names = ordered_names(ordered[0]["scores"])
     methods = {}
     for name in names:
@@ -54,28 +58,34 @@ def write_outputs(out: Path, ordered: list[dict], info: dict, limit: int | None)
         methods[name] = {**total.as_percent(), "IoU background": 100 * total.iou[0],
                          "IoU foreground": 100 * total.iou[1]}
     result = EvaluationResult(len(ordered), methods)
-    (out / "results.json").write_text(json.dumps(
-        {"run": info, **asdict(result), "limit": limit, "mask_issues": _mask_issues(ordered)}, indent=2))
-    with (out / "results.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["method", "images", "accuracy", "mAP", "mIoU", "IoU_background", "IoU_foreground"])
-        for name, row in methods.items():
-            writer.writerow([name, len(ordered), row["Accuracy"], row["mAP"], row["mIoU"],
-                             row["IoU background"], row["IoU foreground"]])
-    with (out / "per_image.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["position", "image", "method", "pixel_accuracy", "iou_background",
-                         "iou_foreground", "ap", "mask_issue"])
-        for position, record in enumerate(ordered):
-            for name in names:
-                s = ImageScore.from_record(record["scores"][name])
-                iou = [s.intersection[c] / s.union[c] if s.union[c] else 0.0 for c in (0, 1)]
-                writer.writerow([position, record["key"], name, s.correct / s.labelled, iou[0], iou[1], s.ap,
-                                 record["mask_issue"]])
-    (out / "results.md").write_text(markdown_table(result) + "\n")
-    np.savez(out / "pr_histograms.npz", **{
-        name: np.sum([np.asarray(r["histograms"][name]).reshape(2, -1) for r in ordered], axis=0)
-        for name in names})
+    if not write:
+        return result
+    write_atomic(out / "results.json", json.dumps(
+        {"run": info, **asdict(result), "limit": limit, "mask_issues": _mask_issues(ordered), "failed": failed},
+        indent=2))
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(["method", "images", "accuracy", "mAP", "mIoU", "IoU_background", "IoU_foreground"])
+    for name, row in methods.items():
+        writer.writerow([name, len(ordered), row["Accuracy"], row["mAP"], row["mIoU"],
+                         row["IoU background"], row["IoU foreground"]])
+    write_atomic(out / "results.csv", table.getvalue())
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(["position", "image", "method", "pixel_accuracy", "iou_background",
+                     "iou_foreground", "ap", "mask_issue"])
+    for position, record in enumerate(ordered):
+        for name in names:
+            s = ImageScore.from_record(record["scores"][name])
+            iou = [s.intersection[c] / s.union[c] if s.union[c] else 0.0 for c in (0, 1)]
+            writer.writerow([position, record["key"], name, s.correct / s.labelled, iou[0], iou[1], s.ap,
+                             record["mask_issue"]])
+    write_atomic(out / "per_image.csv", table.getvalue())
+    write_atomic(out / "results.md", markdown_table(result) + "\n")
+    histograms = io.BytesIO()
+    np.savez(histograms, **{name: np.sum([np.asarray(r["histograms"][name]).reshape(2, -1) for r in ordered],
+                                         axis=0) for name in names})
+    write_atomic(out / "pr_histograms.npz", histograms.getvalue())
     return result
 
 

@@ -133,3 +133,30 @@ def load_checkpoint(model: nn.Module, source, partial: bool = False,
         raise CheckpointError(f"checkpoint {name}: {error}") from error
     report.loaded = sorted(usable)
     return report
+
+
+def checkpoint_architecture(path: str | os.PathLike) -> str:
+    """The timm model name a checkpoint file names for itself: the original DGE
+    implementation's ``args.model`` (torch files) or an ``architecture`` entry of a
+    safetensors file's metadata; a CheckpointError saying what to give otherwise."""
+    path = Path(path)
+    name = None
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), "pt") as handle:
+                name = (handle.metadata() or {}).get("architecture")
+        except Exception as error:  # safetensors raises its own error types
+            raise CheckpointError(f"{path} is not a readable safetensors file: {error}") from error
+    else:
+        read_state_dict(path)   # a refused or unreadable file is reported as such first
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        args = obj.get("args") if isinstance(obj, Mapping) else None
+        name = getattr(args, "model", None)
+    if not name:
+        raise CheckpointError(f"{path} does not name its model (no args.model, no 'architecture' metadata): "
+                              "give the model name and the file as its checkpoint (--model NAME --checkpoint "
+                              f"{path}; Python: load_model(NAME, checkpoint=...))")
+    return str(name)

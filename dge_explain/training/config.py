@@ -5,7 +5,7 @@ defaults without importing torch or timm."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dge_explain import paths
@@ -14,37 +14,48 @@ DEFAULT_IMAGES = ("data/ecssd/images", "data/imagenet-sample:even")
 DEFAULT_WEIGHTS = "weights/deit_tiny_patch16_224.safetensors"
 
 
+def _setting(default, help: str, **cli):
+    """A setting with its command-line help (and, in `cli`, how the flag parses)."""
+    return field(default=default, metadata={"help": help, **cli})
+
+
 @dataclass
 class TrainConfig:
-    out: str
-    weights: str | None = None            # dense checkpoint; default $DGE_EXPLAIN_HOME/weights/...
-    dense_model: str = "deit_tiny_patch16_224"
-    phi: tuple[int, ...] = (1, 2)
-    images: tuple[str, ...] = ()          # folder specs; default ECSSD + imagenet-sample:even
-    image_size: int = 224
-    epochs: int = 12
-    batch_size: int = 32
-    lr: float = 2e-2                      # routers
-    backbone_lr: float = 3e-4             # any other trained group (pretrained weights)
-    schedule: str = "cosine"              # cosine | constant
-    warmup_steps: int = 20
-    weight_decay: float = 0.0
-    gamma: float = 0.5
-    budget_weight: float = 4.0
-    temperature: float = 1.0
-    train: tuple[str, ...] = ("routers", "norms", "biases")
-    flip: bool = True
-    seed: int = 0
-    checkpoint_every: int = 50
-    max_steps: int | None = None
-    device: str = "cpu"
-    amp: bool = False
-    home: str | None = None
+    """Every setting of a run; `dge-explain train` derives one flag from each
+    field (its help and parsing from the field's metadata)."""
+    out: str = field(metadata={"help": "run folder (checkpoints, log.jsonl, trained.safetensors)"})
+    weights: str | None = _setting(None, "dense checkpoint (default $DGE_EXPLAIN_HOME/" + DEFAULT_WEIGHTS + ")")
+    dense_model: str = _setting("deit_tiny_patch16_224", "timm name of the dense teacher")
+    phi: tuple[int, ...] = _setting((1, 2), "candidate granularities (region sides in tokens)", nargs="+",
+                                    type="positive_int")
+    images: tuple[str, ...] = _setting((), "image folders (FOLDER, FOLDER:even, FOLDER:odd); default: "
+                                           + " and ".join(DEFAULT_IMAGES) + " under $DGE_EXPLAIN_HOME", nargs="*")
+    image_size: int = _setting(224, "training resolution", type="positive_int")
+    epochs: int = _setting(12, "passes over the images", type="positive_int")
+    batch_size: int = _setting(32, "images per step (over all ranks)", type="positive_int")
+    lr: float = _setting(2e-2, "learning rate of the routers")
+    backbone_lr: float = _setting(3e-4, "learning rate of any other trained group (pretrained weights)")
+    schedule: str = _setting("cosine", "learning-rate schedule after the warm-up", choices=("cosine", "constant"))
+    warmup_steps: int = _setting(20, "linear warm-up steps", type="non_negative_int")
+    weight_decay: float = _setting(0.0, "AdamW weight decay")
+    gamma: float = _setting(0.5, "MAC budget: the complexity ratio the routers aim at")
+    budget_weight: float = _setting(4.0, "lambda of the budget loss")
+    temperature: float = _setting(1.0, "distillation temperature T")
+    train: tuple[str, ...] = _setting(("routers", "norms", "biases"),
+                                      "parameter groups to train: routers, norms, biases, head, mlp, attn, "
+                                      "or regular expressions over parameter names", nargs="+")
+    flip: bool = _setting(True, "random horizontal flips")
+    seed: int = _setting(0, "seed of the image order, flips and router initialisation")
+    checkpoint_every: int = _setting(50, "steps between checkpoints", type="positive_int")
+    max_steps: int | None = _setting(None, "stop after this many steps (smoke runs)", type="positive_int")
+    device: str = _setting("cpu", "torch device: cpu, cuda, cuda:1, ...")
+    amp: bool = _setting(False, "mixed precision (CUDA)")
+    home: str | None = _setting(None, "data home (default $DGE_EXPLAIN_HOME)")
     # Preprocessing overrides; None = the dense model's timm data config.
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
-    interpolation: str | None = None
-    crop_pct: float | None = None
+    mean: tuple[float, float, float] | None = _setting(None, "normalisation mean", preprocessing=True)
+    std: tuple[float, float, float] | None = _setting(None, "normalisation std", preprocessing=True)
+    interpolation: str | None = _setting(None, "resize filter", preprocessing=True)
+    crop_pct: float | None = _setting(None, "centre-crop fraction", preprocessing=True)
 
     def resolved(self) -> "TrainConfig":
         """Defaults that depend on the data home filled in; paths made absolute."""

@@ -297,7 +297,7 @@ def perturbation_figure(summary: dict):
 def figures_for_run(run, out, images: int = 4, home=None, dpi: int = 150, methods=None) -> list[Path]:
     """Every figure an evaluation run (and a bench JSON inside it) supports; the
     comparison figure shows `methods` (default: every method of the run but random)."""
-    from dge_explain import zoo
+    from dge_explain.api import load_model
     from dge_explain.data import segmentation_dataset
 
     run, out = Path(run), Path(out)
@@ -309,8 +309,9 @@ def figures_for_run(run, out, images: int = 4, home=None, dpi: int = 150, method
             written += save(pr_figure({k: data[k] for k in data.files}), out / "pr_curves", dpi)
     if "model" not in info:
         return written  # a run made through the API without a model name: no map figures
-    model = zoo.load_by_name(info["model"], info.get("checkpoint"), home, info.get("weights"),
-                             info.get("trained"), info.get("random_weights", False))
+    model = load_model(info["model"], info.get("checkpoint"), home=home, weights=info.get("weights"),
+                       trained=info.get("trained"), random_weights=info.get("random_weights", False),
+                       fresh_routers=info.get("fresh_routers", False))
     dataset = segmentation_dataset(info["dataset"], Preprocessing(**info["preprocessing"]))
     indices = list(range(min(images, count)))
     chosen = [m for m in methods_of_run(info) if m != "random"] if methods is None else list(methods)

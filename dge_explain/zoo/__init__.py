@@ -1,162 +1,130 @@
-"""Shipped DGE models: router (and any fine-tuned) parameters kept in this
-package, combined with the dense weights they were distilled from, which are
-read from $DGE_EXPLAIN_HOME, from an explicit path, or downloaded by timm."""
+"""The shipped DGE models, named as timm names pretrained weights
+(``architecture.tag``): each is the router (and any fine-tuned) parameters kept
+in this package plus the dense weights they were distilled from, read from
+$DGE_EXPLAIN_HOME, an explicit path, or downloaded by timm.
+
+This module is the catalog and imports no torch, so that the command line can
+check a model choice and its files at once; ``dge_explain.zoo.build`` loads.
+"""
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-import timm
-import torch
-from safetensors import safe_open
-
 from dge_explain import paths
-from dge_explain.models import CheckpointError, from_dense, load_checkpoint, read_state_dict
-from dge_explain.models.data_config import deit_eval_config
 
 
 @dataclass(frozen=True)
 class ZooEntry:
+    architecture: str       # timm entrypoint of the DGE model
+    tag: str                # timm's pretrained tag
     dense_model: str        # timm name of the teacher
     phi: tuple[int, ...]
     dense_weights: str      # file under $DGE_EXPLAIN_HOME
     trained: str            # file in this package: the parameters distillation changed
-    data_config: dict       # the preprocessing it was distilled and measured with (timm form)
+    input_size: int
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return f"{self.architecture}.{self.tag}"
 
 
-MODELS = {
+_ENTRIES = (
     # Distilled and measured with DeiT's evaluation crop (0.875), not timm's 0.9 for this teacher.
-    "deit_tiny_dge_s12": ZooEntry("deit_tiny_patch16_224", (1, 2),
-                                  "weights/deit_tiny_patch16_224.safetensors",
-                                  "deit_tiny_dge_s12.safetensors",
-                                  deit_eval_config("deit_tiny_dge_s12", 224)),
-}
+    ZooEntry("deit_dge_s12_tiny_patch16_224", "distilled", "deit_tiny_patch16_224", (1, 2),
+             "weights/deit_tiny_patch16_224.safetensors", "deit_tiny_dge_s12.safetensors", 224,
+             aliases=("deit_tiny_dge_s12",)),
+)
+MODELS = {entry.name: entry for entry in _ENTRIES}
+ALIASES = {alias: entry.name for entry in _ENTRIES for alias in entry.aliases}
+DEFAULT_MODEL = _ENTRIES[0].name
+
+
+def shipped_name(name: str) -> str | None:
+    """The canonical name of a shipped model (given its name or an alias), else None."""
+    return name if name in MODELS else ALIASES.get(name)
+
+
+def entry(name: str) -> ZooEntry:
+    canonical = shipped_name(name)
+    if canonical is None:
+        raise ValueError(f"unknown model '{name}'; shipped: {', '.join(MODELS)} "
+                         f"(aliases: {', '.join(ALIASES)})")
+    return MODELS[canonical]
 
 
 def trained_file(name: str) -> Path:
-    return Path(str(resources.files(__package__) / MODELS[name].trained))
-
-
-def recipe(name: str) -> dict:
-    """The training configuration stored with a shipped file."""
-    path = trained_file(name)
-    try:
-        with safe_open(str(path), "pt") as handle:
-            return json.loads(handle.metadata()["config"])
-    except Exception as error:  # safetensors and json raise their own types
-        raise CheckpointError(f"{path} carries no readable training configuration: {error}") from error
-
-
-def _entry(name: str) -> ZooEntry:
-    if name not in MODELS:
-        raise ValueError(f"unknown model '{name}'; shipped: {', '.join(MODELS)}")
-    return MODELS[name]
+    return Path(str(resources.files(__package__) / entry(name).trained))
 
 
 def dense_weights_path(name: str, weights: str | None = None, home: str | None = None) -> str:
     """Where the dense teacher's weights come from: a path, 'timm' (download), or
-    the file under the data home."""
-    return weights if weights else str(paths.home_file(_entry(name).dense_weights, home))
+    the file under the data home (FileNotFoundError naming it when missing)."""
+    return weights if weights else str(paths.home_file(entry(name).dense_weights, home))
 
 
-def dense_teacher(name: str, weights: str | None = None, home: str | None = None,
-                  **create_kwargs) -> torch.nn.Module:
-    """The dense model a shipped DGE model was distilled from, in eval mode, with
-    the shipped model's preprocessing."""
-    entry = _entry(name)
-    source = dense_weights_path(name, weights, home)
-    if source == "timm":
-        dense = timm.create_model(entry.dense_model, pretrained=True, **create_kwargs)
-    else:
-        dense = timm.create_model(entry.dense_model, **create_kwargs)
-        load_checkpoint(dense, source)
-    dense.pretrained_cfg = {**dense.pretrained_cfg, **entry.data_config,
-                            "architecture": entry.dense_model}
-    return dense.eval()
-
-
-def load_model(name: str, weights: str | None = None, home: str | None = None,
-               device="cpu", trained: str | None = None) -> torch.nn.Module:
-    """A shipped DGE model in eval mode.
-
-    weights: the dense teacher's checkpoint; default $DGE_EXPLAIN_HOME/<file>,
-    or 'timm' for timm's pretrained download (needs internet); trained: a
-    trained.safetensors of `dge-explain train` instead of the shipped file."""
-    entry = _entry(name)
-    path = Path(trained) if trained else trained_file(name)
-    if not path.is_file() and not trained:
-        raise FileNotFoundError(f"{path} is missing from the package: reinstall dge-explain")
-    state = read_state_dict(path)  # before the teacher is built: a bad file fails fast, named
-    model = from_dense(dense_teacher(name, weights, home), phi=entry.phi, inplace=True)
-    expected = model.state_dict()
-    unknown = sorted(set(state) - set(expected))
-    if unknown:
-        raise CheckpointError(f"{path} holds keys the model lacks: {unknown[:5]}")
-    missing_routers = [k for k in expected if ".dge.router." in k and k not in state]
-    if missing_routers:
-        raise CheckpointError(f"{path} lacks router parameters: {missing_routers[:5]}")
-    try:
-        model.load_state_dict(state, strict=False)
-    except RuntimeError as error:
-        raise CheckpointError(f"{path} does not fit {name}: {error}") from error
-    model.pretrained_cfg = {**model.pretrained_cfg, **entry.data_config}
-    return model.eval().to(device)
+def looks_like_file(name: str) -> bool:
+    """A model argument naming a checkpoint file rather than a model."""
+    return Path(name).suffix in (".safetensors", ".pth", ".pt", ".bin", ".ckpt") or "/" in name
 
 
 def check_choice(name: str, checkpoint: str | None = None, weights: str | None = None,
-                 trained: str | None = None, random_weights: bool = False) -> None:
-    """Refuses a combination of model arguments that cannot mean what was asked,
-    before anything is loaded; a timm name without --checkpoint would run with
-    random weights, which must be asked for (--random-weights)."""
-    if name in MODELS:
+                 trained: str | None = None, random_weights: bool = False, home: str | None = None,
+                 fresh_routers: bool = False) -> None:
+    """Refuses, before anything is loaded, a combination of model arguments that
+    cannot mean what was asked and any file it names that is missing: a timm name
+    without a checkpoint would run with random weights, which must be asked for.
+    Whether a timm name exists is checked at load time (timm is needed for that)."""
+    def missing(path, what):
+        if path and path != "timm" and not Path(path).is_file():
+            raise FileNotFoundError(f"{what} {path} does not exist")
+
+    if shipped_name(name):
         if checkpoint:
-            raise ValueError(f"--checkpoint applies to timm model names; {name} is shipped "
-                             "(use --weights for its dense teacher, --trained for other parameters)")
-        if random_weights:
-            raise ValueError(f"--random-weights applies to timm model names; {name} is shipped")
+            raise ValueError(f"a checkpoint applies to timm model names; {name} is shipped (give its dense "
+                             "teacher with --weights, other trained parameters with --trained)")
+        if random_weights or fresh_routers:
+            raise ValueError(f"--random-weights and --fresh-routers apply to timm model names; {name} is shipped")
+        missing(weights, "dense weights")
+        missing(trained, "trained parameters")
+        dense_weights_path(name, weights, home)
         return
     if trained or weights:
         raise ValueError("--trained and --weights apply to shipped models "
-                         f"({', '.join(MODELS)}); give a timm model --checkpoint")
+                         f"({', '.join(MODELS)}); give a timm model a checkpoint (--checkpoint FILE)")
+    if looks_like_file(name):
+        if checkpoint:
+            raise ValueError(f"'{name}' is a file: give either a checkpoint file as the model, or a model "
+                             "name with --checkpoint FILE")
+        missing(name, "checkpoint")
+        return
     if checkpoint and random_weights:
         raise ValueError("--checkpoint and --random-weights exclude each other")
     if not checkpoint and not random_weights:
-        raise ValueError(f"model '{name}' has no trained weights unless you give --checkpoint FILE; "
-                         "pass --random-weights to run it with random weights on purpose "
+        raise ValueError(f"model '{name}' has no trained weights unless you give a checkpoint "
+                         "(--checkpoint FILE; Python: checkpoint=FILE); pass --random-weights "
+                         "(random_weights=True) to run it with random weights on purpose "
                          f"(shipped models: {', '.join(MODELS)})")
-    if not timm.is_model(name.partition(".")[0]):
-        raise ValueError(f"unknown model '{name}': neither shipped ({', '.join(MODELS)}) nor "
-                         "registered with timm")
-
-
-def load_by_name(name: str, checkpoint: str | None = None, home: str | None = None,
-                 weights: str | None = None, trained: str | None = None,
-                 random_weights: bool = False) -> torch.nn.Module:
-    """A shipped model (with optional dense weights / trained file), or a timm model
-    name with a checkpoint (or, asked for, random weights), in eval mode."""
-    check_choice(name, checkpoint, weights, trained, random_weights)
-    if name in MODELS:
-        return load_model(name, weights=weights, home=home, trained=trained)
-    model = timm.create_model(name)
-    if checkpoint:
-        load_checkpoint(model, checkpoint)
-    return model.eval()
+    missing(checkpoint, "checkpoint")
 
 
 def identity(name: str, checkpoint: str | None = None, home: str | None = None,
-             weights: str | None = None, trained: str | None = None, random_weights: bool = False) -> dict:
-    """What decides the model of load_by_name: names and resolved files with their
-    SHA-256, so that a run folder can refuse to mix two models."""
-    files = {"checkpoint": checkpoint, "trained": trained}
-    if name in MODELS:
-        files["trained"] = trained or str(trained_file(name))
-        resolved = dense_weights_path(name, weights, home)
+             weights: str | None = None, trained: str | None = None, random_weights: bool = False,
+             fresh_routers: bool = False) -> dict:
+    """What decides the model that dge_explain.load_model builds from these
+    arguments: names and resolved files with their SHA-256, so that a run folder
+    can refuse to mix two models."""
+    canonical = shipped_name(name)
+    files = {"checkpoint": name if looks_like_file(name) and not canonical else checkpoint, "trained": trained}
+    if canonical:
+        files["trained"] = trained or str(trained_file(canonical))
+        resolved = dense_weights_path(canonical, weights, home)
         files["weights"] = None if resolved == "timm" else resolved
-    result = {"model": name, "weights": "timm" if weights == "timm" else files.get("weights"),
-              "random_weights": bool(random_weights)}
+    result = {"model": canonical or name, "weights": "timm" if weights == "timm" else files.get("weights"),
+              "random_weights": bool(random_weights), "fresh_routers": bool(fresh_routers)}
     for key, value in files.items():
         if value:
             path = Path(value).resolve()

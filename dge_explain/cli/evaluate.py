@@ -1,0 +1,55 @@
+"""dge-explain evaluate: maps scored as soft segmentations (Tables 5 and 6)."""
+from __future__ import annotations
+
+from . import common
+
+
+def add_parser(commands):
+    parser = common.subcommand(
+        commands, "evaluate", "score maps as soft segmentations against masks (Tables 5 and 6)",
+        """
+        Every method's maps on image/mask pairs, scored with the ImageNet-segmentation protocol
+        of Chefer et al. (pixel accuracy, mAP, mIoU). Writes results.json/.csv/.md,
+        per_image.csv and one record per image; rerunning with the same --out resumes.""",
+        """
+        dge-explain evaluate --dataset 'ecssd:$DGE_EXPLAIN_HOME/data/ecssd' --methods random gradcam gating:8 --out runs/ecssd
+        dge-explain evaluate --dataset masks:photos,masks --methods gating-margin:8 relevance --limit 50 --out runs/mine""")
+    common.add_model_arguments(parser)
+    parser.add_argument("--dataset", required=True,
+                        help="ecssd:FOLDER (FOLDER/images + FOLDER/masks), masks:IMAGES,MASKS or "
+                             "imagenet-seg:FILE.mat")
+    common.method_arguments(parser, ["random", "gradcam", "gating"])
+    common.add_run_arguments(parser, 16, "output folder (rerun to resume)")
+    common.add_preprocessing_arguments(parser, crop=False)
+    return parser
+
+
+def run(args) -> int:
+    from dge_explain import paths
+    from dge_explain.data.listing import check_dataset
+
+    common.check_methods(args.methods)
+    dataset = paths.expand(args.dataset, args.home)
+    check_dataset(dataset)
+    common.check_run_folder(args, "evaluate")
+    common.check_model(args)
+
+    from dge_explain.data import Preprocessing
+    from dge_explain.distributed import Distributed
+    from dge_explain.evaluation.report import markdown_table
+    from dge_explain.evaluation.segmentation import evaluate
+    from dge_explain.explainers import build_explainers
+
+    device = Distributed(args.device).device
+    model = common.load_model(args)
+    explainers = build_explainers(model, args.methods, args.seed)
+    preprocessing = Preprocessing.of(model, input_size=args.image_size, mean=args.mean, std=args.std
+                                     ).for_segmentation(args.interpolation)
+    result = evaluate(model, dataset, explainers, args.out, limit=args.limit, batch_size=args.batch_size,
+                      device=device, workers=args.workers, info=common.model_identity(args),
+                      preprocessing=preprocessing)
+    if result is not None:
+        print(f"{result.images} images, {args.dataset}")
+        print(markdown_table(result))
+        print(f"written to {args.out}/results.{{json,csv,md}} and per_image.csv")
+    return 0
