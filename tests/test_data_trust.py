@@ -171,6 +171,16 @@ def test_reading_rules_are_settings_of_the_preprocessing_not_of_the_model():
             PLAIN.with_overrides(**bad)
 
 
+def test_a_runs_recorded_rules_rebuild_its_reading(tmp_path):
+    """figures rebuild the dataset from run.json's preprocessing: the recorded rules
+    come back, and a record without them (an older run) gets the defaults."""
+    rules = PLAIN.with_overrides(exif=False, mask_threshold=200, max_image_pixels=5000)
+    again = Preprocessing(**json.loads(json.dumps(rules.as_dict())))
+    assert again.reader == Reader(exif=False, max_image_pixels=5000) and again.mask_threshold == 200
+    older = {k: v for k, v in PLAIN.as_dict().items() if k not in ("exif", "mask_threshold", "max_image_pixels")}
+    assert (Preprocessing(**older).exif, Preprocessing(**older).mask_threshold) == (True, 128)
+
+
 # ---------------------------------------------------------------- mask threshold
 
 def test_two_grey_levels_are_binary_whatever_they_are_and_more_are_cut_at_mid_grey():
