@@ -242,9 +242,9 @@ def test_non_binary_masks_are_warned_once_per_run_and_counted(tmp_path, capsys):
     capsys.readouterr()
     _evaluate(_tiny_model(), f"ecssd:{folder}", tmp_path / "run", batch_size=2)
     warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
-    assert warned == ["warning: 6 masks are not binary (more than two grey levels, e.g. JPEG-compressed); foreground = grey level >= 128 "
-                      "(--mask-threshold); their images: 0000.png, 0001.png, 0002.png, 0003.png, 0004.png "
-                      "and 1 more (all in results.json, mask_issues)"]
+    assert warned == ["warning: 6 masks are not binary (more than two grey levels, e.g. JPEG-compressed); "
+                      "foreground = grey level >= 128 (--mask-threshold); their images: 0000.png, 0001.png, "
+                      "0002.png, 0003.png, 0004.png and 1 more (all in results.json, mask_issues)"]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["mask_issues"] == {"non-binary": {"count": 6, "images": [f"{s}.png" for s in stems[:6]]}}
     assert results["run"]["preprocessing"]["mask_threshold"] == 128

@@ -44,6 +44,8 @@ MASK_ISSUES = {
     "non-binary": "not binary (more than two grey levels, e.g. JPEG-compressed)",
     "alpha": "stored in the alpha channel only (read from there)",
 }
+
+
 def _digest(*parts: bytes) -> str:
     hasher = hashlib.blake2b(digest_size=16)
     for part in parts:
@@ -88,7 +90,8 @@ def _as_read(what: str, path, size: tuple[int, int], orientation: int, exif: boo
         verb, how = ORIENTATIONS[orientation]
         return (f"{text} as displayed (its EXIF orientation {orientation} {verb} the stored {other} pixels "
                 f"{how}; both are read upright)")
-    return f"{text} as stored (its EXIF orientation {orientation}, which displays it as {other}, is ignored: EXIF is off)"
+    return (f"{text} as stored (its EXIF orientation {orientation}, which displays it as {other}, is ignored: "
+            "EXIF is off)")
 
 
 class _Pairs(Dataset):
@@ -120,7 +123,7 @@ class _Pairs(Dataset):
     def _failed(self, index: int, key: str, error: Exception) -> dict:
         return {"image": torch.zeros(3, self.size, self.size),
                 "mask": torch.zeros(self.size, self.size, dtype=torch.bool), "index": index, "key": key,
-                "stat": torch.tensor(self.stat(index), dtype=torch.long), "digest": "", "mask_issue": "",
+                "stat": torch.zeros(len(self.stat(index)), dtype=torch.long), "digest": "", "mask_issue": "",
                 "error": str(error)}
 
 
@@ -160,9 +163,10 @@ class MaskFolder(_Pairs):
             image, image_orientation = reader.decode(image_bytes, self.images[stem])
             foreground, mask_orientation, issues = read_mask(mask_bytes, self.masks[stem], reader, threshold)
             if foreground.shape != (image.height, image.width):
-                mask_size = (foreground.shape[1], foreground.shape[0])
-                raise ValueError(f"{_as_read('mask', self.masks[stem], mask_size, mask_orientation, reader.exif)} "
-                                 f"but {_as_read('image', self.images[stem], image.size, image_orientation, reader.exif)}")
+                mask_as_read = _as_read("mask", self.masks[stem], foreground.shape[::-1], mask_orientation,
+                                        reader.exif)
+                image_as_read = _as_read("image", self.images[stem], image.size, image_orientation, reader.exif)
+                raise ValueError(f"{mask_as_read} but {image_as_read}")
         except ValueError as error:
             return self._failed(index, key, error)
         return self._item(index, key, stat, _digest(image_bytes, mask_bytes), image, foreground, issues)
