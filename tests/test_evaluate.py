@@ -476,7 +476,7 @@ def test_an_unreadable_image_stops_the_run_naming_it_and_keeps_the_scored_ones(d
 def test_mask_issues_are_warned_and_counted(dge_model, pairs, tmp_path, capsys):
     Image.fromarray(np.zeros((52, 64), dtype=np.uint8)).save(pairs / "masks" / "0001.png")
     _run(dge_model, f"ecssd:{pairs}", ["random"], tmp_path / "run")
-    assert "warning: the mask of" in capsys.readouterr().err
+    assert "warning: 1 mask is empty after resizing (no foreground pixel); their images: 0001.jpg\n" in capsys.readouterr().err
     assert _results(tmp_path / "run")["mask_issues"] == {"empty": {"count": 1, "images": ["0001.jpg"]}}
 
 

@@ -23,6 +23,7 @@ def add_parser(commands):
     parser.add_argument("--no-dense", action="store_true", help="skip the dense teacher")
     parser.add_argument("--out", help="also write the result as JSON here")
     common.add_preprocessing_arguments(parser, crop=True)
+    common.add_reading_arguments(parser, masks=False)
     common.add_home(parser)
     return parser
 
@@ -49,7 +50,8 @@ def run(args) -> int:
 
         dense = dense_teacher(args.model, args.weights, args.home)
     preprocessing = Preprocessing.of(model, input_size=args.image_size, interpolation=args.interpolation,
-                                     mean=args.mean, std=args.std, crop_pct=args.crop_pct)
+                                     mean=args.mean, std=args.std, crop_pct=args.crop_pct,
+                                     **common.reading(args))
     result = evaluate_classification(model, folder, dense, batch_size=args.batch_size, device=device,
                                      workers=args.workers, preprocessing=preprocessing)
     print(json.dumps(result.to_dict(), indent=2))

@@ -113,6 +113,34 @@ def model_identity(args) -> dict:
     return zoo.identity(args.model, **model_choice(args))
 
 
+def mask_threshold(text: str) -> int:
+    value = _integer(text, 1, "a grey level from 1 to 255")
+    if value > 255:
+        raise argparse.ArgumentTypeError(f"must be a grey level from 1 to 255, got {value}")
+    return value
+
+
+def add_reading_arguments(parser: argparse.ArgumentParser, masks: bool) -> None:
+    """How image (and mask) files are read (docs/your-data.md)."""
+    group = parser.add_argument_group("reading files (docs/your-data.md)")
+    group.add_argument("--no-exif", action="store_true",
+                       help="read images and masks as stored, ignoring their EXIF orientation tag (default: "
+                            "applied, as OpenCV's imread and PIL.ImageOps.exif_transpose do)")
+    group.add_argument("--max-image-pixels", type=positive_int,
+                       help="decompression-bomb limit: an image above N pixels is read with a warning, one above "
+                            "2N is refused (default: Pillow's, 89478485)")
+    if masks:
+        group.add_argument("--mask-threshold", type=mask_threshold, default=128,
+                           help="a mask with more than two grey levels (e.g. JPEG) is foreground where level >= T "
+                                "(mid-grey); two-level masks are binary whatever their levels")
+
+
+def reading(args) -> dict:
+    """The reading settings of the command line, as Preprocessing.of overrides."""
+    return {"exif": False if args.no_exif else None, "max_image_pixels": args.max_image_pixels,
+            "mask_threshold": getattr(args, "mask_threshold", None)}
+
+
 def add_preprocessing_arguments(parser: argparse.ArgumentParser, crop: bool, size: bool = True) -> None:
     """Overrides of the model's timm data config (default: the model's own)."""
     group = parser.add_argument_group("preprocessing (default: the model's own timm data config)")

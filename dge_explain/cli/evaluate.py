@@ -21,6 +21,7 @@ def add_parser(commands):
     common.method_arguments(parser, ["random", "gradcam", "gating"])
     common.add_run_arguments(parser, 16, "output folder (rerun to resume)")
     common.add_preprocessing_arguments(parser, crop=False)
+    common.add_reading_arguments(parser, masks=True)
     return parser
 
 
@@ -43,8 +44,8 @@ def run(args) -> int:
     device = Distributed(args.device).device
     model = common.load_model(args)
     explainers = build_explainers(model, args.methods, args.seed)
-    preprocessing = Preprocessing.of(model, input_size=args.image_size, mean=args.mean, std=args.std
-                                     ).for_segmentation(args.interpolation)
+    preprocessing = Preprocessing.of(model, input_size=args.image_size, mean=args.mean, std=args.std,
+                                     **common.reading(args)).for_segmentation(args.interpolation)
     result = evaluate(model, dataset, explainers, args.out, limit=args.limit, batch_size=args.batch_size,
                       device=device, workers=args.workers, info=common.model_identity(args),
                       preprocessing=preprocessing)

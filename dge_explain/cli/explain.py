@@ -27,6 +27,7 @@ def add_parser(commands):
                              "image resized to the input size; pixels outside the crop get no value")
     parser.add_argument("--dpi", type=common.positive_int, default=100, help="resolution of the grid PNGs")
     common.add_preprocessing_arguments(parser, crop=True)
+    common.add_reading_arguments(parser, masks=False)
     return parser
 
 
@@ -48,7 +49,8 @@ def run(args) -> int:
     model = common.load_model(args)
     explainers = build_explainers(model, args.methods, args.seed)
     preprocessing = Preprocessing.of(model, input_size=args.image_size, mean=args.mean, std=args.std,
-                                     interpolation=args.interpolation, crop_pct=args.crop_pct)
+                                     interpolation=args.interpolation, crop_pct=args.crop_pct,
+                                     **common.reading(args))
     if not args.crop:
         preprocessing = preprocessing.for_segmentation(args.interpolation)
     explain_images(model, files, explainers, args.out, preprocessing, limit=args.limit,

@@ -26,6 +26,7 @@ def add_parser(commands):
                         help="router test: share of regions forced to the finest granularity")
     parser.add_argument("--no-router", action="store_true", help="skip the router test")
     common.add_preprocessing_arguments(parser, crop=True)
+    common.add_reading_arguments(parser, masks=False)
     return parser
 
 
@@ -48,7 +49,8 @@ def run(args) -> int:
     model = common.load_model(args)
     explainers = build_explainers(model, args.methods, args.seed)
     preprocessing = Preprocessing.of(model, input_size=args.image_size, interpolation=args.interpolation,
-                                     mean=args.mean, std=args.std, crop_pct=args.crop_pct)
+                                     mean=args.mean, std=args.std, crop_pct=args.crop_pct,
+                                     **common.reading(args))
     summary = perturb(model, folder, explainers, args.out, limit=args.limit, batch_size=args.batch_size,
                       forward_batch=args.forward_batch, device=device, workers=args.workers,
                       info=common.model_identity(args), preprocessing=preprocessing,

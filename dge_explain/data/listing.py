@@ -4,31 +4,43 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .folders import IMAGE_SUFFIXES, folder_entries, is_image
+from .folders import IMAGE_SUFFIXES, folder_entries, is_image, printable
 
 DATASET_KINDS = ("ecssd", "masks", "imagenet-seg")
+_WHAT = {"ecssd": ("folder",), "masks": ("images folder", "masks folder"), "imagenet-seg": (".mat file",)}
+_FORM = {"ecssd": "ecssd:FOLDER", "masks": "masks:IMAGES_DIR,MASKS_DIR", "imagenet-seg": "imagenet-seg:FILE.mat"}
+
+
+def _parts(spec: str) -> tuple[str, list[str]]:
+    """(kind, the spec's paths); an empty path is refused by name, since Path('')
+    is the current directory and would be read silently in its place."""
+    kind, colon, location = spec.partition(":")
+    if kind not in DATASET_KINDS or not colon:
+        raise ValueError(f"dataset '{printable(spec)}' must be KIND:PATH with KIND one of "
+                         f"{', '.join(DATASET_KINDS)}")
+    parts = location.split(",") if kind == "masks" else [location]
+    what = _WHAT[kind]
+    if len(parts) != len(what):  # masks only: a folder name holding a comma cannot be told apart
+        raise ValueError(f"dataset '{printable(spec)}' names {len(parts)} folder{'s' if len(parts) > 1 else ''}"
+                         f", not {len(what)}; give {_FORM[kind]}")
+    for name, part in zip(what, parts):
+        if not part.strip():
+            raise ValueError(f"dataset '{printable(spec)}': the {name} is empty; give {_FORM[kind]}")
+    return kind, parts
 
 
 def canonical_spec(spec: str) -> str:
     """The dataset spec with absolute, resolved paths (to compare runs)."""
-    kind, _, location = spec.partition(":")
-    if kind not in DATASET_KINDS or not location:
-        raise ValueError(f"dataset '{spec}' must be KIND:PATH with KIND one of {', '.join(DATASET_KINDS)}")
-    parts = location.split(",") if kind == "masks" else [location]
+    kind, parts = _parts(spec)
     return f"{kind}:" + ",".join(str(Path(part).expanduser().resolve()) for part in parts)
 
 
 def locate(spec: str) -> tuple[str, tuple[Path, ...]]:
     """(kind, paths): the images and masks folders, or the .mat file."""
-    kind, _, location = canonical_spec(spec).partition(":")
+    kind, parts = _parts(canonical_spec(spec))
     if kind == "ecssd":
-        return kind, (Path(location) / "images", Path(location) / "masks")
-    if kind == "masks":
-        images, _, masks = location.partition(",")
-        if not masks:
-            raise ValueError(f"dataset '{spec}': give masks:IMAGES_DIR,MASKS_DIR")
-        return kind, (Path(images), Path(masks))
-    return kind, (Path(location),)
+        return kind, (Path(parts[0]) / "images", Path(parts[0]) / "masks")
+    return kind, tuple(Path(part) for part in parts)
 
 
 def _by_stem(folder: Path) -> tuple[dict[str, Path], list[Path]]:
@@ -37,8 +49,9 @@ def _by_stem(folder: Path) -> tuple[dict[str, Path], list[Path]]:
     files = [p for p in entries if is_image(p)]
     by_stem = {p.stem: p for p in files}
     if len(by_stem) != len(files):
-        twins = sorted({p.name for p in files if sum(q.stem == p.stem for q in files) > 1})
-        raise ValueError(f"{folder} holds several files per name, which cannot be paired: {twins[:6]}")
+        twins = sorted({printable(p.name) for p in files if sum(q.stem == p.stem for q in files) > 1})
+        raise ValueError(f"{printable(folder)} holds several files per name, which cannot be paired: "
+                         f"{', '.join(twins[:6])}")
     return by_stem, [p for p in entries if not is_image(p)]
 
 
@@ -46,27 +59,27 @@ def pair_by_stem(images_dir: Path, masks_dir: Path) -> tuple[list[str], dict[str
     """(sorted stems, image file by stem, mask file by stem); every failure names the files."""
     for folder in (images_dir, masks_dir):
         if not folder.is_dir():
-            raise FileNotFoundError(f"folder {folder} does not exist")
+            raise FileNotFoundError(f"folder {printable(folder)} does not exist")
     (images, other_images), (masks, other_masks) = _by_stem(images_dir), _by_stem(masks_dir)
     unpaired = sorted(set(images) ^ set(masks))
     if unpaired:
-        where = [str(images.get(s) or masks.get(s)) for s in unpaired[:5]]
+        where = [printable(images.get(s) or masks.get(s)) for s in unpaired[:5]]
         unsupported = [p for p in other_images + other_masks if p.stem in unpaired]
         hint = (f"; unsupported suffix (supported: {' '.join(sorted(IMAGE_SUFFIXES))}): "
-                + ", ".join(str(p) for p in unsupported[:5])) if unsupported else ""
-        raise ValueError(f"{len(unpaired)} file(s) without a partner between {images_dir} and "
-                         f"{masks_dir}: {', '.join(where)}{hint}")
+                + ", ".join(printable(p) for p in unsupported[:5])) if unsupported else ""
+        raise ValueError(f"{len(unpaired)} file(s) without a partner between {printable(images_dir)} and "
+                         f"{printable(masks_dir)}: {', '.join(where)}{hint}")
     if not images:
-        raise ValueError(f"{images_dir} holds no images (suffixes {' '.join(sorted(IMAGE_SUFFIXES))})")
+        raise ValueError(f"{printable(images_dir)} holds no images (suffixes {' '.join(sorted(IMAGE_SUFFIXES))})")
     return sorted(images), images, masks
 
 
 def check_dataset(spec: str) -> None:
-    """Refuses a dataset spec that cannot be read (bad kind, missing folder or file,
-    unpaired files), naming what is wrong."""
+    """Refuses a dataset spec that cannot be read (bad kind, empty or missing folder
+    or file, unpaired files), naming what is wrong."""
     kind, paths = locate(spec)
     if kind == "imagenet-seg":
         if not paths[0].is_file():
-            raise FileNotFoundError(f"{paths[0]} does not exist")
+            raise FileNotFoundError(f"{printable(paths[0])} does not exist")
     else:
         pair_by_stem(*paths)

@@ -8,6 +8,12 @@ the shipped DGE models declare their own), each overridable by the user.
 * soft-segmentation protocol (``segmentation_image``): the whole image resized
   to size x size with PIL (bilinear unless overridden, as Chefer et al.), so
   that it stays aligned with its mask; no crop.
+
+It also carries how the user's files are read, so that a run's settings record
+it: ``exif`` (apply the EXIF orientation), ``max_image_pixels`` (the
+decompression-bomb limit; see ``transforms.Reader``) and ``mask_threshold`` (the
+grey level from which a mask that is not two-level is foreground; see
+``segmentation.binarise``).  These come from the user, never from the model.
 """
 from __future__ import annotations
 
@@ -19,10 +25,14 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2 as T
 
+from .transforms import Reader
+
 INTERPOLATIONS = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
                   "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
 CROP_MODES = ("center", "squash")
 SEGMENTATION_INTERPOLATION = "bilinear"
+MID_GREY = 128
+READING = ("exif", "mask_threshold", "max_image_pixels")
 
 
 @dataclass(frozen=True)
@@ -34,6 +44,9 @@ class Preprocessing:
     crop_pct: float
     crop_mode: str = "center"
     source: str = "given"
+    exif: bool = True
+    mask_threshold: int = MID_GREY
+    max_image_pixels: int | None = None
 
     def __post_init__(self):
         if self.interpolation not in INTERPOLATIONS:
@@ -46,6 +59,17 @@ class Preprocessing:
             raise ValueError(f"mean and std need 3 values (std > 0), got mean {self.mean}, std {self.std}")
         if self.input_size < 1:
             raise ValueError(f"input size must be at least 1, got {self.input_size}")
+        if isinstance(self.mask_threshold, bool) or not isinstance(self.mask_threshold, int) or \
+                not 1 <= self.mask_threshold <= 255:
+            # 0 would make every pixel of a non-binary mask foreground
+            raise ValueError(f"mask threshold must be a grey level in 1..255 (foreground = level >= it), "
+                             f"got {self.mask_threshold!r}")
+        _ = self.reader  # refuses a bad exif or max_image_pixels now, not at the first image read
+
+    @property
+    def reader(self) -> Reader:
+        """The rules image and mask files are read by."""
+        return Reader(self.exif, self.max_image_pixels)
 
     @classmethod
     def of(cls, model: torch.nn.Module, **overrides) -> "Preprocessing":
@@ -63,8 +87,9 @@ class Preprocessing:
         for key in ("mean", "std"):
             if key in given:
                 given[key] = tuple(float(v) for v in given[key])
-        if given:
-            values["source"] += "; overridden: " + ", ".join(sorted(given))
+        overridden = sorted(k for k in given if k not in READING)  # reading rules are never the model's
+        if overridden:
+            values["source"] += "; overridden: " + ", ".join(overridden)
         return cls(**{**values, **given})
 
     def with_overrides(self, **overrides) -> "Preprocessing":
@@ -120,13 +145,18 @@ class Preprocessing:
             return self.segmentation_image(image)
         return self.normalise(self.classification_geometry()(image))
 
+    def squashed_mask(self, foreground: np.ndarray) -> np.ndarray:
+        """A bool mask [H, W] resized to input_size x input_size as the protocol does
+        (PIL's nearest neighbour, which samples pixel centres)."""
+        resized = Image.fromarray(foreground.astype(np.uint8)).resize((self.input_size, self.input_size),
+                                                                      Image.NEAREST)
+        return np.asarray(resized) > 0
+
     def mask_on_input(self, foreground: np.ndarray) -> np.ndarray:
         """A bool mask [H, W] carried to the input grid as `model_input` carries its
-        image: nearest-neighbour sampling (PIL's, the protocol's, for the squash)."""
+        image: nearest-neighbour sampling (the protocol's for the squash)."""
         if self.crop_mode == "squash" and self.crop_pct == 1:
-            resized = Image.fromarray(foreground.astype(np.uint8)).resize((self.input_size, self.input_size),
-                                                                          Image.NEAREST)
-            return np.asarray(resized) > 0
+            return self.squashed_mask(foreground)
         scale = math.floor(self.input_size / self.crop_pct)
         resize = T.Resize(scale if self.crop_mode == "center" else (scale, scale),
                           interpolation=T.InterpolationMode.NEAREST)

@@ -40,11 +40,24 @@ class EvaluationResult:
 
 
 def _mask_issues(records: list[dict]) -> dict[str, dict]:
+    """Per kind of suspicious mask: how many, and the keys of their images (all)."""
     issues: dict[str, list[str]] = {}
     for record in records:
         for issue in filter(None, record["mask_issue"].split(",")):
             issues.setdefault(issue, []).append(record["key"])
-    return {issue: {"count": len(keys), "images": keys[:20]} for issue, keys in sorted(issues.items())}
+    return {issue: {"count": len(keys), "images": keys} for issue, keys in sorted(issues.items())}
+
+
+def warn_mask_issues(issues: dict[str, dict], threshold: int) -> None:
+    """One line per kind of suspicious mask, for the whole run (not one per image)."""
+    for issue, found in issues.items():
+        count, keys = found["count"], found["images"]
+        what = MASK_ISSUES[issue]
+        if issue == "non-binary":
+            what += f"; foreground = grey level >= {threshold} (--mask-threshold)"
+        named = ", ".join(keys[:5]) + (f" and {count - 5} more (all in results.json, mask_issues)"
+                                       if count > 5 else "")
+        say(f"warning: {count} mask{'s are' if count > 1 else ' is'} {what}; their images: {named}")
 
 
 def write_outputs(out: Path, ordered: list[dict], info: dict, limit: int | None, failed: list[dict],
@@ -58,11 +71,12 @@ def write_outputs(out: Path, ordered: list[dict], info: dict, limit: int | None,
         methods[name] = {**total.as_percent(), "IoU background": 100 * total.iou[0],
                          "IoU foreground": 100 * total.iou[1]}
     result = EvaluationResult(len(ordered), methods)
+    issues = _mask_issues(ordered)
+    warn_mask_issues(issues, info["preprocessing"]["mask_threshold"])
     if not write:
         return result
     write_atomic(out / "results.json", json.dumps(
-        {"run": info, **asdict(result), "limit": limit, "mask_issues": _mask_issues(ordered), "failed": failed},
-        indent=2))
+        {"run": info, **asdict(result), "limit": limit, "mask_issues": issues, "failed": failed}, indent=2))
     table = io.StringIO(newline="")
     writer = csv.writer(table)
     writer.writerow(["method", "images", "accuracy", "mAP", "mIoU", "IoU_background", "IoU_foreground"])
@@ -121,11 +135,7 @@ def evaluate(model: nn.Module, dataset_spec: str, explainers: list, out, limit: 
         scored = {name: score_maps(values, batch["mask"]) for name, values in maps.items()}
         bodies = []
         for j in range(len(batch["key"])):
-            issue = batch["mask_issue"][j]
-            if issue:
-                what = "; ".join(MASK_ISSUES[i] for i in issue.split(","))
-                say(f"warning: the mask of {dataset.describe(int(batch['index'][j]))} is {what}")
-            bodies.append({"mask_issue": issue,
+            bodies.append({"mask_issue": batch["mask_issue"][j],
                            "scores": {name: values[j][0].to_record() for name, values in scored.items()},
                            "histograms": {name: values[j][1].ravel().tolist() for name, values in scored.items()}})
         return bodies
