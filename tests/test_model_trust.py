@@ -2,6 +2,7 @@
 and non-square inputs, dense and DGE DeiT and PVT), input sizes refused before any
 forward by each family's rule (naming the nearest valid sizes), and --device values
 torch cannot use here refused in one line."""
+import copy
 import re
 
 import numpy as np
@@ -260,3 +261,16 @@ def test_a_cuda_index_beyond_the_visible_devices_is_refused(monkeypatch):
         resolve_device("cuda:3")
     assert str(error.value) == ("--device cuda:3: torch sees 2 CUDA devices (cuda:0, cuda:1); use one of those "
                                 "or --device cpu")
+
+
+def test_a_model_with_a_token_grid_still_pickles_and_copies(generator, tmp_path):
+    model = _vit(True, generator)
+    explainer = CAMMaps(model, "gradcam")
+    torch.save(model, tmp_path / "whole.pt")
+    loaded = torch.load(tmp_path / "whole.pt", weights_only=False)
+    twin = copy.deepcopy(model)
+    for other in (loaded, twin):
+        other(torch.randn(1, 3, 64, 128, generator=generator))
+    assert explainer.reshape.image_hw is None, "copies do not speak for the original's grid"
+    model(torch.randn(1, 3, 64, 128, generator=generator))
+    assert explainer.reshape.image_hw == (64, 128)

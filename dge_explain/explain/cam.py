@@ -60,6 +60,25 @@ def cam_target_layer(model: nn.Module) -> tuple[nn.Module, list[nn.Module]]:
     return blocks[-2], earlier + blocks[:-2]
 
 
+class _InputRecorder:
+    """A token_grid's forward pre-hook on its model: notes each input's size (and
+    refuses one the model cannot take, before the forward).  Copies and pickles of
+    the model carry an inert one (the token_grid belongs to the original)."""
+
+    def __init__(self, grid: "token_grid"):
+        self.grid = weakref.ref(grid)
+
+    def __getstate__(self):
+        return {"grid": None}
+
+    def __call__(self, module, args, kwargs):
+        grid = self.grid() if self.grid is not None else None
+        images = args[0] if args else next(iter(kwargs.values()), None)
+        if grid is not None and isinstance(images, torch.Tensor) and images.dim() == 4:
+            check_image_size(module, images.shape[-2:])
+            grid.image_hw = tuple(images.shape[-2:])
+
+
 class token_grid:
     """reshape_transform for pytorch-grad-cam: tokens [B, N, C] of the last stage ->
     [B, C, H, W] on its token grid (extra tokens dropped).  The grid follows the
@@ -71,15 +90,7 @@ class token_grid:
         self.model = model
         self.adapter = adapter_for(model)
         self.image_hw: tuple[int, int] | None = None
-        owner = weakref.ref(self)
-
-        def record(module, args, kwargs):
-            images, grid = (args[0] if args else next(iter(kwargs.values()), None)), owner()
-            if grid is not None and isinstance(images, torch.Tensor) and images.dim() == 4:
-                check_image_size(module, images.shape[-2:])
-                grid.image_hw = tuple(images.shape[-2:])
-
-        handle = model.register_forward_pre_hook(record, with_kwargs=True)
+        handle = model.register_forward_pre_hook(_InputRecorder(self), with_kwargs=True)
         # the model outlives this object: its hook goes with it
         weakref.finalize(self, handle.remove)
 
