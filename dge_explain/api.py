@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from dge_explain import zoo
+from dge_explain.console import say
 from dge_explain.models import load_checkpoint
 from dge_explain.models.checkpoint import checkpoint_architecture
 
@@ -46,7 +47,7 @@ def load_model(name_or_file: str | os.PathLike, checkpoint: str | os.PathLike | 
     """
     name = os.fspath(name_or_file)
     checkpoint = os.fspath(checkpoint) if checkpoint is not None else None
-    zoo.check_choice(name, checkpoint, weights, trained, random_weights, home, fresh_routers)
+    zoo.check_choice(name, checkpoint, weights, trained, random_weights, home, fresh_routers, partial)
     if zoo.shipped_name(name):
         from dge_explain.zoo.build import build_shipped
 
@@ -58,7 +59,10 @@ def load_model(name_or_file: str | os.PathLike, checkpoint: str | os.PathLike | 
                          "with timm")
     model = timm.create_model(name)
     if checkpoint:
-        load_checkpoint(model, Path(checkpoint), partial=partial, fresh_routers=fresh_routers)
+        report = load_checkpoint(model, Path(checkpoint), partial=partial, fresh_routers=fresh_routers)
+        if report.initialised:
+            say(f"note: {len(report.initialised)} router parameters of {name} start untrained (fresh routers): "
+                "its gating maps mean nothing until trained (dge-explain train)")
     return model.eval().to(device)
 
 

@@ -286,7 +286,7 @@ def test_gradcam_cuts_the_graph_at_its_target_layer_without_changing_the_map(dge
     assert all(p.requires_grad and p.grad is None for p in dge_model.parameters())
     assert not explainer.layer._forward_hooks
     whole = GradCAM(model=dge_model, target_layers=[explainer.layer],
-                    reshape_transform=token_grid(dge_model).for_images(images))
+                    reshape_transform=token_grid(dge_model))
     try:
         with torch.enable_grad():
             reference = whole(input_tensor=images, targets=None)
@@ -448,29 +448,53 @@ def test_a_smaller_limit_does_not_replace_a_larger_runs_results(dge_model, pairs
     spec, out = f"ecssd:{pairs}", tmp_path / "run"
     _run(dge_model, spec, ["random"], out)
     before = (out / "results.json").read_text()
-    with pytest.raises(RunError, match=r"holds the results of 6 images; --limit 3 would replace them with "
-                                       r"those of 3: choose another --out, or a --limit of at least 6"):
+    with pytest.raises(RunError, match=r"holds the results of a run with all 6 images; --limit 3 would replace them "
+                                       r"with those of fewer images: choose another --out, or a --limit of at least 6 "
+                                       r"\(or none\)"):
         _run(dge_model, spec, ["random"], out, limit=3)
     assert (out / "results.json").read_text() == before
     assert _run(dge_model, spec, ["random"], out, limit=8).images == 6
+
+
+def test_the_same_limit_after_an_image_left_is_accepted(dge_model, pairs, tmp_path, capsys):
+    """The refusal compares --limit with the finished run's --limit, not with the
+    images left: a deleted image does not make the same command a smaller run."""
+    spec, out = f"ecssd:{pairs}", tmp_path / "run"
+    assert _run(dge_model, spec, ["random"], out, limit=4).images == 4
+    for folder, suffix in (("images", ".jpg"), ("masks", ".png")):
+        for stem in ("0004", "0005", "0002"):
+            (pairs / folder / f"{stem}{suffix}").unlink()
+    capsys.readouterr()
+    assert _run(dge_model, spec, ["random"], out, limit=4).images == 3
+    assert "1 scored image(s) are no longer in the dataset and are left out of the results: 0002.jpg" in \
+        capsys.readouterr().err
+    with pytest.raises(RunError, match=r"with --limit 4; --limit 2 would replace them"):
+        _run(dge_model, spec, ["random"], out, limit=2)
 
 
 def test_an_old_run_folder_is_refused(dge_model, pairs, tmp_path):
     out = tmp_path / "old"
     out.mkdir()
     (out / "run.json").write_text(json.dumps({"dataset": "x", "methods": ["random"]}))
-    with pytest.raises(RunError, match=r"run.json was written by an older dge-explain \(records keyed by position"):
+    with pytest.raises(RunError, match=r"run.json was written by an older dge-explain \(run format 1, this one "
+                                       r"writes 3\), whose records cannot be matched safely"):
         _run(dge_model, f"ecssd:{pairs}", ["random"], out)
 
 
-def test_an_unreadable_image_stops_the_run_naming_it_and_keeps_the_scored_ones(dge_model, pairs, tmp_path):
+def test_an_unreadable_image_is_skipped_named_and_read_again_once_it_changes(dge_model, pairs, tmp_path, capsys):
     spec, out = f"ecssd:{pairs}", tmp_path / "run"
     (pairs / "images" / "0004.jpg").write_bytes(b"broken")
-    with pytest.raises(RunError, match=r"cannot read image .*0004.jpg.*the images scored so far are kept"):
-        _run(dge_model, spec, ["random"], out, batch_size=2)
-    assert [r["key"] for r in _records(out)] == ["0000.jpg", "0001.jpg", "0002.jpg", "0003.jpg"]
+    assert _run(dge_model, spec, ["random"], out, batch_size=2).images == 5
+    printed = capsys.readouterr().err
+    assert f"skipped: cannot read image {pairs}/images/0004.jpg: not a readable image" in printed
+    assert "1 of 6 images could not be read and are left out of the results (listed in them): 0004.jpg" in printed
+    assert [f["key"] for f in _results(out)["failed"]] == ["0004.jpg"]
+    assert [r["key"] for r in _records(out)] == [f"{i:04d}.jpg" for i in range(6)]
+    assert _run(dge_model, spec, ["random"], out, batch_size=2).images == 5, "unchanged: not read again"
+    assert len(_records(out)) == 6
     _write_pairs(pairs, count=1, start=4)
     assert _run(dge_model, spec, ["random"], out, batch_size=2).images == 6
+    assert _results(out)["failed"] == []
 
 
 def test_mask_issues_are_warned_and_counted(dge_model, pairs, tmp_path, capsys):
@@ -501,13 +525,13 @@ def test_a_crash_cut_record_is_dropped_on_resume(dge_model, pairs, tmp_path):
     records.write_text(text[: text.rindex("\n", 0, len(text) - 1) + 40])  # half of the last line
     resumed = _run(dge_model, spec, methods, tmp_path / "cut", batch_size=6)
     assert resumed.methods == whole.methods
-    assert all(line.startswith('{"format": 2, "key"') for line in records.read_text().splitlines())
+    assert all(line.startswith('{"format": 3, "key"') for line in records.read_text().splitlines())
 
 
 def test_settings_are_checked_before_anything_is_written(dge_model, pairs, tmp_path):
     with pytest.raises(ValueError, match=r"layers \[9\] out of range"):
         _run(dge_model, f"ecssd:{pairs}", ["gating:9"], tmp_path / "a")
-    with pytest.raises(ValueError, match=r"image size 200x200 does not fit"):
+    with pytest.raises(ValueError, match=r"input 200x200 does not fit"):
         evaluate(dge_model, f"ecssd:{pairs}", build_explainers(dge_model, ["random"]), tmp_path / "b",
                  preprocessing=Preprocessing(200, (0.5,) * 3, (0.5,) * 3, "bilinear", 1.0), workers=0)
     with pytest.raises(FileNotFoundError, match=r"folder .*missing/images does not exist"):
@@ -526,7 +550,7 @@ def test_command_line_errors_are_one_line_before_the_model_loads(pairs, tmp_path
         (["--methods", "saliency"], "unknown method 'saliency'"),
         (["--methods", "gating:1,,2"], "layers must be comma-separated integers"),
         (["--dataset", f"ecssd:{tmp_path / 'none'}"], "folder"),
-        (["--model", "deit_dge_s12_tiny_patch16_224"], "has no trained weights unless you give --checkpoint"),
+        (["--model", "deit_dge_s12_tiny_patch16_224"], "has no trained weights unless you give a checkpoint"),
     ]:
         base = {"--dataset": f"ecssd:{pairs}", "--methods": "random", "--model": "deit_tiny_dge_s12"}
         for key, value in zip(args[::2], args[1::2]):

@@ -340,7 +340,7 @@ def test_ablationcam_runs_only_the_tail_and_gives_pytorch_grad_cams_map(generato
         ours = CAMMaps(model, "ablationcam")(images)["ablationcam"]
     # pytorch-grad-cam's two full passes (activations, original scores); none per ablation batch
     assert len(calls) == 2, "the blocks before the target run for the activations only"
-    reshape = token_grid(model).for_images(images)
+    reshape = token_grid(model)
     whole = AblationCAM(model=model, target_layers=[model.blocks[-2]], reshape_transform=reshape,
                         ablation_layer=AblationLayerVit())
     with torch.no_grad():
@@ -353,7 +353,7 @@ def test_the_standard_recipe_on_a_dge_model_gets_a_clear_message(generator):
 
     model = from_dense(tiny_vit(img_size=64), phi=(1, 2)).eval()
     cam = GradCAM(model=model, target_layers=[model.blocks[-1].norm1],
-                  reshape_transform=token_grid(model).for_images(torch.zeros(1, 3, 64, 64)))
+                  reshape_transform=token_grid(model))
     with pytest.raises(ValueError, match=r"packed queries \[L, C\]; target a block output such as "
                                          r"model.blocks\[-2\]"):
         cam(input_tensor=torch.randn(1, 3, 64, 64, generator=generator), targets=None)

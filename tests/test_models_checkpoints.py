@@ -1,7 +1,9 @@
 """Parameter names and shapes follow the original implementation exactly
 (method notes §3.2); checkpoints load safely and strictly."""
 import argparse
+import collections
 import pickle
+import warnings
 
 import pytest
 import timm
@@ -179,9 +181,16 @@ def test_dense_timm_checkpoint_into_a_dge_model(tmp_path, generator):
     dge = small_vit(phi=(1, 2), dim=192, heads=3, dtype=torch.float32, num_classes=1000)
     path = tmp_path / "dense.safetensors"
     save_file(dense.state_dict(), str(path))
-    with pytest.raises(CheckpointError, match=r"missing: blocks.0.dge.splits"):
+    routers = {k: v.clone() for k, v in dge.state_dict().items() if ".dge." in k}
+    with pytest.raises(CheckpointError) as error:
         load_checkpoint(dge, path)
+    assert str(error.value) == (
+        f"checkpoint {path} holds no DGE router weights (a dense model's checkpoint) but DGEVisionTransformer has "
+        "routers in 2 blocks: start them from their initialisation with --fresh-routers (Python: "
+        "fresh_routers=True); their gating maps mean nothing until trained (dge-explain train)")
     report = load_checkpoint(dge, path, fresh_routers=True)
+    assert report.initialised == list(routers) and len(routers) == 6
+    assert all(torch.equal(dge.state_dict()[k], v) for k, v in routers.items()), "routers as initialised"
     assert any("blocks.0.attn.qkv.weight -> blocks.0.attn.q.weight" in c for c in report.converted)
     qkv = dense.state_dict()["blocks.1.attn.qkv.weight"]
     assert torch.equal(dge.state_dict()["blocks.1.attn.kv.weight"], qkv[192:])
@@ -204,3 +213,120 @@ def test_unreadable_files_are_named(tmp_path):
     torch.save({"epoch": 1}, tmp_path / "nostate.pth")
     with pytest.raises(CheckpointError, match=r"nostate.pth holds no state dict.*\['epoch'\]"):
         read_state_dict(tmp_path / "nostate.pth")
+
+
+def test_a_dense_checkpoint_with_other_problems_names_both_options(tmp_path):
+    dense = timm.create_model("deit_tiny_patch16_224", img_size=64, patch_size=8, depth=2)
+    dge = small_vit(phi=(1, 2), dim=192, heads=3, dtype=torch.float32, num_classes=1000)
+    path = tmp_path / "dense_distilled.pth"
+    torch.save({**dense.state_dict(), "head_dist.weight": torch.zeros(1000, 192)}, path)
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(dge, path)
+    assert str(error.value) == (
+        f"checkpoint {path} holds no DGE router weights (a dense model's checkpoint) but DGEVisionTransformer has "
+        "routers in 2 blocks: start them from their initialisation with --fresh-routers (Python: "
+        "fresh_routers=True); their gating maps mean nothing until trained (dge-explain train); unexpected: "
+        "head_dist.weight. Load the matching keys anyway with --partial (Python: partial=True)")
+    report = load_checkpoint(dge, path, fresh_routers=True, partial=True)
+    assert report.unexpected == ["head_dist.weight"] and report.missing == [] and len(report.initialised) == 6
+
+
+def test_an_extra_key_is_named_with_both_ways_to_load_the_rest(tmp_path):
+    model = small_vit(phi=(1, 2), dtype=torch.float32)
+    path = tmp_path / "extra.safetensors"
+    save_file({**model.state_dict(), "head_dist.weight": torch.zeros(10, 48)}, str(path))
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(small_vit(phi=(1, 2), dtype=torch.float32), path)
+    assert str(error.value) == (f"checkpoint {path} does not fit DGEVisionTransformer: unexpected: head_dist.weight. "
+                                "Load the matching keys anyway with --partial (Python: partial=True)")
+    fresh = small_vit(phi=(1, 2), dtype=torch.float32)
+    assert load_checkpoint(fresh, path, partial=True).unexpected == ["head_dist.weight"]
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("wrap,prefix,wrapper", [
+    (torch.nn.DataParallel, "module.", "DistributedDataParallel or DataParallel"),
+    (torch.compile, "_orig_mod.", "torch.compile")])
+def test_a_wrapped_models_state_dict_loads_with_its_prefix_removed(wrap, prefix, wrapper, tmp_path):
+    model = small_vit(phi=(1, 2), dtype=torch.float32)
+    state = wrap(model).state_dict()
+    assert all(k.startswith(prefix) for k in state)
+    path = tmp_path / "wrapped.pth"
+    torch.save({"model": state, "epoch": 1}, path)
+    fresh = small_vit(phi=(1, 2), dtype=torch.float32)
+    report = load_checkpoint(fresh, path)
+    assert report.converted == [f"prefix '{prefix}' removed from all {len(state)} keys "
+                                f"(a state dict saved through {wrapper})"]
+    assert sorted(report.loaded) == sorted(model.state_dict())
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_prefix_on_some_keys_only_is_named(tmp_path):
+    model = small_vit(phi=(1, 2), dtype=torch.float32)
+    state = model.state_dict()
+    state["module.head.bias"] = state.pop("head.bias")
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(model, state)
+    assert str(error.value) == (
+        "checkpoint <state dict> does not fit DGEVisionTransformer: missing: head.bias; unexpected: "
+        f"module.head.bias; 1 of {len(state)} keys start with 'module.' (as DistributedDataParallel or "
+        "DataParallel saves them) and the rest do not, so the prefix was left on (e.g. module.head.bias). "
+        "Load the matching keys anyway with --partial (Python: partial=True)")
+
+
+class _OrderedSubclass(collections.OrderedDict):
+    pass
+
+
+class _Custom:
+    pass
+
+
+def _qualified(cls) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def test_the_unsafe_pickle_refusal_names_every_refused_global(tmp_path):
+    path = tmp_path / "objects.pth"
+    torch.save({"model": {"w": torch.zeros(1)}, "extra": _OrderedSubclass(a=1), "custom": _Custom(),
+                "args": argparse.Namespace(lr=0.1)}, path)
+    with pytest.raises(CheckpointError) as error:
+        read_state_dict(path)
+    names = ", ".join(sorted([_qualified(_OrderedSubclass), _qualified(_Custom)]))
+    assert str(error.value) == (
+        f"{path} holds objects that are not safe to unpickle (refused globals: {names}); only tensors, "
+        "containers and argparse.Namespace are read. If you trust the file, save its state dict again "
+        "(e.g. as .safetensors)")
+
+
+def test_without_a_listing_the_refused_global_comes_from_torchs_message(tmp_path, monkeypatch):
+    path = tmp_path / "custom.pth"
+    torch.save({"model": {"w": torch.zeros(1)}, "custom": _Custom()}, path)
+
+    def unlisted(path):
+        raise ValueError("no listing")
+
+    monkeypatch.setattr(torch.serialization, "get_unsafe_globals_in_checkpoint", unlisted)
+    with pytest.raises(CheckpointError) as error:
+        read_state_dict(path)
+    message = str(error.value)
+    assert "\x1b" not in message
+    assert message == (f"{path} holds objects that are not safe to unpickle (refused global: {_qualified(_Custom)}); "
+                       "only tensors, containers and argparse.Namespace are read. If you trust the file, save its "
+                       "state dict again (e.g. as .safetensors)")
+
+
+def test_a_refused_pickle_leaves_no_torch_warning(tmp_path):
+    """torch warns, naming its own source line, about any pickle protocol but 2."""
+    path = tmp_path / "protocol4.pth"
+    with open(path, "wb") as handle:
+        pickle.dump({"model": {"w": torch.zeros(1)}, "payload": _Payload()}, handle, protocol=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(CheckpointError) as error:
+            read_state_dict(path)
+    assert [str(w.message) for w in caught] == []
+    assert str(error.value) == (
+        f"{path} holds objects that are not safe to unpickle (torch's weights-only unpickler: Unsupported operand "
+        "149); only tensors, containers and argparse.Namespace are read. If you trust the file, save its state "
+        "dict again (e.g. as .safetensors)")

@@ -45,11 +45,11 @@ def run(args) -> int:
 
     from dge_explain.bench.runtime import HEADER, cases_to_json, environment, run_sweep
     from dge_explain.console import format_table
-    from dge_explain.distributed import check_device
+    from dge_explain.distributed import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device, dtype = check_device(args.device), getattr(torch, args.dtype)
+    device, dtype = resolve_device(args.device), getattr(torch, args.dtype)
     if device.type == "cpu" and dtype != torch.float32:
         raise ValueError(f"--dtype {args.dtype}: on the CPU the DGE ops run float32 (and float64) only")
     cases = run_sweep(args.models or ["deit_tiny", "deit_small", "pvt_small"], args.resolutions,
@@ -71,11 +71,11 @@ def _preset(args) -> int:
     from dge_explain.bench import presets
     from dge_explain.bench.runtime import environment, write_report
     from dge_explain.console import format_table
-    from dge_explain.distributed import check_device
+    from dge_explain.distributed import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = check_device(args.device)
+    device = resolve_device(args.device)
     names = args.models or list(presets.BACKBONES)
     unknown = [n for n in names if n not in presets.BACKBONES]
     if unknown:

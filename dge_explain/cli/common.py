@@ -91,7 +91,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def model_choice(args) -> dict:
     """The keyword arguments of dge_explain.load_model (and zoo.identity)."""
     return dict(checkpoint=args.checkpoint, home=args.home, weights=args.weights, trained=args.trained,
-                random_weights=args.random_weights, fresh_routers=args.fresh_routers)
+                random_weights=args.random_weights, fresh_routers=args.fresh_routers, partial=args.partial)
 
 
 def check_model(args) -> None:
@@ -104,7 +104,7 @@ def check_model(args) -> None:
 def load_model(args, device="cpu"):
     from dge_explain.api import load_model
 
-    return load_model(args.model, device=device, partial=args.partial, **model_choice(args))
+    return load_model(args.model, device=device, **model_choice(args))
 
 
 def model_identity(args) -> dict:

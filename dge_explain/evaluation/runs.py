@@ -174,7 +174,7 @@ class RunFolder:
         if (before is None and images is not None and limit < images) or (before is not None and limit < before):
             had = f"--limit {before}" if before is not None else f"all {images} images"
             raise RunError(f"{self.out} holds the results of a run with {had}; --limit {limit} would replace "
-                           f"them with fewer images': choose another --out, or a --limit of at least "
+                           f"them with those of fewer images: choose another --out, or a --limit of at least "
                            f"{before if before is not None else images} (or none)")
 
     def check_settings(self, settings: dict) -> dict | None:

@@ -30,7 +30,7 @@ import torch
 from timm.models.vision_transformer import Attention
 from torch import nn
 
-from dge_explain.models.families import adapter_for, find_adapter
+from dge_explain.models.families import adapter_for, check_image_size, find_adapter
 from dge_explain.models.attention import CrossAttention, attention_probabilities, packed_products
 from dge_explain.ops import reference
 
@@ -183,6 +183,7 @@ def attention_pass(model: nn.Module, images: torch.Tensor, labels=None,
     gradient is computed."""
     if gradients not in GRADIENT_BLOCKS:
         raise ValueError(f"gradients must be one of {GRADIENT_BLOCKS}, got {gradients!r}")
+    check_image_size(model, images.shape[-2:])
     was_training = model.training
     trainable = [p for p in model.parameters() if p.requires_grad]
     model.eval()

@@ -21,12 +21,13 @@ anyway).  The CAM target is the predicted class unless labels are given.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from typing import Iterator
 
 import torch
 from torch import nn
 
-from dge_explain.models.families import adapter_for
+from dge_explain.models.families import adapter_for, check_image_size
 
 from .base import Explainer
 
@@ -61,34 +62,64 @@ def _cam_class(method: str):
     return getattr(pytorch_grad_cam, METHODS[method]["class"])
 
 
-def cam_target_layer(model: nn.Module) -> tuple[nn.Module, list[nn.Module], int]:
-    """(module whose output the CAMs read, the blocks before it, token stride in pixels)."""
-    blocks, earlier, stride = adapter_for(model).cam_layers(model)
+def cam_target_layer(model: nn.Module) -> tuple[nn.Module, list[nn.Module]]:
+    """(module whose output the CAMs read, the blocks before it)."""
+    blocks, earlier, _ = adapter_for(model).cam_layers(model)
     if len(blocks) < 2:
         raise ValueError("the CAMs need at least two blocks in the last stage")
-    return blocks[-2], earlier + blocks[:-2], stride
+    return blocks[-2], earlier + blocks[:-2]
+
+
+class _InputRecorder:
+    """A token_grid's forward pre-hook on its model: notes each input's size (and
+    refuses one the model cannot take, before the forward).  Copies and pickles of
+    the model carry an inert one (the token_grid belongs to the original)."""
+
+    def __init__(self, grid: "token_grid"):
+        self.grid = weakref.ref(grid)
+
+    def __getstate__(self):
+        return {"grid": None}
+
+    def __call__(self, module, args, kwargs):
+        grid = self.grid() if self.grid is not None else None
+        images = args[0] if args else next(iter(kwargs.values()), None)
+        if grid is not None and isinstance(images, torch.Tensor) and images.dim() == 4:
+            check_image_size(module, images.shape[-2:])
+            grid.image_hw = tuple(images.shape[-2:])
 
 
 class token_grid:
-    """reshape_transform for pytorch-grad-cam: tokens [B, N, C] -> [B, C, H, W] on
-    the token grid of the last images seen (extra tokens dropped)."""
+    """reshape_transform for pytorch-grad-cam: tokens [B, N, C] of the last stage ->
+    [B, C, H, W] on its token grid (extra tokens dropped).  The grid follows the
+    input of the model's latest forward, which a pre-hook records (and refuses
+    before the forward when the model cannot take its size): square or not, the
+    model's own forward is the only place that knows it."""
 
     def __init__(self, model: nn.Module):
         self.model = model
-        self.grid = (0, 0)
-
-    def for_images(self, images: torch.Tensor) -> "token_grid":
-        _, _, stride = cam_target_layer(self.model)
-        self.grid = (images.shape[-2] // stride, images.shape[-1] // stride)
-        return self
+        self.adapter = adapter_for(model)
+        self.image_hw: tuple[int, int] | None = None
+        handle = model.register_forward_pre_hook(_InputRecorder(self), with_kwargs=True)
+        # the model outlives this object: its hook goes with it
+        weakref.finalize(self, handle.remove)
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         if tokens.dim() != 3:
             raise ValueError(f"the CAM target layer gave a {tuple(tokens.shape)} tensor, not tokens [B, N, C]: "
                              "in a DGE block, LayerNorms and attention see packed queries [L, C]; target a "
                              "block output such as model.blocks[-2]")
-        height, width = self.grid
-        spatial = tokens[:, tokens.shape[1] - height * width:]
+        if self.image_hw is None:
+            raise ValueError("token_grid(model) reads the token grid from the images of the model's forward and "
+                             "has seen none: create it before calling the CAM (or the model) on images "
+                             "[B, 3, H, W]")
+        extra, (height, width), stride = self.adapter.last_tokens(self.model, self.image_hw)
+        if tokens.shape[1] != extra + height * width:
+            raise ValueError(
+                f"the CAM target layer gave {tokens.shape[1]} tokens; at input {self.image_hw[0]}x"
+                f"{self.image_hw[1]} the last stage has {extra} extra + {height}x{width} tokens (stride {stride}): "
+                "target a block of the last stage, e.g. model.blocks[-2] (PVT: model.block4[-2])")
+        spatial = tokens[:, extra:]
         return spatial.reshape(tokens.shape[0], height, width, -1).permute(0, 3, 1, 2)
 
 
@@ -179,7 +210,7 @@ class CAMMaps(Explainer):
         self.class_specific = METHODS[method].get("class_specific", True)
         # the gradient methods weigh the same activations and gradients: one pass for all
         self.shared_pass = "gradient-cam" if self.uses_gradients else None
-        self.layer, self.before, _ = cam_target_layer(model)
+        self.layer, self.before = cam_target_layer(model)
         self.reshape = token_grid(model)
 
     def names(self) -> list[str]:
@@ -236,7 +267,6 @@ def shared_pass(cams: list[CAMMaps], images: torch.Tensor, labels=None) -> dict[
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     first = cams[0]
-    first.reshape.for_images(images)
     targets = None if labels is None else [ClassifierOutputTarget(int(c)) for c in labels]
     with first._prepared() as stack:
         objects = [cam._cam(stack) for cam in cams]

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dge_explain.models import dge_modules
+from dge_explain.models.families import check_image_size
 
 from .base import Explainer
 
@@ -117,6 +118,7 @@ class GatingMaps(Explainer):
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, ids=None, labels=None) -> dict[str, torch.Tensor]:
+        check_image_size(self.model, images.shape[-2:])
         was_training = self.model.training
         with self.capturing(stop=True) as captured:
             try:

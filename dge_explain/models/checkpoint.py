@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -36,6 +38,7 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
     converted: list[str] = field(default_factory=list)
+    initialised: list[str] = field(default_factory=list)   # router keys left as initialised (fresh_routers)
 
     def problems(self) -> list[str]:
         lines = []
@@ -65,12 +68,15 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         except Exception as error:  # safetensors raises its own error types
             raise CheckpointError(f"{path} is not a readable safetensors file: {error}") from error
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            # torch's note on pickle protocols names its own source line and concerns no user
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise CheckpointError(
-            f"{path} holds objects that are not safe to unpickle (only tensors, containers and "
-            f"argparse.Namespace are allowed): {str(error).splitlines()[0]}") from error
+            f"{path} holds objects that are not safe to unpickle ({_refused(path, error)}); only tensors, "
+            "containers and argparse.Namespace are read. If you trust the file, save its state dict "
+            "again (e.g. as .safetensors)") from error
     except Exception as error:
         raise CheckpointError(f"{path} could not be read as a torch checkpoint: {error}") from error
     for key in ("model", "state_dict"):
@@ -81,6 +87,49 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     keys = sorted(obj)[:10] if isinstance(obj, Mapping) else type(obj).__name__
     raise CheckpointError(f"{path} holds no state dict (expected a dict of tensors, or one under "
                           f"'model' or 'state_dict'); found {keys}")
+
+
+ALLOWED_GLOBALS = {f"{argparse.Namespace.__module__}.{argparse.Namespace.__qualname__}"}
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _refused(path: Path, error: Exception) -> str:
+    """What torch's weights-only unpickler refused: every unsafe global a torch.save
+    file names (listed without unpickling), else the global or reason in torch's
+    message (which names one, between escape codes and advice)."""
+    try:
+        names = sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(path)) - ALLOWED_GLOBALS)
+    except Exception:  # not a zip checkpoint: torch's message is all there is
+        names = []
+    text = ANSI_ESCAPE.sub("", str(error))
+    names = names or list(dict.fromkeys(re.findall(r"Unsupported global: GLOBAL ([\w.]+)", text)))
+    if names:
+        return f"refused global{'s' if len(names) > 1 else ''}: {', '.join(names)}"
+    reason = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    return "torch's weights-only unpickler: " + (reason.group(1) if reason else text.strip().splitlines()[0]).strip()
+
+
+# a wrapper's prefix on every key of the state dict it saved
+WRAPPER_PREFIXES = {"module.": "DistributedDataParallel or DataParallel", "_orig_mod.": "torch.compile"}
+
+
+def _strip_wrapper_prefix(state: dict, expected: Mapping[str, torch.Tensor], report: LoadReport) -> str | None:
+    """Removes a wrapper's prefix found on every key (noted in report.converted);
+    returns what to say of one found on some keys only, which is left to the key check."""
+    for prefix, wrapper in WRAPPER_PREFIXES.items():
+        if any(k.startswith(prefix) for k in expected):
+            continue
+        marked = [k for k in state if k.startswith(prefix)]
+        if marked and len(marked) == len(state):
+            stripped = {k[len(prefix):]: v for k, v in state.items()}
+            state.clear()
+            state.update(stripped)
+            report.converted.append(f"prefix '{prefix}' removed from all {len(marked)} keys "
+                                    f"(a state dict saved through {wrapper})")
+        elif marked:
+            return (f"{len(marked)} of {len(state)} keys start with '{prefix}' (as {wrapper} saves them) "
+                    f"and the rest do not, so the prefix was left on (e.g. {marked[0]})")
+    return None
 
 
 def _split_fused_qkv(state: dict, expected: Mapping[str, torch.Tensor], report: LoadReport) -> None:
@@ -100,32 +149,54 @@ def _is_router_key(key: str) -> bool:
     return ".dge." in f".{key}"
 
 
+def _misfit(name: str, model: nn.Module, report: LoadReport, lacking_routers: list[str],
+            mixed_prefix: str | None) -> str:
+    """The refusal of a checkpoint that does not fit, with what the user can do from
+    the command line and from Python; lacking_routers: the model's router keys where
+    the checkpoint holds none (a dense model's)."""
+    lines = LoadReport(name, missing=[k for k in report.missing if k not in lacking_routers],
+                       unexpected=report.unexpected, mismatched=report.mismatched).problems()
+    lines += [mixed_prefix] if mixed_prefix else []
+    partial = "Load the matching keys anyway with --partial (Python: partial=True)"
+    if not lacking_routers:
+        return f"checkpoint {name} does not fit {type(model).__name__}: " + "; ".join(lines) + f". {partial}"
+    blocks = len({k.partition(".dge.")[0] for k in lacking_routers})
+    return (f"checkpoint {name} holds no DGE router weights (a dense model's checkpoint) but "
+            f"{type(model).__name__} has routers in {blocks} blocks: start them from their initialisation "
+            "with --fresh-routers (Python: fresh_routers=True); their gating maps mean nothing until trained "
+            "(dge-explain train)" + "".join(f"; {line}" for line in lines) + (f". {partial}" if lines else ""))
+
+
 def load_checkpoint(model: nn.Module, source, partial: bool = False,
                     fresh_routers: bool = False) -> LoadReport:
     """Load a checkpoint file (or a state dict) into ``model``.
 
     partial: load what matches and report the rest instead of failing;
     fresh_routers: a dense checkpoint into a DGE model: the routers (and their
-    ``dge.splits``) may be missing and keep their initialisation.
+    ``dge.splits``) may be missing and keep their initialisation (report.initialised).
+    A state dict saved through DistributedDataParallel, DataParallel or torch.compile
+    (every key prefixed) loads with the prefix removed.
     """
     name = str(source) if isinstance(source, (str, os.PathLike)) else "<state dict>"
     state = read_state_dict(source) if isinstance(source, (str, os.PathLike)) else dict(source)
     expected = model.state_dict()
     report = LoadReport(name)
+    mixed_prefix = _strip_wrapper_prefix(state, expected, report)
     _split_fused_qkv(state, expected, report)
     adapter = find_adapter(model)
     if adapter is not None:   # any other module loads its keys as they are
         adapter.convert_checkpoint(state, model, report)
 
-    report.missing = [k for k in expected if k not in state
-                      and not (fresh_routers and _is_router_key(k))]
+    routers = [k for k in expected if _is_router_key(k)]
+    if fresh_routers:
+        report.initialised = [k for k in routers if k not in state]
+    report.missing = [k for k in expected if k not in state and not (fresh_routers and _is_router_key(k))]
     report.unexpected = [k for k in state if k not in expected]
     report.mismatched = [f"{k} {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
                          for k in state if k in expected and state[k].shape != expected[k].shape]
-    problems = report.problems()
-    if problems and not partial:
-        raise CheckpointError(f"checkpoint {name} does not fit {type(model).__name__}: "
-                              + "; ".join(problems) + ". Pass partial=True to load the rest anyway.")
+    if report.problems() and not partial:
+        dense = not fresh_routers and not any(_is_router_key(k) for k in state)
+        raise CheckpointError(_misfit(name, model, report, routers if dense else [], mixed_prefix))
     usable = {k: v for k, v in state.items() if k in expected and v.shape == expected[k].shape}
     try:
         model.load_state_dict(usable, strict=False)

@@ -73,7 +73,7 @@ def looks_like_file(name: str) -> bool:
 
 def check_choice(name: str, checkpoint: str | None = None, weights: str | None = None,
                  trained: str | None = None, random_weights: bool = False, home: str | None = None,
-                 fresh_routers: bool = False) -> None:
+                 fresh_routers: bool = False, partial: bool = False) -> None:
     """Refuses, before anything is loaded, a combination of model arguments that
     cannot mean what was asked and any file it names that is missing: a timm name
     without a checkpoint would run with random weights, which must be asked for.
@@ -86,8 +86,9 @@ def check_choice(name: str, checkpoint: str | None = None, weights: str | None =
         if checkpoint:
             raise ValueError(f"a checkpoint applies to timm model names; {name} is shipped (give its dense "
                              "teacher with --weights, other trained parameters with --trained)")
-        if random_weights or fresh_routers:
-            raise ValueError(f"--random-weights and --fresh-routers apply to timm model names; {name} is shipped")
+        if random_weights or fresh_routers or partial:
+            raise ValueError(f"--random-weights, --fresh-routers and --partial apply to timm model names; {name} "
+                             "is shipped")
         missing(weights, "dense weights")
         missing(trained, "trained parameters")
         dense_weights_path(name, weights, home)
@@ -103,6 +104,8 @@ def check_choice(name: str, checkpoint: str | None = None, weights: str | None =
         return
     if checkpoint and random_weights:
         raise ValueError("--checkpoint and --random-weights exclude each other")
+    if (fresh_routers or partial) and not checkpoint:
+        raise ValueError("--fresh-routers and --partial say how a checkpoint loads: give one (--checkpoint FILE)")
     if not checkpoint and not random_weights:
         raise ValueError(f"model '{name}' has no trained weights unless you give a checkpoint "
                          "(--checkpoint FILE; Python: checkpoint=FILE); pass --random-weights "
@@ -113,7 +116,7 @@ def check_choice(name: str, checkpoint: str | None = None, weights: str | None =
 
 def identity(name: str, checkpoint: str | None = None, home: str | None = None,
              weights: str | None = None, trained: str | None = None, random_weights: bool = False,
-             fresh_routers: bool = False) -> dict:
+             fresh_routers: bool = False, partial: bool = False) -> dict:
     """What decides the model that dge_explain.load_model builds from these
     arguments: names and resolved files with their SHA-256, so that a run folder
     can refuse to mix two models."""
@@ -124,7 +127,7 @@ def identity(name: str, checkpoint: str | None = None, home: str | None = None,
         resolved = dense_weights_path(canonical, weights, home)
         files["weights"] = None if resolved == "timm" else resolved
     result = {"model": canonical or name, "weights": "timm" if weights == "timm" else files.get("weights"),
-              "random_weights": bool(random_weights), "fresh_routers": bool(fresh_routers)}
+              "random_weights": bool(random_weights), "fresh_routers": bool(fresh_routers), "partial": bool(partial)}
     for key, value in files.items():
         if value:
             path = Path(value).resolve()

@@ -1,7 +1,52 @@
 """The interface of a backbone family's adapter."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import nn
+
+
+@dataclass(frozen=True)
+class SizeRule:
+    """The input sizes a model takes: each side a multiple of `multiple` (the
+    coarsest token stride times the DGE region size, `why` says so), after padding
+    each side up to a multiple of `padded_to` where the patch embedding pads; or
+    exactly `fixed` where the positional embedding cannot be resampled."""
+    multiple: int
+    why: str
+    padded_to: int = 1
+    fixed: tuple[int, int] | None = None
+
+    def _side_fits(self, side: int) -> bool:
+        return side > 0 and -(-side // self.padded_to) * self.padded_to % self.multiple == 0
+
+    def _nearest(self, side: int) -> tuple[int, int]:
+        """(the largest valid side below, the smallest above); a valid side itself."""
+        if self._side_fits(side):
+            return side, side
+        # above: the smallest side whose padded patch grid reaches the next multiple
+        cells = self.multiple // self.padded_to
+        above = (-(-side // self.padded_to) + cells - 1) // cells * cells * self.padded_to - self.padded_to + 1
+        return side // self.multiple * self.multiple, above
+
+    def fits(self, height: int, width: int) -> bool:
+        if self.fixed is not None:
+            return (height, width) == self.fixed
+        return self._side_fits(height) and self._side_fits(width)
+
+    def problem(self, height: int, width: int) -> str | None:
+        """None if height x width fits, else what the valid sizes are."""
+        if self.fits(height, width):
+            return None
+        if self.fixed is not None:
+            return (f"it takes {self.fixed[0]}x{self.fixed[1]} only (its positional embedding has a fixed size; "
+                    "timm models created with dynamic_img_size=True take other sizes)")
+        below, above = zip(self._nearest(height), self._nearest(width))
+        choices = [f"{h}x{w}" for h, w in (below, above) if h > 0 and w > 0]
+        sides = "height and width" if self.padded_to == 1 else \
+            f"height and width, padded up to multiples of {self.padded_to},"
+        return (f"{sides} must be multiples of {self.multiple} ({self.why}); nearest valid: "
+                + " or ".join(dict.fromkeys(choices)))
 
 
 class BackboneAdapter:
@@ -48,6 +93,10 @@ class BackboneAdapter:
         QK^T and AV 2 Nq Nin C; softmax 3 Nq Nin h."""
         matmul = 2 * n_q * dim * dim + 2 * n_in * dim * dim + 2 * n_q * n_in * dim
         return matmul, 3 * n_q * n_in * attn.num_heads
+
+    def size_rule(self, model: nn.Module) -> SizeRule:
+        """The input sizes the model's forward takes."""
+        raise NotImplementedError
 
     def cam_layers(self, model: nn.Module) -> tuple[list[nn.Module], list[nn.Module], int]:
         """(blocks of the last stage, the blocks before that stage, token stride in

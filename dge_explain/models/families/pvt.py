@@ -8,7 +8,7 @@ import math
 import torch
 
 from ..pvt import STRIDES, PyramidVisionTransformer, resize_pos_embed
-from .base import BackboneAdapter
+from .base import BackboneAdapter, SizeRule
 
 STAGES = range(4)
 
@@ -63,6 +63,11 @@ class PVTAdapter(BackboneAdapter):
             matmul = matmul + n_in * dim * dim
             other = other + keys * dim
         return matmul, other
+
+    def size_rule(self, model):
+        """Every stage's grid must tile into regions; positional embeddings are resampled."""
+        region, stride = model.region_size, STRIDES[3]
+        return SizeRule(region * stride, f"region {region} x stride {stride}" if region > 1 else f"stride {stride}")
 
     def cam_layers(self, model):
         earlier = [block for stage in (model.block1, model.block2, model.block3) for block in stage]

@@ -7,7 +7,8 @@ import math
 import torch
 from torch import nn
 
-from .base import BackboneAdapter
+from ..gating import dge_modules
+from .base import BackboneAdapter, SizeRule
 
 
 class ViTAdapter(BackboneAdapter):
@@ -38,6 +39,18 @@ class ViTAdapter(BackboneAdapter):
     def stem_macs(self, model, pixels, terms):
         proj = model.patch_embed.proj
         return pixels * proj.in_channels * proj.out_channels
+
+    def size_rule(self, model):
+        """timm's patch embedding takes whole patches (or pads to them, with
+        dynamic_img_pad); the token grid must tile into DGE regions; without
+        dynamic_img_size the positional embedding fixes the size."""
+        patch = self._stride(model)[0]
+        embed = model.patch_embed
+        if not getattr(model, "dynamic_img_size", False):
+            return SizeRule(patch, f"patch {patch}", fixed=tuple(embed.img_size))
+        region = max((dge.region_size for dge in dge_modules(model)), default=1)
+        why = f"region {region} x patch {patch}" if region > 1 else f"patch {patch}"
+        return SizeRule(region * patch, why, padded_to=patch if getattr(embed, "dynamic_img_pad", False) else 1)
 
     def cam_layers(self, model):
         return list(model.blocks), [], self._stride(model)[0]
