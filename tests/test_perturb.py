@@ -73,7 +73,10 @@ def test_curves_of_a_model_whose_logit_depends_on_known_pixels(white_images, tmp
     assert summary["auc"]["quadrant"]["target"] == summary["auc"]["quadrant"]["predicted"]
     assert summary["top1"] == 1.0 and summary["router"] is None
     assert (tmp_path / "run" / "perturbation.png").stat().st_size > 5000
-    assert "| quadrant | 85.0 | 15.0 | 85.0 | 15.0 |" in (tmp_path / "run" / "results.md").read_text()
+    table = (tmp_path / "run" / "results.md").read_text()
+    assert table.splitlines()[0] == ("Perturbation AUC over 0-90 % of the pixels removed (3 images, top-1 100.0; "
+                                     "negative: higher is better, positive: lower is better)")
+    assert "| quadrant | 85.0 | 15.0 | 85.0 | 15.0 |" in table
 
 
 def test_freed_memory_goes_back_to_the_system_after_every_batch(white_images, tmp_path, monkeypatch):
@@ -91,8 +94,15 @@ def test_freed_memory_goes_back_to_the_system_after_every_batch(white_images, tm
 
 
 def test_auc_is_the_trapezoid_over_zero_to_nine_tenths():
+    """The protocol: top-1 at 0 % (unperturbed), 10 %, ..., 90 % removed; AUC = trapezoidal
+    area over those fractions x 100 (docs/explainers-and-protocols.md, section 3)."""
     assert auc([1.0] * 10) == pytest.approx(90.0)
     assert auc([1.0] + [0.0] * 9) == pytest.approx(5.0)
+    # by hand: 0.1 x (0.8 / 2 + 0.7 + 0.6 + 0.5 + 0.5 + 0.4 + 0.3 + 0.2 + 0.1 + 0.0 / 2) x 100 = 37
+    assert auc([0.8, 0.7, 0.6, 0.5, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0]) == pytest.approx(37.0)
+    with pytest.raises(ValueError, match=r"^a perturbation curve has 10 points \(top-1 with 0, 10, 20, 30, 40, "
+                                         r"50, 60, 70, 80, 90 % of the pixels removed\), got 9$"):
+        auc([1.0] * 9)   # 10-90 % only
 
 
 def test_removal_order_and_ties():
