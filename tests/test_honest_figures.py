@@ -3,9 +3,6 @@ range is negligible is marked flat (greyed, hatched) instead of stretched into
 blobs, images and maps keep the image's aspect ratio, and `figures --run`
 draws what a perturbation run supports."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from dge_explain.data import MaskFolder, Preprocessing, segmentation_dataset
+from dge_explain.cli import main
+from dge_explain.data import ImagenetSegMat, MaskFolder, Preprocessing, segmentation_dataset
 from dge_explain.evaluate import evaluate
 from dge_explain.explain import GatingMaps, RandomMaps, build_explainers
 from dge_explain.figures import collect_maps, figures_for_run, granularity_grid, image_size, map_grid
@@ -175,6 +173,17 @@ def test_image_size_reads_the_item_or_the_oriented_header(tmp_path):
     assert image_size(dataset, 1, {"size": torch.tensor([7, 5])}) == (7, 5)
 
 
+def test_image_size_of_an_imagenet_segmentation_entry(tmp_path):
+    from test_evaluate import _write_mat
+
+    rng = np.random.default_rng(2)
+    _write_mat(tmp_path / "gt.mat", [rng.integers(0, 255, (30, 50, 3), dtype=np.uint8)], [np.ones((30, 50))])
+    dataset = ImagenetSegMat(tmp_path / "gt.mat", SMALL)
+    assert image_size(dataset, 0, {}) == (50, 30)
+    images, _, _ = collect_maps(dataset, [RandomMaps()], [0])
+    assert images[0].shape == (30, 50, 3)
+
+
 def test_layer_12_of_the_shipped_model_is_flat_and_layer_8_is_not():
     shared_file("data/ecssd")
     shared_file("weights/deit_tiny_patch16_224.safetensors")
@@ -220,31 +229,30 @@ def test_figures_of_a_perturb_run_are_its_curves_and_one_line_on_the_rest(tmp_pa
         "and precision-recall figures need a `dge-explain evaluate` run (images with masks)\n")
 
 
-def test_the_figures_command_on_a_perturb_run_and_on_bad_run_folders(tmp_path):
+def _command(capsys, *args) -> tuple[int, str, str]:
+    """`dge-explain ARGS` in this process: exit status, stdout, stderr."""
+    capsys.readouterr()
+    status = main(list(map(str, args)))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_the_figures_command_on_a_perturb_run_and_on_bad_run_folders(tmp_path, capsys):
     run = _perturb_run(tmp_path / "perturb")
-
-    def figures(folder):
-        return subprocess.run([sys.executable, "-m", "dge_explain", "figures", "--run", str(folder), "--out",
-                               str(tmp_path / "figs")], capture_output=True, text=True)
-
-    done = figures(run)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == [str(tmp_path / "figs" / "perturbation.png"),
-                                   str(tmp_path / "figs" / "perturbation.pdf")]
-    assert f"{run} is a `dge-explain perturb` run: drew its perturbation curves;" in done.stderr
-    empty = figures(tmp_path / "figs")
-    assert empty.returncode == 2 and empty.stderr == (
-        f"dge-explain figures: error: {tmp_path / 'figs' / 'results.json'} does not exist: --run takes the "
-        "output folder of a finished `dge-explain evaluate` or `dge-explain perturb` run "
-        "(--debug shows the traceback)\n")
+    figs = tmp_path / "figs"
+    status, out, err = _command(capsys, "figures", "--run", run, "--out", figs)
+    assert status == 0 and out.split() == [str(figs / "perturbation.png"), str(figs / "perturbation.pdf")]
+    assert err.startswith(f"{run} is a `dge-explain perturb` run: drew its perturbation curves;")
+    status, _, err = _command(capsys, "figures", "--run", figs, "--out", figs)
+    assert status == 2 and err == (
+        f"dge-explain figures: error: {figs / 'results.json'} does not exist: --run takes the output folder of a "
+        "finished `dge-explain evaluate` or `dge-explain perturb` run (--debug shows the traceback)\n")
     (run / "results.json").write_text('{"run": {"images": ')
-    cut = figures(run)
-    assert cut.returncode == 2 and cut.stderr.startswith(
-        f"dge-explain figures: error: {run / 'results.json'} is not readable JSON (")
+    status, _, err = _command(capsys, "figures", "--run", run, "--out", figs)
+    assert status == 2 and err.startswith(f"dge-explain figures: error: {run / 'results.json'} is not readable JSON (")
     (run / "results.json").write_text(json.dumps({"run": {"command": "classify"}, "images": 3}))
-    other = figures(run)
-    assert other.returncode == 2 and f"{run / 'results.json'} is neither an evaluate nor a perturb run's " \
-        "results" in other.stderr
+    status, _, err = _command(capsys, "figures", "--run", run, "--out", figs)
+    assert status == 2 and f"{run / 'results.json'} is neither an evaluate nor a perturb run's results" in err
 
 
 def test_figures_of_an_evaluate_run_made_through_the_api(tmp_path, capsys):
@@ -257,20 +265,16 @@ def test_figures_of_an_evaluate_run_made_through_the_api(tmp_path, capsys):
     assert capsys.readouterr().err == ""
 
 
-def test_the_figures_command_on_an_evaluate_run_of_the_shipped_model(tmp_path):
+def test_the_figures_command_on_an_evaluate_run_of_the_shipped_model(tmp_path, capsys):
     ecssd = shared_file("data/ecssd")
     shared_file("weights/deit_tiny_patch16_224.safetensors")
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    scored = subprocess.run([sys.executable, "-m", "dge_explain", "evaluate", "--model", "deit_tiny_dge_s12",
-                             "--dataset", f"ecssd:{ecssd}", "--methods", "gradcam", "gating:8,12", "--limit", "2", "--batch-size", "2",
-                             "--workers", "0", "--out", str(tmp_path / "run")], capture_output=True, text=True,
-                            env=env)
-    assert scored.returncode == 0, scored.stderr[-3000:]
-    drawn = subprocess.run([sys.executable, "-m", "dge_explain", "figures", "--run", str(tmp_path / "run"),
-                            "--out", str(tmp_path / "figs"), "--images", "2", "--dpi", "60"],
-                           capture_output=True, text=True, env=env)
-    assert drawn.returncode == 0, drawn.stderr[-3000:]
-    assert drawn.stdout.split() == [str(tmp_path / "figs" / f"{stem}.{suffix}") for stem in
-                                    ("pr_curves", "gating_layers", "granularity", "comparison")
-                                    for suffix in ("png", "pdf")]
-    assert "perturb" not in drawn.stderr
+    status, _, err = _command(capsys, "evaluate", "--model", "deit_tiny_dge_s12", "--dataset", f"ecssd:{ecssd}",
+                              "--methods", "gradcam", "gating:8,12", "--limit", "2", "--batch-size", "2",
+                              "--workers", "0", "--out", tmp_path / "run")
+    assert status == 0, err[-3000:]
+    status, out, err = _command(capsys, "figures", "--run", tmp_path / "run", "--out", tmp_path / "figs",
+                                "--images", "2", "--dpi", "60")
+    assert status == 0, err[-3000:]
+    assert out.split() == [str(tmp_path / "figs" / f"{stem}.{suffix}") for stem in
+                           ("pr_curves", "gating_layers", "granularity", "comparison") for suffix in ("png", "pdf")]
+    assert "perturb" not in err
