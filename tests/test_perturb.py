@@ -191,7 +191,11 @@ def test_two_processes_give_the_numbers_of_one(tmp_path, generator):
     args = ["-m", "dge_explain", "perturb", "--model", "deit_dge_s12_tiny_patch16_224", "--checkpoint",
             str(tmp_path / "model.safetensors"), "--images", str(folder), "--methods", "random", "gating:1",
             "--batch-size", "1", "--workers", "0"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # torchrun runs the package folder as a script: its imports must find this checkout's
+    # dge_explain, not whichever one the environment has installed
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     ranks = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                             str(29600 + os.getpid() % 1000), *args[1:], "--out", str(tmp_path / "ranks")],
                            capture_output=True, text=True, env=env)
