@@ -1,7 +1,8 @@
 """The explainers an evaluation accepts, by name, found without importing them.
 
 Every module of ``dge_explain/explainers/`` that defines a module-level dict literal
-``METHODS = {"name": {"title": ..., "help": ..., "passes": ...}, ...}`` provides
+``METHODS = {"name": {"title": ..., "help": ..., "passes": ..., "units": ...,
+"scale": ...}, ...}`` provides
 those methods through its ``build(model, requests, seed)`` function (requests:
 {name: layers or None}); a name written ``"name:LAYERS"`` takes an optional
 comma-separated list of layers (``gating:1,4,8``).  ``passes`` says what a method
@@ -31,6 +32,8 @@ class Method(NamedTuple):
     title: str
     help: str
     passes: str
+    units: str               # how a map's values read (p_fine, logits, CAM, ...)
+    scale: float | None      # the span a map of this kind can take; None: its own peak |value|
 
     @property
     def baseline(self) -> bool:
@@ -49,9 +52,12 @@ def registry() -> dict[str, Method]:
                     name, _, layers = key.partition(":")
                     if name in found:
                         raise RuntimeError(f"method {name!r} is defined by {found[name].module} and {path.stem}")
-                    if value.get("passes") not in PASSES or not value.get("title") or not value.get("help"):
-                        raise RuntimeError(f"{path}: METHODS[{key!r}] needs a title, a help and passes in {PASSES}")
-                    found[name] = Method(path.stem, bool(layers), value["title"], value["help"], value["passes"])
+                    if value.get("passes") not in PASSES or not all(value.get(k) for k in ("title", "help", "units")) \
+                            or "scale" not in value:
+                        raise RuntimeError(f"{path}: METHODS[{key!r}] needs a title, a help, units, a scale and "
+                                           f"passes in {PASSES}")
+                    found[name] = Method(path.stem, bool(layers), value["title"], value["help"], value["passes"],
+                                         value["units"], value["scale"])
     order = sorted(found, key=lambda n: FAMILY_RANK[found[n].passes])
     return {name: found[name] for name in order}
 

@@ -14,8 +14,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(script, *args):
+    # a script's own folder heads its sys.path, not the checkout: point it at the
+    # dge_explain beside it, not whichever one the environment has installed
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     result = subprocess.run([sys.executable, str(ROOT / "figures" / script), *map(str, args)],
-                            capture_output=True, text=True, cwd=ROOT, env=os.environ.copy())
+                            capture_output=True, text=True, cwd=ROOT, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout.split()
 

@@ -16,6 +16,7 @@ from torch import nn
 from dge_explain.data import Preprocessing
 from dge_explain.explainers import build_explainers
 from dge_explain.models import dge_modules
+from dge_explain.explainers import Explainer
 from dge_explain.evaluation.perturbation import FRACTIONS, _region_policy, auc, perturb, removal_masks
 
 from conftest import shared_file
@@ -33,9 +34,8 @@ class Quadrant(nn.Module):
         return torch.stack([score, torch.full_like(score, 0.5)], 1)
 
 
-class QuadrantMap:
+class QuadrantMap(Explainer):
     """An explainer that ranks the top-left quadrant first."""
-    class_specific = False
 
     def names(self):
         return ["quadrant"]
@@ -73,7 +73,10 @@ def test_curves_of_a_model_whose_logit_depends_on_known_pixels(white_images, tmp
     assert summary["auc"]["quadrant"]["target"] == summary["auc"]["quadrant"]["predicted"]
     assert summary["top1"] == 1.0 and summary["router"] is None
     assert (tmp_path / "run" / "perturbation.png").stat().st_size > 5000
-    assert "| quadrant | 85.0 | 15.0 | 85.0 | 15.0 |" in (tmp_path / "run" / "results.md").read_text()
+    table = (tmp_path / "run" / "results.md").read_text()
+    assert table.splitlines()[0] == ("Perturbation AUC over 0-90 % of the pixels removed (3 images, top-1 100.0; "
+                                     "negative: higher is better, positive: lower is better)")
+    assert "| quadrant | 85.0 | 15.0 | 85.0 | 15.0 |" in table
 
 
 def test_freed_memory_goes_back_to_the_system_after_every_batch(white_images, tmp_path, monkeypatch):
@@ -91,8 +94,15 @@ def test_freed_memory_goes_back_to_the_system_after_every_batch(white_images, tm
 
 
 def test_auc_is_the_trapezoid_over_zero_to_nine_tenths():
+    """The protocol: top-1 at 0 % (unperturbed), 10 %, ..., 90 % removed; AUC = trapezoidal
+    area over those fractions x 100 (docs/explainers-and-protocols.md, section 3)."""
     assert auc([1.0] * 10) == pytest.approx(90.0)
     assert auc([1.0] + [0.0] * 9) == pytest.approx(5.0)
+    # by hand: 0.1 x (0.8 / 2 + 0.7 + 0.6 + 0.5 + 0.5 + 0.4 + 0.3 + 0.2 + 0.1 + 0.0 / 2) x 100 = 37
+    assert auc([0.8, 0.7, 0.6, 0.5, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0]) == pytest.approx(37.0)
+    with pytest.raises(ValueError, match=r"^a perturbation curve has 10 points \(top-1 with 0, 10, 20, 30, 40, "
+                                         r"50, 60, 70, 80, 90 % of the pixels removed\), got 9$"):
+        auc([1.0] * 9)   # 10-90 % only
 
 
 def test_removal_order_and_ties():
@@ -181,7 +191,11 @@ def test_two_processes_give_the_numbers_of_one(tmp_path, generator):
     args = ["-m", "dge_explain", "perturb", "--model", "deit_dge_s12_tiny_patch16_224", "--checkpoint",
             str(tmp_path / "model.safetensors"), "--images", str(folder), "--methods", "random", "gating:1",
             "--batch-size", "1", "--workers", "0"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # torchrun runs the package folder as a script: its imports must find this checkout's
+    # dge_explain, not whichever one the environment has installed
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     ranks = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                             str(29600 + os.getpid() % 1000), *args[1:], "--out", str(tmp_path / "ranks")],
                            capture_output=True, text=True, env=env)

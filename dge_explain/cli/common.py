@@ -172,9 +172,12 @@ def add_run_arguments(parser: argparse.ArgumentParser, batch_size: int, out_help
 def check_run_folder(args, command: str) -> None:
     """The run folder can be used as asked (a folder, writable or finished, not in
     use, same format, no smaller --limit), before torch and the model load."""
+    import os
+
     from dge_explain.evaluation.runs import RunFolder
 
-    RunFolder(args.out, command).check_usable(args.limit)
+    # under torchrun, rank 0 takes the folder's lock while the other ranks start up
+    RunFolder(args.out, command).check_usable(args.limit, in_use=os.environ.get("RANK", "0") == "0")
 
 
 def check_methods(methods) -> None:

@@ -17,7 +17,7 @@ Every item is a dict: image [3, S, S], mask [S, S] bool, index (position in the
 listing), key (the image's identity: its file name made printable, see
 ``folders.printable``, or the .mat entry), digest (a
 hash of the bytes read), mask_issue (why the mask is suspicious, or ''), error
-(why the item could not be read, or '': the evaluation stops naming it, after
+(why the item could not be read, or '': the run skips it, naming it, and
 keeping what it has scored).  ``stat(i)`` is a cheap fingerprint that tells,
 without reading the files, whether an item may have changed since it was scored
 (``folders.fingerprint`` of each file: size, modification and status-change
@@ -115,13 +115,14 @@ class _Pairs(Dataset):
         elif mask.all():
             issues.append("full")
         return {"image": self.preprocessing.segmentation_image(image.convert("RGB")),
-                "mask": torch.from_numpy(mask), "index": index, "key": key,
+                "mask": torch.from_numpy(mask), "index": index, "key": key, "size": torch.tensor(image.size),
                 "stat": torch.tensor(stat, dtype=torch.long), "digest": digest,
                 "mask_issue": ",".join(issues), "error": ""}
 
     def _failed(self, index: int, key: str, error: Exception) -> dict:
         return {"image": torch.zeros(3, self.size, self.size),
                 "mask": torch.zeros(self.size, self.size, dtype=torch.bool), "index": index, "key": key,
+                "size": torch.zeros(2, dtype=torch.long),
                 "stat": torch.tensor(self.stat(index), dtype=torch.long), "digest": "", "mask_issue": "",
                 "error": str(error)}
 

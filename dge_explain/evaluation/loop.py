@@ -78,9 +78,10 @@ def run_resumable(run: RunFolder, dataset, settings: dict, limit: int | None,
 
     count = len(dataset) if limit is None else min(limit, len(dataset))
     rank, world = rank_world()
-    run.check_usable(limit)
-    if rank == 0 and run.out.exists() and not run.writable():
-        return _reread(run, dataset, count, settings, limit, write_outputs)
+    if rank == 0:
+        run.check_usable(limit)
+        if run.out.exists() and not run.writable():
+            return _reread(run, dataset, count, settings, limit, write_outputs)
     with run.locked() if rank == 0 else contextlib.nullcontext():
         if rank == 0:
             run.start(settings)

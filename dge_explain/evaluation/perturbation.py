@@ -170,8 +170,19 @@ def perturb(model: nn.Module, images: str, explainers: list, out, limit: int | N
                          batch_size, workers, progress)
 
 
+# The protocol (Chefer et al.; docs/explainers-and-protocols.md section 3): top-1 at each
+# step, "the unperturbed accuracy at 0 %; AUC = trapezoidal area over the fractions x 100",
+# so the area spans 0-90 % removed and a top-1 of 100 % throughout scores 90.
+AUC_SPAN = f"0-{100 * FRACTIONS[-1]:.0f} % of the pixels removed"
+
+
 def auc(accuracies: list[float]) -> float:
-    """Trapezoidal area under accuracy (0-1) over the fractions 0, 0.1, ..., 0.9, x 100."""
+    """Trapezoidal area under top-1 (0-1) over the fractions 0, 0.1, ..., 0.9 removed
+    (the unperturbed top-1 at 0), x 100."""
+    if len(accuracies) != len(FRACTIONS) + 1:
+        raise ValueError(f"a perturbation curve has {len(FRACTIONS) + 1} points (top-1 with "
+                         f"{', '.join(f'{100 * f:.0f}' for f in (0.0, *FRACTIONS))} % of the pixels removed), "
+                         f"got {len(accuracies)}")
     return 100 * float(np.trapezoid(accuracies, (0.0, *FRACTIONS)))
 
 
@@ -196,8 +207,8 @@ def summarise(records: list[dict]) -> dict:
 
 
 def markdown_tables(summary: dict) -> str:
-    lines = [f"Perturbation AUC ({summary['images']} images, top-1 {100 * summary['top1']:.1f}; negative: "
-             "higher is better, positive: lower is better)", "",
+    lines = [f"Perturbation AUC over {AUC_SPAN} ({summary['images']} images, top-1 "
+             f"{100 * summary['top1']:.1f}; negative: higher is better, positive: lower is better)", "",
              "| Method | negative, predicted | positive, predicted | negative, target | positive, target |",
              "|---|---|---|---|---|"]
     for name, by_variant in summary["auc"].items():

@@ -125,11 +125,12 @@ class RunFolder:
     def writable(self) -> bool:
         return _writable(self.out)
 
-    def check_usable(self, limit: int | None = None) -> None:
+    def check_usable(self, limit: int | None = None, in_use: bool = True) -> None:
         """Everything about the folder that can be refused before the model loads:
-        not a folder, not creatable, in use, another format or command, or a --limit
-        below the finished run's.  A read-only folder passes (a finished run can be
-        re-read); run_resumable refuses it if images remain to be scored."""
+        not a folder, not creatable, in use (unless in_use is False: a torchrun rank
+        other than 0, whose rank 0 holds the folder), another format or command, or
+        a --limit below the finished run's.  A read-only folder passes (a finished run
+        can be re-read); run_resumable refuses it if images remain to be scored."""
         if self.out.exists() and not self.out.is_dir():
             raise RunError(f"--out {self.out} is a file, not a folder")
         if not self.out.exists():
@@ -138,7 +139,7 @@ class RunFolder:
                 raise RunError(f"cannot create --out {self.out}: {parent} is not a writable folder")
             return
         lock = self.out / ".lock"
-        if lock.exists():
+        if in_use and lock.exists():
             with open(lock) as handle:
                 try:
                     fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)

@@ -9,7 +9,7 @@ import torch
 
 from .attention_capture import AttentionExplainer, cls_row_maps, layout
 
-METHODS = {"attention-gradcam": {"title": "Attention GradCAM", "passes": "attention",
+METHODS = {"attention-gradcam": {"title": "Attention GradCAM", "units": "a.u.", "scale": None, "passes": "attention",
                                "help": "GradCAM on the last block's attention (Chefer et al.'s GradCAM baseline)"}}
 
 

@@ -33,11 +33,11 @@ from .base import Explainer
 SCORES = ("fine", "margin", "density")
 
 METHODS = {
-    "gating:LAYERS": {"title": "Gating (p_fine)", "passes": "rides",
+    "gating:LAYERS": {"title": "Gating (p_fine)", "units": "p_fine", "scale": 1.0, "passes": "rides",
                       "help": "the finer-grained gating score p_fine of each DGE layer (default: every layer)"},
-    "gating-margin:LAYERS": {"title": "Gating (margin)", "passes": "rides",
+    "gating-margin:LAYERS": {"title": "Gating (margin)", "units": "logits", "scale": 1.0, "passes": "rides",
                              "help": "the log-odds of the finest option (never saturates)"},
-    "gating-density:LAYERS": {"title": "Gating (density)", "passes": "rides",
+    "gating-density:LAYERS": {"title": "Gating (density)", "units": "density", "scale": 1.0, "passes": "rides",
                               "help": "the expected query density sum_i p_i k_i^2 / S^2 (for |Phi| > 2)"},
 }
 

@@ -10,7 +10,7 @@ import torch
 from .base import Explainer
 
 
-METHODS = {"random": {"title": "Random", "passes": "none",
+METHODS = {"random": {"title": "Random", "units": "uniform", "scale": 1.0, "passes": "none",
                       "help": "uniform noise per pixel, seeded by the image's identity"}}
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .attention_capture import AttentionExplainer, cls_row_maps
 
-METHODS = {"attention": {"title": "Raw attention", "passes": "attention",
+METHODS = {"attention": {"title": "Raw attention", "units": "attention", "scale": None, "passes": "attention",
                        "help": "raw attention: the last block's head-averaged attention, cls row"}}
 
 

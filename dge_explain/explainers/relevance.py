@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from .attention_capture import AttentionExplainer, cls_row_maps
 
-METHODS = {"relevance": {"title": "Relevance", "passes": "attention",
+METHODS = {"relevance": {"title": "Relevance", "units": "relevance", "scale": None, "passes": "attention",
                        "help": "Chefer et al. (ICCV 2021) gradient-weighted attention relevance, no LRP"}}
 
 

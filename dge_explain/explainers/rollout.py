@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from .attention_capture import AttentionExplainer, cls_row_maps
 
-METHODS = {"rollout": {"title": "Rollout", "passes": "attention",
+METHODS = {"rollout": {"title": "Rollout", "units": "rollout", "scale": None, "passes": "attention",
                      "help": "attention rollout: product of head-averaged attention plus identity, cls row"}}
 
 

@@ -1,11 +1,20 @@
 """Paper-style figures (PNG and PDF): gating maps per layer, side-by-side
 comparisons with GradCAM, detection / instance and semantic-segmentation
 overlays (appendix Fig. 7 / 8 layout), runtime against resolution (Fig. 6),
-and precision-recall curves of the evaluated methods."""
+precision-recall curves of the evaluated methods and perturbation curves.
+
+Images are shown at their own aspect ratio: the protocol squashes each to the
+model's S x S input, so the input, its mask, its maps and its router grid are
+carried back to the image's width x height (``viz.unsquash``).  Each map
+is drawn from its own min to its own max with that range printed on it in
+its units; a map whose range is negligible is greyed and hatched instead
+(``viz.ranges``)."""
 from __future__ import annotations
 
 import csv
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -23,19 +32,28 @@ from dge_explain.explainers import methods_of_run  # noqa: E402
 from dge_explain.explainers import batch_maps, build_explainers  # noqa: E402
 from dge_explain.evaluation.metrics import pr_curve  # noqa: E402
 from dge_explain.models import dge_modules  # noqa: E402
-from dge_explain.viz import (draw_granularity, draw_instances, heatmap_overlay,  # noqa: E402
+from dge_explain.viz import (draw_granularity, draw_instances, map_panel, map_scale,  # noqa: E402
                              mask_contours, semantic_overlay)
+from dge_explain.viz.overlays import resize  # noqa: E402
+
+# The longest side a figure shows an image at: twice the protocol's 224 px input,
+# and more than a panel of a few centimetres holds.
+DISPLAY_LONGEST = 448
 
 plt.rcParams.update({"font.size": 8, "axes.titlesize": 8, "savefig.bbox": "tight"})
 
 
-def save(figure, stem, dpi: int = 150) -> list[Path]:
-    """stem.png (at dpi) and stem.pdf."""
+def save(figure, stem, dpi: int = 150, formats=("png", "pdf")) -> list[Path]:
+    """stem.png (at dpi) and stem.pdf, each written whole or not at all."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
-    figure.savefig(paths[0], dpi=dpi)
-    figure.savefig(paths[1])
+    paths = []
+    for suffix in formats:
+        path = stem.with_name(f"{stem.name}.{suffix}")
+        partial = path.with_name(f".{path.name}.partial")
+        figure.savefig(partial, format=suffix, dpi=dpi)
+        os.replace(partial, path)
+        paths.append(path)
     plt.close(figure)
     return paths
 
@@ -56,34 +74,64 @@ def _grid(rows: int, columns: int, cell: float = 1.3):
     return figure, axes
 
 
-def map_grid(images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
+def _panel_text(axis, text: str, where: str) -> None:
+    """Text inside a panel: at its bottom left, or centred."""
+    x, y, align = (0.03, 0.04, "left") if where == "bottom" else (0.5, 0.5, "center")
+    axis.text(x, y, text, transform=axis.transAxes, fontsize=6, color="black", ha=align,
+              va="bottom" if where == "bottom" else "center",
+              bbox=dict(facecolor="white", alpha=0.85, pad=1.2, linewidth=0))
+
+
+def map_grid(images: Sequence[np.ndarray], masks: Sequence[np.ndarray] | None,
              maps: dict[str, Sequence[np.ndarray]], notes: Sequence[dict[str, str]] | None = None,
              colorbar: bool = True):
-    """Rows: images; columns: image, mask (contour over the image), then one
-    heatmap overlay per method; notes[row][method] is printed inside a panel."""
+    """Rows: images (each at its own size and aspect ratio); columns: image, mask
+    (its contour; no column when masks is None), then one map per method carried back to the image's size
+    (masks and maps may be at the model's S x S input), drawn from its own min to
+    its own max with that range printed under it in its units, or greyed and
+    hatched when its range is negligible, "flat: range R" printed across it;
+    notes[row][method] is printed at a panel's bottom."""
     names = ordered_names(maps)
-    figure, axes = _grid(len(images), 2 + len(names))
-    for row, (image, mask) in enumerate(zip(images, masks)):
+    first = 1 if masks is None else 2
+    figure, axes = _grid(len(images), first + len(names), cell=1.5)
+    for row, image in enumerate(images):
+        size = (image.shape[1], image.shape[0])
         axes[row, 0].imshow(image)
-        axes[row, 1].imshow(mask_contours(np.uint8(np.asarray(mask)[..., None] * [255, 255, 255]), mask,
-                                          color=(0, 200, 0)))
-        for column, name in enumerate(names, start=2):
-            axes[row, column].imshow(heatmap_overlay(image, maps[name][row]))
+        if masks is not None:
+            shown = resize(np.uint8(np.asarray(masks[row]) > 0), size, nearest=True)
+            axes[row, 1].imshow(mask_contours(np.uint8(shown[..., None] * [255, 255, 255]), shown,
+                                              color=(0, 200, 0)))
+        for column, name in enumerate(names, start=first):
+            panel = map_panel(image, maps[name][row], map_scale(name))
+            axes[row, column].imshow(panel.pixels)
+            axes[row, column].set_xlabel(panel.range, fontsize=5, labelpad=1.5)
+            if panel.flat:
+                _panel_text(axes[row, column], panel.flat, "centre")
             if notes is not None and name in notes[row]:
-                axes[row, column].text(0.03, 0.04, notes[row][name], transform=axes[row, column].transAxes,
-                                       fontsize=6, color="black", va="bottom",
-                                       bbox=dict(facecolor="white", alpha=0.8, pad=1.5, linewidth=0))
-    for column, title in enumerate(["image", "mask"] + [method_title(n).replace(" (", "\n(") for n in names]):
+                _panel_text(axes[row, column], notes[row][name], "bottom")
+    for column, title in enumerate(["image", "mask"][:first] + [method_title(n).replace(" (", "\n(") for n in names]):
         axes[0, column].set_title(title)
     if colorbar:
         mappable = plt.cm.ScalarMappable(cmap="jet", norm=plt.Normalize(0, 1))
-        figure.colorbar(mappable, ax=axes, fraction=0.015, pad=0.01, label="normalised score")
+        bar = figure.colorbar(mappable, ax=axes, fraction=0.015, pad=0.04,
+                              label="each map from its own min to its own max (printed under it)")
+        bar.set_ticks([0, 1], labels=["min", "max"])
     return figure
 
 
+def display_size(image_size: tuple[int, int], longest: int = DISPLAY_LONGEST) -> tuple[int, int]:
+    """(width, height) to show an image of image_size at: its aspect ratio, its
+    longer side at most `longest`."""
+    width, height = image_size
+    scale = min(1.0, longest / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
 def collect_maps(dataset, explainers, indices: Sequence[int]):
-    """Images (uint8), masks and every explainer's maps for the given dataset items
-    (one batch, as the evaluation computes them)."""
+    """Images (uint8, each carried back from the model's input to its own aspect
+    ratio, longer side at most DISPLAY_LONGEST), masks and every explainer's maps
+    (both at the model's input, as the evaluation scores them) for the given
+    dataset items (one batch, as the evaluation computes them)."""
     items = [dataset[i] for i in indices]
     failed = [item["error"] for item in items if item["error"]]
     if failed:
@@ -91,14 +139,17 @@ def collect_maps(dataset, explainers, indices: Sequence[int]):
     batch = torch.stack([item["image"] for item in items])
     maps = {name: list(values.numpy()) for name, values in
             batch_maps(explainers, batch, [item["key"] for item in items]).items()}
-    return ([to_uint8(item["image"], dataset.preprocessing) for item in items],
-            [item["mask"].numpy() for item in items], maps)
+    images = [resize(to_uint8(item["image"], dataset.preprocessing), display_size(tuple(item["size"].tolist())))
+              for i, item in zip(indices, items)]
+    return images, [item["mask"].numpy() for item in items], maps
 
 
-def granularity_grid(model, batch: torch.Tensor, layers: Sequence[int], preprocessing: Preprocessing):
+def granularity_grid(model, batch: torch.Tensor, layers: Sequence[int], preprocessing: Preprocessing,
+                     sizes: Sequence[tuple[int, int]] | None = None):
     """The mixed-grained patches each chosen layer's router picked (eval mode):
     rows are images, columns layers; finest regions are split into their k x k
-    query patches, coarser ones tinted."""
+    query patches, coarser ones tinted.  sizes: (width, height) to show each image
+    at (default: the model's input), the grid stretched with it."""
     dges = dge_modules(model)
     with torch.no_grad():
         model.eval()(batch)
@@ -106,11 +157,12 @@ def granularity_grid(model, batch: torch.Tensor, layers: Sequence[int], preproce
     patch = model.patch_embed.proj.stride[0]
     figure, axes = _grid(len(batch), len(layers))
     for row, image in enumerate(batch):
-        pixels = to_uint8(image, preprocessing)
+        input_size = (image.shape[-1], image.shape[-2])
+        pixels = resize(to_uint8(image, preprocessing), sizes[row] if sizes else input_size)
         for column, layer in enumerate(layers):
             dge = dges[layer - 1]
             axes[row, column].imshow(draw_granularity(pixels, choices[layer][row], dge.split_sizes,
-                                                      dge.region_size, patch))
+                                                      dge.region_size, patch, input_size=input_size))
             if row == 0:
                 axes[row, column].set_title(f"Layer {layer}")
     return figure
@@ -294,14 +346,53 @@ def perturbation_figure(summary: dict):
     return figure
 
 
+def read_results(run: Path) -> dict:
+    """RUN/results.json, or one line saying what RUN lacks."""
+    path = run / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: --run takes the output folder of a finished "
+                                "`dge-explain evaluate` or `dge-explain perturb` run")
+    try:
+        results = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not readable JSON ({error}); rerun the command that wrote it "
+                         "with the same --out to rebuild it") from None
+    if not isinstance(results, dict) or not isinstance(results.get("run"), dict):
+        raise ValueError(f"{path} holds no 'run' settings: not the results of `dge-explain evaluate` "
+                         "or `dge-explain perturb`")
+    return results
+
+
+def run_command(results: dict) -> str:
+    """'evaluate' or 'perturb': the command that wrote a results.json."""
+    if "curves" in results and "fractions" in results:
+        return "perturb"
+    if "dataset" in results["run"] and "methods" in results:
+        return "evaluate"
+    return "unknown"
+
+
 def figures_for_run(run, out, images: int = 4, home=None, dpi: int = 150, methods=None) -> list[Path]:
-    """Every figure an evaluation run (and a bench JSON inside it) supports; the
-    comparison figure shows `methods` (default: every method of the run but random)."""
+    """Every figure a run supports: of an evaluation run, its maps, router grids,
+    comparison, precision-recall curves (and runtime, from a bench JSON inside
+    it); of a perturbation run, its curves (the map figures need masks: one line
+    on stderr says so).  The comparison figure shows `methods` (default: every
+    method of the run but random)."""
     from dge_explain.api import load_model
     from dge_explain.data import segmentation_dataset
 
     run, out = Path(run), Path(out)
-    results = json.loads((run / "results.json").read_text())
+    results = read_results(run)
+    command = run_command(results)
+    if command == "perturb":
+        written = save(perturbation_figure(results), out / "perturbation", dpi)
+        print(f"{run} is a `dge-explain perturb` run: drew its perturbation curves; the map, granularity, "
+              "comparison and precision-recall figures need a `dge-explain evaluate` run (images with masks)",
+              file=sys.stderr)
+        return written
+    if command != "evaluate":
+        raise ValueError(f"{run / 'results.json'} is neither an evaluate nor a perturb run's results "
+                         "(no 'dataset' and 'methods', no 'curves' and 'fractions')")
     info, count = results["run"], results["images"]
     written = []
     if (run / "pr_histograms.npz").exists():
@@ -324,7 +415,8 @@ def figures_for_run(run, out, images: int = 4, home=None, dpi: int = 150, method
         if hasattr(model, "patch_embed"):  # token grid of a ViT: one patch size
             batch = torch.stack([dataset[i]["image"] for i in indices])
             numbers = sorted({gating_layer(name)[0] for name in layers})
-            written += save(granularity_grid(model, batch, numbers, dataset.preprocessing),
+            written += save(granularity_grid(model, batch, numbers, dataset.preprocessing,
+                                             [(image.shape[1], image.shape[0]) for image in images_]),
                             out / "granularity", dpi)
     scores = per_image_miou(run)
     keys = dataset.keys()
