@@ -105,38 +105,43 @@ class ImageMaps(Mapping):
         return f"ImageMaps({self.source!r}, {size}, {list(self.input_maps)})"
 
 
-def _as_inputs(images, preprocessing) -> tuple[torch.Tensor, list[str], list[tuple[int, int] | None]]:
-    """(normalised batch [N, 3, S, S], sources, image sizes) of paths, PIL images,
-    arrays [H, W, 3] (uint8) or a preprocessed tensor [3, S, S] / [N, 3, S, S]."""
+def _as_inputs(images, preprocessing) -> tuple[torch.Tensor, list[str], list[str], list[tuple[int, int] | None]]:
+    """(normalised batch [N, 3, S, S], sources, keys, image sizes) of paths, PIL
+    images, arrays [H, W, 3] (uint8) or a preprocessed tensor [3, S, S] / [N, 3, S, S];
+    a file's key (what seeded maps depend on) is its name, as in `evaluate`."""
     from PIL import Image
 
     if isinstance(images, torch.Tensor):
         batch = images[None] if images.dim() == 3 else images
         if batch.dim() != 4 or batch.shape[1] != 3:
             raise ValueError(f"a preprocessed tensor is [3, H, W] or [N, 3, H, W], got {tuple(images.shape)}")
-        return batch.float(), [f"tensor[{i}]" for i in range(len(batch))], [None] * len(batch)
+        sources = [f"tensor[{i}]" for i in range(len(batch))]
+        return batch.float(), sources, sources, [None] * len(batch)
     if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
         images = [images]
-    tensors, sources, sizes = [], [], []
+    tensors, sources, keys, sizes = [], [], [], []
     for index, image in enumerate(images):
         if isinstance(image, (str, os.PathLike)):
             from dge_explain.data.folders import printable
 
-            source, image = printable(image), preprocessing.reader.rgb(image)
+            source, key, image = printable(image), printable(Path(image).name), preprocessing.reader.rgb(image)
         elif isinstance(image, np.ndarray):
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
                 raise ValueError(f"image {index}: an array must be RGB uint8 [H, W, 3], got {image.dtype} "
                                  f"{image.shape}")
             source, image = f"array[{index}]", Image.fromarray(image)
+            key = source
         elif isinstance(image, Image.Image):
             source, image = f"image[{index}]", image.convert("RGB")
+            key = source
         else:
             raise ValueError(f"image {index}: expected a path, a PIL image, an RGB uint8 array or a tensor, "
                              f"got {type(image).__name__}")
         tensors.append(preprocessing.model_input(image))
         sources.append(source)
+        keys.append(key)
         sizes.append(image.size)
-    return torch.stack(tensors), sources, sizes
+    return torch.stack(tensors), sources, keys, sizes
 
 
 def explain(model: nn.Module, images, methods=("gating",), *, labels=None, at_input_size: bool = False,
@@ -157,14 +162,14 @@ def explain(model: nn.Module, images, methods=("gating",), *, labels=None, at_in
     preprocessing = preprocessing or (Preprocessing.of(model) if crop else Preprocessing.of(model).for_segmentation())
     device = torch.device(device) if device is not None else next(model.parameters()).device
     explainers = build_explainers(model, methods, seed)
-    inputs, sources, sizes = _as_inputs(images, preprocessing)
+    inputs, sources, keys, sizes = _as_inputs(images, preprocessing)
     if labels is not None and len(labels) != len(inputs):
         raise ValueError(f"{len(labels)} labels for {len(inputs)} images")
     model = model.eval()
     results = []
     for start in range(0, len(inputs), batch_size):
         chunk = slice(start, start + batch_size)
-        maps = batch_maps(explainers, inputs[chunk].to(device), sources[chunk],
+        maps = batch_maps(explainers, inputs[chunk].to(device), keys[chunk],
                           None if labels is None else torch.as_tensor(labels[chunk]))
         for j, (source, size) in enumerate(zip(sources[chunk], sizes[chunk])):
             results.append(ImageMaps(source, size, {name: m[j] for name, m in maps.items()}, preprocessing,

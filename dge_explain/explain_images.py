@@ -52,7 +52,7 @@ def _write_image(folder: Path, photo: np.ndarray, maps: dict[str, torch.Tensor],
 
     from dge_explain.viz.figures import map_grid, save
     from dge_explain.viz.overlays import annotate, map_panel
-    from dge_explain.viz.ranges import map_scale, negligible, value_range
+    from dge_explain.viz.ranges import flat_text, map_scale, negligible, range_text, value_range
 
     folder.mkdir(parents=True, exist_ok=True)
     size = (photo.shape[1], photo.shape[0])
@@ -60,10 +60,12 @@ def _write_image(folder: Path, photo: np.ndarray, maps: dict[str, torch.Tensor],
     described = {}
     for name, values in maps.items():
         scale = map_scale(name)
-        panel = map_panel(photo, carried[name], scale)
-        Image.fromarray(annotate(panel.pixels, [method_title(name), panel.range, panel.flat])).save(folder / f"{name}.png")
+        flat = negligible(values, scale)
+        # the texts describe the map as computed (the carried one is interpolated)
+        texts = [method_title(name), range_text(values, scale), flat_text(values) if flat else ""]
+        Image.fromarray(annotate(map_panel(photo, carried[name], scale).pixels, texts)).save(folder / f"{name}.png")
         low, high = value_range(values)
-        described[name] = {"min": low, "max": high, "units": scale.units, "flat": negligible(values, scale),
+        described[name] = {"min": low, "max": high, "units": scale.units, "flat": flat,
                            "overlay": f"{folder.name}/{name}.png"}
     figure = map_grid([photo], None, {name: [carried[name]] for name in maps})
     save(figure, folder / "grid", dpi=dpi, formats=("png",))
@@ -85,7 +87,7 @@ def write_index(out: Path, ordered: list[dict], info: dict, limit: int | None, f
         cells = []
         for name in names:
             entry = record["maps"][name]
-            text = f"{entry['min']:.3g} … {entry['max']:.3g}"
+            text = f"{entry['units']} {entry['min']:.3g} … {entry['max']:.3g}"
             cells.append(f"[{'flat ' if entry['flat'] else ''}{text}](maps/{entry['overlay']})")
         lines.append(f"| {record['key']} | {record['size'][0]}x{record['size'][1]} | " + " | ".join(cells) + " |")
     write_atomic(out / "index.md", "\n".join(lines) + "\n")

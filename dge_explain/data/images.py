@@ -2,8 +2,8 @@
 labels: the input of ``dge-explain explain``.
 
 Items are dicts as the resumable loop expects (see ``data.segmentation``): image
-[3, S, S] (the model's input), index, key (the file's path as given, made
-printable), stat (the fingerprint), digest, error, and size (W, H) of the photo
+[3, S, S] (the model's input), index, key (the file's path below the folder all
+the files share, made printable), stat (the fingerprint), digest, error, and size (W, H) of the photo
 as read (upright: EXIF applied unless the reader says otherwise).
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from .preprocess import Preprocessing
 
 
 def image_paths(arguments) -> list[Path]:
-    """The image files named by command-line arguments, in order, each once: a file,
+    """The image files (resolved) named by command-line arguments, in order, each once: a file,
     every image of a folder (sorted, not recursive), or the matches of a glob
     pattern the shell left alone; anything that names no image is refused by name."""
     found: list[Path] = []
@@ -45,14 +45,15 @@ def image_paths(arguments) -> list[Path]:
             found += matches
         else:
             raise FileNotFoundError(f"{printable(path)} does not exist")
-    unique = list(dict.fromkeys(p.resolve() for p in found))
-    return [Path(os.path.relpath(p)) if not os.path.relpath(p).startswith("..") else p for p in unique]
+    return list(dict.fromkeys(p.resolve() for p in found))
 
 
 class ImageFiles(Dataset):
     def __init__(self, files: list[Path], preprocessing: Preprocessing):
         self.files, self.preprocessing = list(files), preprocessing
-        self._keys = [printable(p) for p in self.files]
+        # keys: paths below the files' common folder (a lone file: its name)
+        common = Path(os.path.commonpath([p.parent for p in self.files])) if self.files else Path()
+        self._keys = [printable(p.relative_to(common)) for p in self.files]
 
     def __len__(self) -> int:
         return len(self.files)

@@ -72,7 +72,10 @@ def map_panel(image, heat, scale: MapScale, alpha: float = 0.5) -> MapPanel:
     image = _rgb(image)
     if negligible(heat, scale):
         return MapPanel(flat_overlay(image), range_text(heat, scale), flat_text(heat))
-    pixels = heatmap_overlay(image, unsquash(heat, (image.shape[1], image.shape[0])), alpha)
+    shown = unsquash(heat, (image.shape[1], image.shape[0]))
+    pixels = heatmap_overlay(image, shown, alpha)
+    unseen = np.isnan(shown)   # outside a classification crop: the model never saw it
+    pixels[unseen] = flat_overlay(image)[unseen]
     return MapPanel(pixels, range_text(heat, scale), "")
 
 
@@ -99,10 +102,11 @@ def heatmap_overlay(image, heat, alpha: float = 0.5, colormap: int = cv2.COLORMA
     """Blend a colour-mapped heatmap (any size: resized bilinearly) over the image."""
     image = _rgb(image)
     heat = heat.detach().cpu().numpy() if isinstance(heat, torch.Tensor) else np.asarray(heat, np.float64)
-    heat = np.nan_to_num(heat.astype(np.float64))
-    if normalise:
-        span = heat.max() - heat.min()
-        heat = (heat - heat.min()) / span if span > 0 else np.zeros_like(heat)
+    heat = heat.astype(np.float64)
+    if normalise and not np.isnan(heat).all():
+        low, high = np.nanmin(heat), np.nanmax(heat)
+        heat = (heat - low) / (high - low) if high > low else np.zeros_like(heat)
+    heat = np.nan_to_num(heat)
     heat = cv2.resize(np.clip(heat, 0, 1).astype(np.float32), (image.shape[1], image.shape[0]),
                       interpolation=cv2.INTER_LINEAR)
     colored = cv2.cvtColor(cv2.applyColorMap(np.uint8(255 * heat), colormap), cv2.COLOR_BGR2RGB)
