@@ -70,6 +70,10 @@ def _extensions():
 
     with_cuda = _want_cuda(torch, cuda_home)
     sources = sorted(glob.glob("ext/*.cpp") + glob.glob("ext/cpu/*.cpp"))
+    # The headers and CUDA sources too: setuptools packs an extension's sources and
+    # depends into the sdist, which must build either variant (and a header edit
+    # must rebuild the extension).
+    depends = sorted(set(glob.glob("ext/*.h") + glob.glob("ext/cpu/*.h") + glob.glob("ext/cuda/*")) - set(sources))
     macros = [("DGE_TORCH_VERSION", torch.__version__)]
     # No errno or FP-trap semantics: lets the compiler vectorise exp and reductions.
     # -fopenmp: at::parallel_for is a header template; without it the kernels
@@ -80,12 +84,13 @@ def _extensions():
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
         sources += sorted(glob.glob("ext/cuda/*.cu"))
+        depends = [name for name in depends if name not in sources]
         macros += [("DGE_WITH_CUDA", None), ("DGE_CUDA_VERSION", torch.version.cuda)]
         extension = CUDAExtension(
-            "dge_explain._C", sources, define_macros=macros,
+            "dge_explain._C", sources, depends=depends, define_macros=macros,
             extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]}, extra_link_args=link_flags)
     else:
-        extension = CppExtension("dge_explain._C", sources, define_macros=macros,
+        extension = CppExtension("dge_explain._C", sources, depends=depends, define_macros=macros,
                                  extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags)
     return dict(ext_modules=[extension], cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
                 install_requires=_requirements(torch.__version__))

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -166,6 +167,20 @@ def test_wheel_holds_every_file_the_package_needs(clean_tree, tmp_path):
     assert not missing, (f"{wheel.name} lacks {missing}: add them to setup.cfg's [options.package_data] "
                          "(or make their folder a package)")
     assert "dge-explain = dge_explain.cli:main" in entry_points
+
+
+def test_sdist_holds_every_file_the_build_reads(clean_tree, tmp_path):
+    """A wheel built from the sdist (`python -m build`, or pip given the .tar.gz)
+    compiles the extension from it: every source and header of the CPU and CUDA
+    kernels must be in it. ext/emu/ is left out: the tests build the CUDA emulation
+    from a checkout."""
+    sdist = _build(clean_tree, "build_sdist", tmp_path / "sdist", DGE_EXPLAIN_CUDA="0")
+    with tarfile.open(sdist) as archive:
+        names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
+    needed = [name for name in _tracked("ext", "dge_explain", "setup.py", "setup.cfg", "pyproject.toml")
+              if not name.startswith("ext/emu/")]
+    missing = [name for name in needed if name not in names]
+    assert not missing, f"{sdist.name} lacks {missing}: list them in setup.py's Extension (sources or depends)"
 
 
 def _torch_pin(requirements: list[str], source: str) -> str:
