@@ -10,9 +10,14 @@ Switches (environment):
                              (the Makefile builds it in place with build_ext).
   TORCH_CUDA_ARCH_LIST       GPU architectures; default "8.0;9.0+PTX" when no GPU
                              is visible (A100, H100, and PTX for newer cards).
+
+A package built with the extension requires the torch release it compiled against
+(docs/install.md: install requirements.lock, then `pip install --no-build-isolation .`).
 """
+import configparser
 import glob
 import os
+import re
 import shutil
 
 from setuptools import setup
@@ -41,6 +46,21 @@ def _want_cuda(torch_module, cuda_home):
     return mode == "1" or (mode == "auto" and available)
 
 
+def _requirements(torch_version):
+    """setup.cfg's install_requires with torch pinned to the release the extension
+    compiles against: dge_explain._C links against torch's C++ ABI, which changes
+    between releases, so a wheel built against one torch must not be installed beside
+    another (an isolated build's torch could otherwise differ from the one it runs with)."""
+    config = configparser.ConfigParser()
+    config.read(os.path.join(os.path.dirname(os.path.abspath(__file__)), "setup.cfg"))
+    requirements = [line.strip() for line in config["options"]["install_requires"].splitlines() if line.strip()]
+    torch_lines = [line for line in requirements if re.match(r"torch(?![\w.-])", line)]
+    if len(torch_lines) != 1:
+        raise SystemExit(f"setup.cfg: [options] install_requires must name torch once, found {torch_lines}")
+    release = torch_version.split("+")[0]   # 2.14.1+cu130 -> 2.14.1: CPU and CUDA builds alike
+    return [f"torch=={release}" if line in torch_lines else line for line in requirements]
+
+
 def _extensions():
     cuda_home = _find_cuda_home()
     if cuda_home:
@@ -50,6 +70,10 @@ def _extensions():
 
     with_cuda = _want_cuda(torch, cuda_home)
     sources = sorted(glob.glob("ext/*.cpp") + glob.glob("ext/cpu/*.cpp"))
+    # The headers and CUDA sources too: setuptools packs an extension's sources and
+    # depends into the sdist, which must build either variant (and a header edit
+    # must rebuild the extension).
+    depends = sorted(set(glob.glob("ext/*.h") + glob.glob("ext/cpu/*.h") + glob.glob("ext/cuda/*")) - set(sources))
     macros = [("DGE_TORCH_VERSION", torch.__version__)]
     # No errno or FP-trap semantics: lets the compiler vectorise exp and reductions.
     # -fopenmp: at::parallel_for is a header template; without it the kernels
@@ -60,15 +84,16 @@ def _extensions():
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
         sources += sorted(glob.glob("ext/cuda/*.cu"))
+        depends = [name for name in depends if name not in sources]
         macros += [("DGE_WITH_CUDA", None), ("DGE_CUDA_VERSION", torch.version.cuda)]
         extension = CUDAExtension(
-            "dge_explain._C", sources, define_macros=macros,
+            "dge_explain._C", sources, depends=depends, define_macros=macros,
             extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]}, extra_link_args=link_flags)
     else:
-        extension = CppExtension("dge_explain._C", sources, define_macros=macros,
+        extension = CppExtension("dge_explain._C", sources, depends=depends, define_macros=macros,
                                  extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags)
-    return [extension], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+    return dict(ext_modules=[extension], cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+                install_requires=_requirements(torch.__version__))
 
 
-ext_modules, cmdclass = ([], {}) if os.environ.get("DGE_EXPLAIN_BUILD_EXT") == "0" else _extensions()
-setup(ext_modules=ext_modules, cmdclass=cmdclass)
+setup(**({} if os.environ.get("DGE_EXPLAIN_BUILD_EXT") == "0" else _extensions()))
