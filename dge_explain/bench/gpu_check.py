@@ -42,6 +42,10 @@ TIMING = {"warmup": 1, "min_repeats": 3}
 def run_cuda_tests(out: Path) -> dict:
     """The CUDA test files on the real device (not the emulation), counted from pytest's JUnit XML."""
     report = out / "cuda-tests.xml"
+    missing = [test for test in CUDA_TESTS if not (ROOT / test).is_file()]
+    if missing:
+        raise FileNotFoundError(f"the GPU check runs the test files {', '.join(missing)} of a checkout, not found "
+                                f"under {ROOT}: run `make gpu-check` in a clone of the repository")
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *CUDA_TESTS,
                "-k", "not emulated", f"--junitxml={report}"]
     started = time.perf_counter()
