@@ -110,3 +110,40 @@ def test_the_package_has_no_import_cycle():
         if name not in state:
             visit(name, [name])
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+# The package's layers, lowest first: a module imports only from its own layer or
+# below (the package root, a lazy facade, aside).  A new top-level module or
+# subpackage must be placed here.
+LAYERS = (
+    {"paths", "console", "methods"},            # torch-free helpers and the method registry
+    {"ops"},                                    # the compiled ops and their references
+    {"models", "complexity", "distributed"},    # DGE models, their MACs, the process group
+    {"data", "zoo", "explainers"},              # reading data, shipped models, the explainers
+    {"evaluation", "training"},                 # scoring maps and runs; distilling routers
+    {"api"},                                    # load_model, explain, score
+    {"viz"},                                    # drawing and the figures of runs
+    {"explain_images", "bench"},                # jobs: explaining folders, benchmarks
+    {"cli", "__main__"},                        # the command line
+)
+
+
+def _top(module: str) -> str:
+    return module.split(".")[1] if module.count(".") else module
+
+
+def test_no_import_runs_upward():
+    layer = {name: index for index, names in enumerate(LAYERS) for name in names}
+    tops = {_top(".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts)) for p in PACKAGE.glob("*")
+            if p.suffix == ".py" or (p.is_dir() and (p / "__init__.py").exists())}
+    unplaced = sorted(tops - set(layer) - {"__init__", "_C"})
+    assert not unplaced, f"place these modules in LAYERS: {unplaced}"
+    upward = []
+    for path in PACKAGE.rglob("*.py"):
+        source = _top(".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts))
+        if source == "__init__":
+            continue   # the root facade imports lazily, for the user
+        for target in {_top(n) for n in _imports(path)} - {"dge_explain", source}:
+            if target in layer and layer[target] > layer[source]:
+                upward.append(f"{path.relative_to(PACKAGE.parent)} imports dge_explain.{target}")
+    assert not upward, "imports that run upward: " + "; ".join(sorted(upward))

@@ -16,6 +16,7 @@ from torch import nn
 from dge_explain.data import Preprocessing
 from dge_explain.explainers import build_explainers
 from dge_explain.models import dge_modules
+from dge_explain.viz.figures import perturbation_figure, save
 from dge_explain.explainers import Explainer
 from dge_explain.evaluation.perturbation import FRACTIONS, _region_policy, auc, perturb, removal_masks
 
@@ -72,7 +73,8 @@ def test_curves_of_a_model_whose_logit_depends_on_known_pixels(white_images, tmp
                                                        "negative": pytest.approx(85.0)}
     assert summary["auc"]["quadrant"]["target"] == summary["auc"]["quadrant"]["predicted"]
     assert summary["top1"] == 1.0 and summary["router"] is None
-    assert (tmp_path / "run" / "perturbation.png").stat().st_size > 5000
+    figure = save(perturbation_figure(summary), tmp_path / "run" / "perturbation", dpi=100)[0]
+    assert figure.stat().st_size > 5000
     table = (tmp_path / "run" / "results.md").read_text()
     assert table.splitlines()[0] == ("Perturbation AUC over 0-90 % of the pixels removed (3 images, top-1 100.0; "
                                      "negative: higher is better, positive: lower is better)")

@@ -1,6 +1,8 @@
 """dge-explain perturb: faithfulness by perturbation, and the router test."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from . import common
 
 
@@ -56,6 +58,9 @@ def run(args) -> int:
                       info=common.model_identity(args), preprocessing=preprocessing,
                       budget=None if args.no_router else args.budget)
     if summary is not None:
+        from dge_explain.viz.figures import perturbation_figure, save
+
+        save(perturbation_figure(summary), Path(args.out) / "perturbation", dpi=100)
         print(markdown_tables(summary))
         print(f"written to {args.out}/results.{{json,csv,md}} and perturbation.png")
     return 0

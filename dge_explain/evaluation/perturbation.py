@@ -19,7 +19,7 @@ a map that marks what the classifier needs keeps more accuracy where it says.
 
 Resumable and torchrun-aware as ``evaluate`` (records keyed by image identity).
 Outputs: results.json, results.csv (accuracy at every fraction and the AUC),
-results.md, perturbation.png/.pdf (the curves).
+results.md; `dge-explain perturb` (and `figures --run`) draws the curves.
 """
 from __future__ import annotations
 
@@ -235,8 +235,6 @@ def router_table(router: dict, first_column: str = "Method") -> list[str]:
 
 def write_outputs(out: Path, records: list[dict], settings: dict, limit: int | None, failed: list[dict],
                   write: bool = True) -> dict:
-    from dge_explain.viz.figures import perturbation_figure, save
-
     summary = summarise(records)
     if not write:
         return summary
@@ -252,5 +250,4 @@ def write_outputs(out: Path, records: list[dict], settings: dict, limit: int | N
                                  *by_variant[variant][direction]])
     write_atomic(out / "results.csv", table.getvalue())
     write_atomic(out / "results.md", markdown_tables(summary) + "\n")
-    save(perturbation_figure(summary), out / "perturbation", dpi=100)
     return summary
