@@ -134,6 +134,101 @@ def _truncate_log(log: Path, step: int) -> None:
     log.write_text("".join(json.dumps(entry) + "\n" for entry in kept))
 
 
+def _previous_checkpoint(out: Path, saved_config: dict, resume: bool) -> dict | None:
+    """The checkpoint a --resume continues (refused if it computes something else),
+    None for a fresh run (refused if the folder already holds one)."""
+    if resume and _checkpoint_path(out).exists():
+        checkpoint = torch.load(_checkpoint_path(out), map_location="cpu", weights_only=True)
+        # Where the run lives and how often it saves may change; what it computes may not
+        # (weights and images are compared as resolved paths).
+        free = ("out", "home", "max_steps", "checkpoint_every")
+        changed = {k: (checkpoint["config"].get(k), v) for k, v in saved_config.items()
+                   if k not in free and checkpoint["config"].get(k) != v}
+        if changed:
+            raise ValueError(f"--resume with a different configuration than {out}: {changed}")
+        return checkpoint
+    if _checkpoint_path(out).exists():
+        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or "
+                              "choose another --out")
+    return None
+
+
+def _student(dense: nn.Module, config: TrainConfig, device) -> tuple[nn.Module, list[str], list[dict]]:
+    """(the DGE student, its trainable parameter names, the optimiser's groups:
+    routers at lr, anything else trained at backbone_lr)."""
+    student = from_dense(dense, phi=config.phi).to(device)
+    trainable = _trainable_names(student, config.train)
+    for name, parameter in student.named_parameters():
+        parameter.requires_grad_(name in trainable)
+    routers = [p for n, p in student.named_parameters() if n in trainable and ".dge.router." in n]
+    others = [p for n, p in student.named_parameters() if n in trainable and ".dge.router." not in n]
+    groups = [{"params": routers, "lr": config.lr}]
+    if others:
+        groups.append({"params": others, "lr": config.backbone_lr})
+    return student, trainable, groups
+
+
+class _Batches:
+    """The global batch of a step (a fixed order and flips per epoch, from the seed)
+    and this rank's share of it, as normalised images and the teacher's logits."""
+
+    def __init__(self, cache: torch.Tensor, targets: torch.Tensor, config: TrainConfig,
+                 preprocessing: Preprocessing, distributed: Distributed):
+        self.cache, self.targets, self.config = cache, targets, config
+        self.preprocessing, self.distributed = preprocessing, distributed
+        self.per_epoch = max(1, len(cache) // config.batch_size)
+
+    def __call__(self, step: int, device) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        """(images, teacher logits, epoch, global batch size) of a step."""
+        epoch, within = divmod(step, self.per_epoch)
+        size = self.config.batch_size
+        order_rng = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
+        order = torch.randperm(len(self.cache), generator=order_rng)
+        flips = torch.rand(len(self.cache), generator=order_rng) < 0.5 if self.config.flip else \
+            torch.zeros(len(self.cache), dtype=torch.bool)
+        batch = order[within * size:(within + 1) * size]
+        share = batch[self.distributed.rank::self.distributed.world]
+        flipped = flips[share]
+        images = self.preprocessing.normalise(self.cache[share].to(device))
+        images = torch.where(flipped.to(device).view(-1, 1, 1, 1), images.flip(-1), images)
+        return images, self.targets[share, flipped.long()].to(device), epoch, len(batch)
+
+
+def _save_run(out: Path, step: int, saved_config: dict, student: nn.Module, trainable: list[str], optimizer,
+              scheduler, scaler, distributed: Distributed) -> None:
+    """A checkpoint that resumes bit for bit: trainable parameters, optimiser,
+    schedule, scaler and every rank's RNG state."""
+    rng = [_rng_state()]
+    if distributed.enabled:
+        gathered = [None] * distributed.world
+        dist.all_gather_object(gathered, rng[0])
+        rng = gathered
+    if distributed.rank == 0:
+        _save_checkpoint(out, {
+            "step": step, "config": saved_config,
+            "trainable": {n: p.detach().cpu() for n, p in student.named_parameters() if n in trainable},
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(), "rng": rng})
+
+
+def _restore(checkpoint: dict | None, student: nn.Module, optimizer, scheduler, scaler, distributed: Distributed,
+             log_path: Path) -> int:
+    """The step to start from: a checkpoint's state put back (and the log cut to
+    it), or 0 with the log of an earlier run removed."""
+    if checkpoint is None:
+        if distributed.rank == 0 and log_path.exists():
+            log_path.unlink()
+        return 0
+    student.load_state_dict(checkpoint["trainable"], strict=False)
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    scaler.load_state_dict(checkpoint["scaler"])
+    _set_rng_state(checkpoint["rng"][distributed.rank])
+    if distributed.rank == 0:
+        _truncate_log(log_path, checkpoint["step"])
+    return checkpoint["step"]
+
+
 def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> TrainResult:
     config = config.resolved()
     distributed = Distributed(config.device)
@@ -148,40 +243,18 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
     saved_config = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
     saved_config["world_size"] = distributed.world
     saved_config["preprocessing"] = preprocessing.as_dict()
-
-    checkpoint = None
-    if resume and _checkpoint_path(out).exists():
-        checkpoint = torch.load(_checkpoint_path(out), map_location="cpu", weights_only=True)
-        # Where the run lives and how often it saves may change; what it computes may not
-        # (weights and images are compared as resolved paths).
-        free = ("out", "home", "max_steps", "checkpoint_every")
-        changed = {k: (checkpoint["config"].get(k), v) for k, v in saved_config.items()
-                   if k not in free and checkpoint["config"].get(k) != v}
-        if changed:
-            raise ValueError(f"--resume with a different configuration than {out}: {changed}")
-    elif _checkpoint_path(out).exists():
-        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or "
-                              "choose another --out")
+    checkpoint = _previous_checkpoint(out, saved_config, resume)
 
     torch.manual_seed(config.seed + distributed.rank)
-    student = from_dense(dense, phi=config.phi).to(device)
+    student, trainable, param_groups = _student(dense, config, device)
     dense.to(device)
-    trainable = _trainable_names(student, config.train)
-    for name, parameter in student.named_parameters():
-        parameter.requires_grad_(name in trainable)
-    routers = [p for n, p in student.named_parameters() if n in trainable and ".dge.router." in n]
-    others = [p for n, p in student.named_parameters() if n in trainable and ".dge.router." not in n]
-    param_groups = [{"params": routers, "lr": config.lr}]
-    if others:
-        param_groups.append({"params": others, "lr": config.backbone_lr})
-
     files = [f for spec in config.images for f in list_images(spec)]
     cache = _image_cache(files, preprocessing)
-    targets = _teacher_logits(dense, cache, preprocessing, device, 64)
+    batches = _Batches(cache, _teacher_logits(dense, cache, preprocessing, device, 64), config, preprocessing,
+                       distributed)
     del dense
 
-    steps_per_epoch = max(1, len(files) // config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
+    total_steps = batches.per_epoch * config.epochs
     optimizer = torch.optim.AdamW(param_groups, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: _lr_factor(config, step, total_steps))
@@ -191,37 +264,15 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
         model = nn.parallel.DistributedDataParallel(
             student, device_ids=[device.index] if device.type == "cuda" else None)
 
-    step = 0
-    if checkpoint is not None:
-        student.load_state_dict(checkpoint["trainable"], strict=False)
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        _set_rng_state(checkpoint["rng"][distributed.rank])
-        step = checkpoint["step"]
-        if distributed.rank == 0:
-            _truncate_log(log_path, step)
-    elif distributed.rank == 0 and log_path.exists():
-        log_path.unlink()
+    step = _restore(checkpoint, student, optimizer, scheduler, scaler, distributed, log_path)
 
     last_step = total_steps if config.max_steps is None else min(total_steps, config.max_steps)
     student.train()
     bar = tqdm(total=last_step, initial=step, desc="distilling", disable=not progress or distributed.rank)
     last = {}
     while step < last_step:
-        epoch, within = divmod(step, steps_per_epoch)
-        order_rng = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-        order = torch.randperm(len(files), generator=order_rng)
-        flips = torch.rand(len(files), generator=order_rng) < 0.5 if config.flip else \
-            torch.zeros(len(files), dtype=torch.bool)
-        batch = order[within * config.batch_size:(within + 1) * config.batch_size]
-        share = batch[distributed.rank::distributed.world]
-        flipped = flips[share]
-
         started = time.perf_counter()
-        images = preprocessing.normalise(cache[share].to(device))
-        images = torch.where(flipped.to(device).view(-1, 1, 1, 1), images.flip(-1), images)
-        teacher_logits = targets[share, flipped.long()].to(device)
+        images, teacher_logits, epoch, batch_size = batches(step, device)
         with torch.autocast(device.type, enabled=config.amp):
             logits = model(images)
         kl = distillation_loss(logits, teacher_logits, config.temperature)
@@ -241,7 +292,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
                 "ratio": distributed.mean(complexity.ratio.item()),
                 "fine": distributed.mean(float(torch.stack(complexity.fine_fraction).mean())),
                 "lr": scheduler.get_last_lr()[0],
-                "images_per_s": len(batch) / max(elapsed, 1e-9)}
+                "images_per_s": batch_size / max(elapsed, 1e-9)}
         if distributed.rank == 0:
             with log_path.open("a") as handle:
                 handle.write(json.dumps(last) + "\n")
@@ -249,17 +300,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
                         img_s=f"{last['images_per_s']:.1f}")
         bar.update()
         if step % config.checkpoint_every == 0 or step == last_step:
-            rng = [_rng_state()]
-            if distributed.enabled:
-                gathered = [None] * distributed.world
-                dist.all_gather_object(gathered, rng[0])
-                rng = gathered
-            if distributed.rank == 0:
-                _save_checkpoint(out, {
-                    "step": step, "config": saved_config,
-                    "trainable": {n: p.detach().cpu() for n, p in student.named_parameters() if n in trainable},
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(), "rng": rng})
+            _save_run(out, step, saved_config, student, trainable, optimizer, scheduler, scaler, distributed)
     bar.close()
     if distributed.rank == 0:
         save_file({n: p.detach().cpu().contiguous() for n, p in student.named_parameters() if n in trainable},
