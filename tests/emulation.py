@@ -88,10 +88,23 @@ def build(mutations: dict[str, list[tuple[str, str]]] | None = None, name: str =
 
 
 @contextlib.contextmanager
-def emulated_cuda():
+def emulating_cuda(library: str):
+    """Inside, the ops hand CPU tensors to torch.ops.<library> (the CUDA kernels
+    built against the emulation, already loaded) and accept CUDA's dtypes on the CPU."""
     from dge_explain.ops import _backend
 
+    if not hasattr(torch.ops, library) or not hasattr(getattr(torch.ops, library), "compress"):
+        raise RuntimeError(f"torch.ops.{library} is not loaded: build the CUDA emulation first")
+    previous, _backend._emulated = _backend._emulated, library
+    try:
+        yield
+    finally:
+        _backend._emulated = previous
+
+
+@contextlib.contextmanager
+def emulated_cuda():
     if not hasattr(getattr(torch.ops, LIBRARY), "compress"):
         torch.ops.load_library(str(build()))
-    with _backend.emulating_cuda(LIBRARY):
+    with emulating_cuda(LIBRARY):
         yield

@@ -100,17 +100,18 @@ MUTANTS = {
         "grid, warps * kWarp, bytes, stream)", "grid, warps * kWarp - 8, bytes, stream)")]},
 }
 
-SELF_CHECK = """
+SELF_CHECK = f"""
 import sys, torch
 torch.ops.load_library(sys.argv[1])
-from dge_explain.ops import _backend
+sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+from emulation import emulating_cuda
 from dge_explain.ops.selfcheck import check_all
-with _backend.emulating_cuda("dge_explain_emu"):
+with emulating_cuda("dge_explain_emu"):
     try:
         failed = [r for dtype in (torch.float32, torch.float64) for r in check_all("cpu", dtype) if not r.passed]
     except RuntimeError as error:
         print("refused:", str(error).splitlines()[0]); sys.exit(3)
-print("wrong:", sorted({f"{r.op} ({r.dtype})" for r in failed})); sys.exit(1 if failed else 0)
+print("wrong:", sorted({{f"{{r.op}} ({{r.dtype}})" for r in failed}})); sys.exit(1 if failed else 0)
 """
 
 
@@ -150,7 +151,7 @@ def _address_sanitizer() -> str:
 MISALIGNED = """
 from dge_explain import ops
 from dge_explain.ops.selfcheck import random_case
-with _backend.emulating_cuda("dge_explain_emu"):
+with emulating_cuda("dge_explain_emu"):
     case = random_case(2, (2, 2), (2, 1), 1, 16, torch.float32, "cpu", torch.Generator().manual_seed(0))
     x = torch.empty(case.x.numel() + 1)[1:].view(case.x.shape).copy_(case.x)
     comp = ops.compress(x, case.table)
@@ -172,8 +173,8 @@ def test_the_cuda_kernels_under_address_sanitizer():
     env = {**os.environ, "LD_PRELOAD": runtime, "ASAN_OPTIONS": "detect_leaks=0", "OMP_NUM_THREADS": "1"}
     script = SELF_CHECK.replace("(torch.float32, torch.float64)",
                                 "(torch.float32, torch.float16, torch.bfloat16, torch.float64)")
-    script = script.replace('with _backend.emulating_cuda("dge_explain_emu"):\n    try:',
-                            MISALIGNED + 'with _backend.emulating_cuda("dge_explain_emu"):\n    try:', 1)
+    script = script.replace('with emulating_cuda("dge_explain_emu"):\n    try:',
+                            MISALIGNED + 'with emulating_cuda("dge_explain_emu"):\n    try:', 1)
 
     def run(library):
         return subprocess.run([sys.executable, "-c", script, str(library)], capture_output=True, text=True,

@@ -168,3 +168,16 @@ def test_the_explain_command_writes_overlays_at_each_photos_size_and_resumes(tmp
     capsys.readouterr()
     assert main([*args[:-6], "--out", str(tmp_path / "one"), "--limit", "1", "--workers", "0", "--dpi", "40"]) == 2
     assert "error: none of the 1 images could be read (first: cannot read image" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("order", ["dge_explain first", "timm first"])
+def test_import_dge_explain_registers_its_models_with_timm_without_importing_torch(order):
+    import subprocess
+    import sys
+
+    imports = "import dge_explain; loaded = 'torch' in sys.modules; import timm" if order == "dge_explain first" \
+        else "import timm; import dge_explain; loaded = False"
+    probe = (f"import sys; {imports}; print(loaded, timm.is_model('deit_dge_s12_small_patch16_224'), "
+             "timm.is_model('pvt_dge_s124_medium_256'), timm.is_model('dpvt_dge_s12_tiny_256'))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.stdout.split() == ["False", "True", "True", "True"], result.stderr[-2000:]

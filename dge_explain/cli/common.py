@@ -192,3 +192,19 @@ def method_arguments(parser: argparse.ArgumentParser, default: list[str]) -> Non
 
     parser.add_argument("--methods", nargs="+", default=default, metavar="METHOD",
                         help=f"maps to compute: {method_help()} (see `dge-explain methods`)")
+
+
+def model_and_explainers(args, command: str):
+    """(model, explainers, device) of a command that computes maps, after every check
+    that needs no model (methods, run folder, model files; the caller has checked its
+    images), so that a mistake costs neither torch's import nor the model's load."""
+    check_methods(args.methods)
+    check_run_folder(args, command)
+    check_model(args)
+
+    from dge_explain.distributed import Distributed
+    from dge_explain.explainers import build_explainers
+
+    device = Distributed(args.device).device
+    model = load_model(args)
+    return model, build_explainers(model, args.methods, args.seed), device

@@ -29,28 +29,23 @@ def run(args) -> int:
     from dge_explain import paths
     from dge_explain.data.listing import check_dataset
 
-    common.check_methods(args.methods)
     dataset = paths.expand(args.dataset, args.home)
     check_dataset(dataset)
-    common.check_run_folder(args, "evaluate")
-    common.check_model(args)
+    model, explainers, device = common.model_and_explainers(args, "evaluate")
 
     from dge_explain.data import Preprocessing
-    from dge_explain.distributed import Distributed
     from dge_explain.evaluation.report import markdown_table
     from dge_explain.evaluation.segmentation import evaluate
-    from dge_explain.explainers import build_explainers
 
-    device = Distributed(args.device).device
-    model = common.load_model(args)
-    explainers = build_explainers(model, args.methods, args.seed)
     preprocessing = Preprocessing.of(model, input_size=args.image_size, mean=args.mean, std=args.std,
                                      **common.reading(args)).for_segmentation(args.interpolation)
     result = evaluate(model, dataset, explainers, args.out, limit=args.limit, batch_size=args.batch_size,
                       device=device, workers=args.workers, info=common.model_identity(args),
                       preprocessing=preprocessing)
     if result is not None:
-        print(f"{result.images} images, {args.dataset}")
+        from dge_explain.data.folders import printable
+
+        print(f"{result.images} images, {printable(args.dataset)}")
         print(markdown_table(result))
         print(f"written to {args.out}/results.{{json,csv,md}} and per_image.csv")
     return 0

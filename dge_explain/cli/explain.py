@@ -35,19 +35,12 @@ def run(args) -> int:
     from dge_explain import paths
     from dge_explain.data.images import image_paths
 
-    common.check_methods(args.methods)
     files = image_paths([paths.expand(a, args.home) for a in args.images])
-    common.check_run_folder(args, "explain")
-    common.check_model(args)
+    model, explainers, device = common.model_and_explainers(args, "explain")
 
     from dge_explain.data import Preprocessing
-    from dge_explain.distributed import Distributed
     from dge_explain.explain_images import explain_images
-    from dge_explain.explainers import build_explainers
 
-    device = Distributed(args.device).device
-    model = common.load_model(args)
-    explainers = build_explainers(model, args.methods, args.seed)
     preprocessing = Preprocessing.of(model, input_size=args.image_size, mean=args.mean, std=args.std,
                                      interpolation=args.interpolation, crop_pct=args.crop_pct,
                                      **common.reading(args))

@@ -36,20 +36,13 @@ def run(args) -> int:
     from dge_explain import paths
     from dge_explain.data.folders import list_images
 
-    common.check_methods(args.methods)
     folder = paths.expand(args.images, args.home)
     list_images(folder)
-    common.check_run_folder(args, "perturb")
-    common.check_model(args)
+    model, explainers, device = common.model_and_explainers(args, "perturb")
 
     from dge_explain.data import Preprocessing
-    from dge_explain.distributed import Distributed
     from dge_explain.evaluation.perturbation import markdown_tables, perturb
-    from dge_explain.explainers import build_explainers
 
-    device = Distributed(args.device).device
-    model = common.load_model(args)
-    explainers = build_explainers(model, args.methods, args.seed)
     preprocessing = Preprocessing.of(model, input_size=args.image_size, interpolation=args.interpolation,
                                      mean=args.mean, std=args.std, crop_pct=args.crop_pct,
                                      **common.reading(args))

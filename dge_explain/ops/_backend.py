@@ -98,22 +98,10 @@ def _reference_on_cuda() -> None:
         _warned_cuda = True
 
 
+# The op library the compiled path calls instead of torch.ops.dge_explain, and on CPU
+# tensors: the CUDA kernels built as host code against the CUDA emulation, so that
+# tests can run them without a GPU (tests/emulation.py sets it; nothing else does).
 _emulated: str | None = None
-
-
-@contextlib.contextmanager
-def emulating_cuda(library: str) -> Iterator[None]:
-    """Inside, the ops hand CPU tensors to torch.ops.<library>: the CUDA kernels
-    built as host code against the CUDA emulation (tests/emulation.py builds and
-    loads it), and accept CUDA's dtypes on the CPU."""
-    global _emulated
-    if not hasattr(torch.ops, library) or not hasattr(getattr(torch.ops, library), "compress"):
-        raise RuntimeError(f"torch.ops.{library} is not loaded: build the CUDA emulation first")
-    previous, _emulated = _emulated, library
-    try:
-        yield
-    finally:
-        _emulated = previous
 
 
 def emulated() -> bool:
