@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 export DGE_EXPLAIN_HOME ?= $(abspath ../shared)
 EXT_SOURCES := $(wildcard ext/*.cpp ext/*.h ext/cpu/*.cpp ext/cuda/*.cu ext/cuda/*.cuh)
 
-.PHONY: venv build test test-fast demo bench-ops gpu-check readme-figures docs clean
+.PHONY: venv build test test-fast demo bench-ops gpu-check readme-figures docs notebook clean
 
 venv: $(STAMP)
 
@@ -86,6 +86,16 @@ $(DOCS_STAMP): requirements-docs.lock
 docs: $(DOCS_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 	echo '*' > site/.gitignore
+
+# The tutorial (notebooks/tutorial.ipynb, kept without outputs) executed on NOTEBOOK_IMAGES
+# ECSSD photos into runs/tutorial/: the notebook with its outputs, the evaluate run it
+# starts and its figure. tests/test_notebook.py runs the same notebook on 2 images.
+NOTEBOOK_IMAGES ?= 8
+notebook: build
+	mkdir -p runs/tutorial
+	cp notebooks/tutorial.ipynb runs/tutorial/tutorial.ipynb
+	DGE_NOTEBOOK_IMAGES=$(NOTEBOOK_IMAGES) DGE_NOTEBOOK_OUT=$(abspath runs/tutorial) \
+		$(VENV)/bin/jupyter-execute --inplace --timeout=600 runs/tutorial/tutorial.ipynb
 
 clean:
 	rm -rf build dge_explain/_C*.so *.egg-info

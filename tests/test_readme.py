@@ -2,8 +2,12 @@
 ```sh block, or quoted whole in the text, parses with the real argument parser;
 every script, module and make target such a block runs exists; every ```python
 block runs as written (unless its fence says why not: ```python title="not run:
-REASON"); and every relative link points at a file that exists (from docs/, a file
-inside docs/, the only folder the site serves) and at an anchor its page has."""
+REASON"), from the repository root, writing its runs/ into a temporary copy of
+it; every relative link (of the pages and of the tutorial notebook's text)
+points at a file that exists (from docs/, a file inside docs/, the only folder
+the site serves) and at an anchor its page has; the README lists every
+registered explainer; and no page says the perturbation AUC spans 10-90 %."""
+import json
 import os
 import re
 import shlex
@@ -13,10 +17,12 @@ import pytest
 import yaml
 
 from dge_explain.cli import build_parser
+from dge_explain.methods import registry
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 PAGES = [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
+NOTEBOOK = ROOT / "notebooks" / "tutorial.ipynb"
 
 FENCE = re.compile(r"^[ \t]*```([\w+-]*)([^\n]*)\n(.*?)^[ \t]*```[ \t]*$", re.M | re.S)
 # The only way out of running a python block: a reason in its fence's title.
@@ -93,6 +99,8 @@ def test_commands_parse(page, arguments, capsys):
     try:
         build_parser().parse_args(arguments)
     except SystemExit as exit:
+        if exit.code == 0 and {"-h", "--help"} & set(arguments):
+            return   # --help parsed: it prints the help and exits 0
         error = capsys.readouterr().err.strip().splitlines()[-1:]
         pytest.fail(f"{page}: `dge-explain {shlex.join(arguments)}` does not parse (exit {exit.code}): {error}")
 
@@ -120,9 +128,25 @@ def test_there_are_python_blocks_to_run():
     assert any(not NOT_RUN.match(attributes) for _, _, attributes, _ in _python_blocks())
 
 
+@pytest.fixture
+def checkout_view(tmp_path) -> Path:
+    """The repository root as a block sees it, with ../shared beside it, but whose
+    runs/ is its own: what a block writes stays out of the checkout (and a run
+    folder left there by an older version cannot refuse the block)."""
+    view = tmp_path / ROOT.name
+    view.mkdir()
+    for entry in ROOT.iterdir():
+        if entry.name != "runs":
+            (view / entry.name).symlink_to(entry)
+    shared = ROOT.parent / "shared"
+    if shared.exists():
+        (tmp_path / "shared").symlink_to(shared.resolve())
+    return view
+
+
 @pytest.mark.parametrize("page, index, attributes, code", [pytest.param(*block, id=f"{block[0]} #{block[1]}")
                                                             for block in _python_blocks()])
-def test_python_blocks_run(page, index, attributes, code, monkeypatch):
+def test_python_blocks_run(page, index, attributes, code, monkeypatch, checkout_view):
     """Each block runs alone, from the repository root, as written; a block that
     cannot run in the tests says why in its fence and must still compile."""
     compiled = compile(code, f"{page} python block {index}", "exec")
@@ -134,7 +158,7 @@ def test_python_blocks_run(page, index, attributes, code, monkeypatch):
     for relative in re.findall(r"\.\./shared/[\w./-]+", code):
         if not (ROOT / relative).exists():
             pytest.skip(f"{page} python block {index} reads {relative}, which is missing beside the checkout")
-    monkeypatch.chdir(ROOT)
+    monkeypatch.chdir(checkout_view)
     exec(compiled, {"__name__": "__main__"})
 
 
@@ -143,7 +167,11 @@ def _without_code(text: str) -> str:
 
 
 def _links(page: Path) -> list[str]:
-    text = _without_code(page.read_text())
+    return _links_in(page.read_text())
+
+
+def _links_in(markdown: str) -> list[str]:
+    text = _without_code(markdown)
     return (re.findall(r"\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)", text)
             + re.findall(r"""(?:src|href)=["']([^"']+)["']""", text))
 
@@ -167,10 +195,9 @@ def _without_fences(text: str) -> str:
     return FENCE.sub("", text)
 
 
-@pytest.mark.parametrize("page", PAGES, ids=_name)
-def test_relative_links_resolve(page):
+def _broken_links(page: Path, links: list[str]) -> list[str]:
     broken = []
-    for target in _links(page):
+    for target in links:
         if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto:
             continue
         path, _, anchor = target.partition("#")
@@ -186,7 +213,44 @@ def test_relative_links_resolve(page):
                 broken.append(f"{target} (a folder: the site serves no listing; link a file)")
         if anchor and destination.suffix == ".md" and anchor not in _anchors(destination):
             broken.append(f"{target} (no heading with anchor #{anchor})")
+    return broken
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_name)
+def test_relative_links_resolve(page):
+    broken = _broken_links(page, _links(page))
     assert not broken, f"{_name(page)}: broken links: {', '.join(broken)}"
+
+
+def test_the_notebooks_links_resolve():
+    cells = json.loads(NOTEBOOK.read_text())["cells"]
+    links = [link for cell in cells if cell["cell_type"] == "markdown"
+             for link in _links_in("".join(cell["source"]))]
+    assert len(links) >= 3, f"{_name(NOTEBOOK)}: expected links to the docs, found {links}"
+    broken = _broken_links(NOTEBOOK, links)
+    assert not broken, f"{_name(NOTEBOOK)}: broken links: {', '.join(broken)}"
+
+
+def _readme_section(title: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    found = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", text, re.M | re.S)
+    assert found, f"README.md has no section '## {title}'"
+    return found.group(1)
+
+
+def test_the_readme_lists_every_registered_explainer():
+    """The README's list cannot drift from the registry (dge_explain.methods)."""
+    listed = set(re.findall(r"`([\w+-]+)(?:\[[^`]*\])?`", _readme_section("Explainers")))
+    missing = [name for name in registry() if name not in listed]
+    assert not missing, f"README.md's Explainers section does not list the registered methods {missing}"
+
+
+def test_no_page_says_the_perturbation_auc_starts_at_10_percent():
+    """The AUC is the trapezoid over 0, 10, ..., 90 % removed (the unperturbed top-1
+    at 0): it spans 0-90 %, as evaluation.perturbation.AUC_SPAN says."""
+    wrong = [f"{_name(page)}: ...{match.group(0)}..." for page in PAGES
+             for match in re.finditer(r".{0,40}\b10\s*(?:%\s*)?(?:-|–|to)\s*90\s*%.{0,40}", page.read_text())]
+    assert not wrong, f"the perturbation AUC spans 0-90 % removed; these say 10-90 %: {wrong}"
 
 
 def test_every_page_is_in_the_site_nav():
