@@ -52,7 +52,7 @@ def _write_image(folder: Path, photo: np.ndarray, maps: dict[str, torch.Tensor],
 
     from dge_explain.viz.figures import map_grid, save
     from dge_explain.viz.overlays import annotate, map_panel
-    from dge_explain.viz.ranges import flat_text, map_scale, negligible, range_text, value_range
+    from dge_explain.viz.ranges import map_scale, value_range
 
     folder.mkdir(parents=True, exist_ok=True)
     size = (photo.shape[1], photo.shape[0])
@@ -60,14 +60,15 @@ def _write_image(folder: Path, photo: np.ndarray, maps: dict[str, torch.Tensor],
     described = {}
     for name, values in maps.items():
         scale = map_scale(name)
-        flat = negligible(values, scale)
-        # the texts describe the map as computed (the carried one is interpolated)
-        texts = [method_title(name), range_text(values, scale), flat_text(values) if flat else ""]
-        Image.fromarray(annotate(map_panel(photo, carried[name], scale).pixels, texts)).save(folder / f"{name}.png")
+        # ranges and flatness are the map's as computed (the one carried back is interpolated)
+        panel = map_panel(photo, values, scale, shown=carried[name])
+        Image.fromarray(annotate(panel.pixels, [method_title(name), panel.range, panel.flat])).save(
+            folder / f"{name}.png")
         low, high = value_range(values)
-        described[name] = {"min": low, "max": high, "units": scale.units, "flat": flat,
+        described[name] = {"min": low, "max": high, "units": scale.units, "flat": bool(panel.flat),
                            "overlay": f"{folder.name}/{name}.png"}
-    figure = map_grid([photo], None, {name: [carried[name]] for name in maps})
+    figure = map_grid([photo], None, {name: [values] for name, values in maps.items()},
+                      shown={name: [carried[name]] for name in maps})
     save(figure, folder / "grid", dpi=dpi, formats=("png",))
     plt.close(figure)
     np.savez(folder / "maps.npz", image_size=np.array(size), **{name: m.numpy() for name, m in maps.items()})

@@ -84,13 +84,14 @@ def _panel_text(axis, text: str, where: str) -> None:
 
 def map_grid(images: Sequence[np.ndarray], masks: Sequence[np.ndarray] | None,
              maps: dict[str, Sequence[np.ndarray]], notes: Sequence[dict[str, str]] | None = None,
-             colorbar: bool = True):
+             colorbar: bool = True, shown: dict[str, Sequence[np.ndarray]] | None = None):
     """Rows: images (each at its own size and aspect ratio); columns: image, mask
     (its contour; no column when masks is None), then one map per method carried back to the image's size
     (masks and maps may be at the model's S x S input), drawn from its own min to
     its own max with that range printed under it in its units, or greyed and
     hatched when its range is negligible, "flat: range R" printed across it;
-    notes[row][method] is printed at a panel's bottom."""
+    ``notes[row][method]`` is printed at a panel's bottom; ``shown[method][row]``, where
+    given, is the map drawn (e.g. carried back through a crop), its range still that of the map."""
     names = ordered_names(maps)
     first = 1 if masks is None else 2
     figure, axes = _grid(len(images), first + len(names), cell=1.5)
@@ -98,11 +99,12 @@ def map_grid(images: Sequence[np.ndarray], masks: Sequence[np.ndarray] | None,
         size = (image.shape[1], image.shape[0])
         axes[row, 0].imshow(image)
         if masks is not None:
-            shown = resize(np.uint8(np.asarray(masks[row]) > 0), size, nearest=True)
-            axes[row, 1].imshow(mask_contours(np.uint8(shown[..., None] * [255, 255, 255]), shown,
+            outline = resize(np.uint8(np.asarray(masks[row]) > 0), size, nearest=True)
+            axes[row, 1].imshow(mask_contours(np.uint8(outline[..., None] * [255, 255, 255]), outline,
                                               color=(0, 200, 0)))
         for column, name in enumerate(names, start=first):
-            panel = map_panel(image, maps[name][row], map_scale(name))
+            panel = map_panel(image, maps[name][row], map_scale(name),
+                              shown=None if shown is None else shown[name][row])
             axes[row, column].imshow(panel.pixels)
             axes[row, column].set_xlabel(panel.range, fontsize=5, labelpad=1.5)
             if panel.flat:

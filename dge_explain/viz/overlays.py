@@ -64,15 +64,16 @@ class MapPanel:
     flat: str             # 'flat: range 2.4e-07' when the range is negligible, else ''
 
 
-def map_panel(image, heat, scale: MapScale, alpha: float = 0.5) -> MapPanel:
-    """A map over its image, honestly: carried back to the image's size
-    (``unsquash``), colour-mapped from its own min to its own max unless its
-    range is negligible (``ranges.negligible``), then the image is greyed and
-    hatched instead; with the texts that say so."""
+def map_panel(image, heat, scale: MapScale, alpha: float = 0.5, shown=None) -> MapPanel:
+    """A map over its image, honestly: `shown` (the map at the image's size; default:
+    `heat` carried back by ``unsquash``) colour-mapped from its own min to its own
+    max unless the range of `heat` (the map as computed) is negligible
+    (``ranges.negligible``), then the image is greyed and hatched instead; with
+    texts that say so, of `heat`."""
     image = _rgb(image)
     if negligible(heat, scale):
         return MapPanel(flat_overlay(image), range_text(heat, scale), flat_text(heat))
-    shown = unsquash(heat, (image.shape[1], image.shape[0]))
+    shown = unsquash(heat if shown is None else shown, (image.shape[1], image.shape[0]))
     pixels = heatmap_overlay(image, shown, alpha)
     unseen = np.isnan(shown)   # outside a classification crop: the model never saw it
     pixels[unseen] = flat_overlay(image)[unseen]
