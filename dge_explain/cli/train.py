@@ -59,7 +59,7 @@ def run(args) -> int:
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     values["images"] = tuple(paths.expand(spec, args.home) for spec in args.images)
-    values["phi"], values["train"] = tuple(args.phi), tuple(args.train)
+    values["phi"], values["train"], values["map_layers"] = tuple(args.phi), tuple(args.train), tuple(args.map_layers)
     config = TrainConfig(**values)
     result = train(config, resume=args.resume)
     print(f"{result.steps} steps; last: {result.last}; trained parameters in {result.out}/trained.safetensors")

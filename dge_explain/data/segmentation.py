@@ -128,9 +128,9 @@ class _Pairs(Dataset):
 
 
 class MaskFolder(_Pairs):
-    def __init__(self, images_dir, masks_dir, preprocessing: Preprocessing | None = None):
+    def __init__(self, images_dir, masks_dir, preprocessing: Preprocessing | None = None, half: str | None = None):
         super().__init__(preprocessing)
-        self.stems, self.images, self.masks = pair_by_stem(Path(images_dir), Path(masks_dir))
+        self.stems, self.images, self.masks = pair_by_stem(Path(images_dir), Path(masks_dir), half)
         self._keys = unique_keys([self.images[stem] for stem in self.stems])
 
     def __len__(self) -> int:
@@ -240,10 +240,10 @@ class ImagenetSegMat(_Pairs):
 
 
 def segmentation_dataset(spec: str, preprocessing: Preprocessing | None = None) -> Dataset:
-    """'ecssd:FOLDER' (FOLDER/images + FOLDER/masks), 'masks:IMAGES,MASKS' or
-    'imagenet-seg:FILE.mat', read with the protocol's resize of `preprocessing`
+    """'ecssd:FOLDER' (FOLDER/images + FOLDER/masks), 'masks:IMAGES,MASKS' (either
+    with ':even' / ':odd' for a half) or 'imagenet-seg:FILE.mat', read with the protocol's resize of `preprocessing`
     (see Preprocessing.for_segmentation)."""
-    kind, paths = locate(spec)
+    kind, paths, half = locate(spec)
     if kind == "imagenet-seg":
         return ImagenetSegMat(paths[0], preprocessing)
-    return MaskFolder(*paths, preprocessing)
+    return MaskFolder(*paths, preprocessing, half)

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dge_explain import paths
+from dge_explain.training.splits import TRAINING as DEFAULT_IMAGES
 
-DEFAULT_IMAGES = ("data/ecssd/images", "data/imagenet-sample:even")
 DEFAULT_WEIGHTS = "weights/deit_tiny_patch16_224.safetensors"
 
 
@@ -41,6 +41,12 @@ class TrainConfig:
     gamma: float = _setting(0.5, "MAC budget: the complexity ratio the routers aim at")
     budget_weight: float = _setting(4.0, "lambda of the budget loss")
     temperature: float = _setting(1.0, "distillation temperature T")
+    map_target: str | None = _setting(None, "the teacher's maps the routers' p_fine learns to follow (any method "
+                                            "the dense teacher can give, e.g. relevance, rollout, attention)")
+    map_weight: float = _setting(0.0, "weight of that auxiliary loss: BCE of p_fine against the teacher's map "
+                                      "pooled to the router's regions and scaled to 0..1 per image")
+    map_layers: tuple[int, ...] = _setting((), "DGE layers (1-based) the auxiliary loss applies to (default: every "
+                                               "layer)", nargs="*", type="positive_int")
     train: tuple[str, ...] = _setting(("routers", "norms", "biases"),
                                       "parameter groups to train: routers, norms, biases, head, mlp, attn, "
                                       "or regular expressions over parameter names", nargs="+")
@@ -72,8 +78,11 @@ class TrainConfig:
             raise ValueError(f"schedule must be cosine or constant, got {self.schedule!r}")
         if self.amp and not self.device.startswith("cuda"):
             raise ValueError("--amp needs a CUDA device")
+        if (self.map_weight > 0) != (self.map_target is not None):
+            raise ValueError("--map-target and a positive --map-weight go together (the auxiliary map loss)")
         return dataclasses.replace(self, weights=weights, images=tuple(images),
                                    phi=tuple(self.phi), train=tuple(self.train),
+                                   map_layers=tuple(self.map_layers),
                                    mean=None if self.mean is None else tuple(self.mean),
                                    std=None if self.std is None else tuple(self.std))
 

@@ -35,11 +35,14 @@ from torch import nn
 from tqdm import tqdm
 
 from dge_explain.distributed import Distributed
+from dge_explain.console import say
+from dge_explain.data.folders import printable
+from dge_explain.training import splits
 from dge_explain.training.config import TrainConfig
 from dge_explain.paths import read_json_lines
 from dge_explain.complexity import budget_loss, dge_complexity
 from dge_explain.data import Preprocessing, list_images, load_rgb
-from dge_explain.models import from_dense, load_checkpoint
+from dge_explain.models import dge_modules, from_dense, load_checkpoint
 
 # Named parameter groups for --train; anything else is read as a regular expression.
 PARAMETER_GROUPS = {
@@ -95,6 +98,40 @@ def _lr_factor(config: TrainConfig, step: int, total: int) -> float:
         return 1.0
     progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+@torch.no_grad()
+def _teacher_maps(teacher: nn.Module, cache: torch.Tensor, preprocessing: Preprocessing, method: str, device,
+                  batch_size: int) -> torch.Tensor:
+    """[N, 2, h, w] float32: the teacher's `method` map of every image and of its
+    mirror image, averaged over each token (patch_size x patch_size pixels)."""
+    from dge_explain.explainers import batch_maps, build_explainers
+
+    explainers = build_explainers(teacher, [method])
+    patch = teacher.patch_embed.patch_size[0]
+    maps = []
+    for start in tqdm(range(0, len(cache), batch_size), desc=f"teacher {method} maps", leave=False):
+        images = preprocessing.normalise(cache[start:start + batch_size].to(device))
+        keys = [str(i) for i in range(start, start + len(images))]
+        both = [next(iter(batch_maps(explainers, view, keys).values())) for view in (images, images.flip(-1))]
+        maps.append(torch.stack([F.avg_pool2d(m.float()[:, None], patch)[:, 0] for m in both], 1))
+    return torch.cat(maps)
+
+
+def map_loss(logits: list[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+    """Mean over layers of BCE(p_finest, target), with each layer's router logits
+    [B, Hr, Wr, K] (option 0 the finest) and the teacher's maps [B, h, w] averaged
+    to the router's regions and scaled to 0..1 per image (a flat map: 0.5)."""
+    losses = []
+    for layer_logits in logits:
+        regions = F.adaptive_avg_pool2d(targets[:, None], layer_logits.shape[1:3])[:, 0]
+        low = regions.flatten(1).min(1).values.view(-1, 1, 1)
+        span = regions.flatten(1).max(1).values.view(-1, 1, 1) - low
+        target = torch.where(span > 0, (regions - low) / span.clamp(min=1e-12), torch.full_like(regions, 0.5))
+        log_p = layer_logits.float().log_softmax(-1)
+        margin = log_p[..., 0] - torch.logsumexp(log_p[..., 1:], -1)   # the log-odds of the finest option
+        losses.append(F.binary_cross_entropy_with_logits(margin, target))
+    return torch.stack(losses).mean()
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -173,13 +210,13 @@ class _Batches:
     and this rank's share of it, as normalised images and the teacher's logits."""
 
     def __init__(self, cache: torch.Tensor, targets: torch.Tensor, config: TrainConfig,
-                 preprocessing: Preprocessing, distributed: Distributed):
-        self.cache, self.targets, self.config = cache, targets, config
+                 preprocessing: Preprocessing, distributed: Distributed, maps: torch.Tensor | None = None):
+        self.cache, self.targets, self.config, self.maps = cache, targets, config, maps
         self.preprocessing, self.distributed = preprocessing, distributed
         self.per_epoch = max(1, len(cache) // config.batch_size)
 
-    def __call__(self, step: int, device) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-        """(images, teacher logits, epoch, global batch size) of a step."""
+    def __call__(self, step: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int, int]:
+        """(images, teacher logits, teacher maps or None, epoch, global batch size) of a step."""
         epoch, within = divmod(step, self.per_epoch)
         size = self.config.batch_size
         order_rng = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
@@ -191,7 +228,8 @@ class _Batches:
         flipped = flips[share]
         images = self.preprocessing.normalise(self.cache[share].to(device))
         images = torch.where(flipped.to(device).view(-1, 1, 1, 1), images.flip(-1), images)
-        return images, self.targets[share, flipped.long()].to(device), epoch, len(batch)
+        maps = None if self.maps is None else self.maps[share, flipped.long()].to(device)
+        return images, self.targets[share, flipped.long()].to(device), maps, epoch, len(batch)
 
 
 def _save_run(out: Path, step: int, saved_config: dict, student: nn.Module, trainable: list[str], optimizer,
@@ -209,6 +247,35 @@ def _save_run(out: Path, step: int, saved_config: dict, student: nn.Module, trai
             "trainable": {n: p.detach().cpu() for n, p in student.named_parameters() if n in trainable},
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(), "rng": rng})
+
+
+def _warn_of_evaluation_images(files: list[Path], home) -> None:
+    """Loudly: training on an image of a published evaluation set makes its maps
+    there no longer held out (checked by content, see training.splits)."""
+    try:
+        shared = splits.overlaps(files, home)
+    except FileNotFoundError:   # no data home: there are no named evaluation sets to protect
+        return
+    for name, pairs in shared.items():
+        examples = ", ".join(f"{printable(mine)} = {printable(theirs)}" for mine, theirs in pairs[:3])
+        say(f"WARNING: {len(pairs)} of the {len(files)} training images are in the evaluation set '{name}' "
+            f"({splits.EVALUATION[name]}): maps measured there after this training are not held out. "
+            f"e.g. {examples}")
+
+
+def _recording_router_logits(student: nn.Module, layers: tuple[int, ...]) -> dict[int, torch.Tensor]:
+    """{layer: the router logits of the last forward} of the chosen DGE layers
+    (1-based; all when none are chosen), kept with their graph for the map loss."""
+    dges = dge_modules(student)
+    chosen = layers or tuple(range(1, len(dges) + 1))
+    bad = [layer for layer in chosen if not 1 <= layer <= len(dges)]
+    if bad:
+        raise ValueError(f"--map-layers {bad} out of range: the model has DGE layers 1..{len(dges)}")
+    recorded: dict[int, torch.Tensor] = {}
+    for layer in chosen:
+        dges[layer - 1].router.register_forward_hook(
+            lambda module, args, out, layer=layer: recorded.__setitem__(layer, out))
+    return recorded
 
 
 def _restore(checkpoint: dict | None, student: nn.Module, optimizer, scheduler, scaler, distributed: Distributed,
@@ -243,16 +310,22 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
     saved_config = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
     saved_config["world_size"] = distributed.world
     saved_config["preprocessing"] = preprocessing.as_dict()
+    saved_config["images_in_home"] = [splits.home_relative(spec, config.home) for spec in config.images]
     checkpoint = _previous_checkpoint(out, saved_config, resume)
 
     torch.manual_seed(config.seed + distributed.rank)
     student, trainable, param_groups = _student(dense, config, device)
     dense.to(device)
     files = [f for spec in config.images for f in list_images(spec)]
+    if distributed.rank == 0:
+        _warn_of_evaluation_images(files, config.home)
     cache = _image_cache(files, preprocessing)
+    maps = None if config.map_target is None else \
+        _teacher_maps(dense, cache, preprocessing, config.map_target, device, 32)
     batches = _Batches(cache, _teacher_logits(dense, cache, preprocessing, device, 64), config, preprocessing,
-                       distributed)
+                       distributed, maps)
     del dense
+    router_logits = _recording_router_logits(student, config.map_layers) if maps is not None else None
 
     total_steps = batches.per_epoch * config.epochs
     optimizer = torch.optim.AdamW(param_groups, lr=config.lr, weight_decay=config.weight_decay)
@@ -272,13 +345,14 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
     last = {}
     while step < last_step:
         started = time.perf_counter()
-        images, teacher_logits, epoch, batch_size = batches(step, device)
+        images, teacher_logits, teacher_maps, epoch, batch_size = batches(step, device)
         with torch.autocast(device.type, enabled=config.amp):
             logits = model(images)
         kl = distillation_loss(logits, teacher_logits, config.temperature)
         complexity = dge_complexity(student)
         budget = budget_loss(complexity, config.gamma, config.budget_weight)
-        loss = kl + budget.float()
+        follow = torch.zeros(()) if teacher_maps is None else map_loss(list(router_logits.values()), teacher_maps)
+        loss = kl + budget.float() + config.map_weight * follow.to(kl.device)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -289,6 +363,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
 
         last = {"step": step, "epoch": epoch, "loss": distributed.mean(loss.item()),
                 "kl": distributed.mean(kl.item()), "budget": distributed.mean(budget.item()),
+                "map": distributed.mean(follow.item()),
                 "ratio": distributed.mean(complexity.ratio.item()),
                 "fine": distributed.mean(float(torch.stack(complexity.fine_fraction).mean())),
                 "lr": scheduler.get_last_lr()[0],
