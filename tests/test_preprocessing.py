@@ -93,7 +93,7 @@ def test_a_timm_name_without_weights_is_refused_unless_asked_for():
     zoo.check_choice("deit_dge_s12_tiny_patch16_224", random_weights=True)
     with pytest.raises(ValueError, match=r"--checkpoint and --random-weights exclude each other"):
         zoo.check_choice("deit_dge_s12_tiny_patch16_224", checkpoint="x.pth", random_weights=True)
-    with pytest.raises(ValueError, match=r"--random-weights and --fresh-routers apply to timm model names"):
+    with pytest.raises(ValueError, match=r"--random-weights, --fresh-routers and --partial apply to timm model names"):
         zoo.check_choice("deit_tiny_dge_s12", random_weights=True)
     with pytest.raises(ValueError, match=r"unknown model 'deit_giant'"):
         load_model("deit_giant", random_weights=True)
