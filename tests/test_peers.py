@@ -340,3 +340,66 @@ def test_evit_kept_maps_mark_the_kept_patches(generator):
 def test_maps_refuse_layers_the_model_lacks():
     with pytest.raises(ValueError, match=r"tome-size: layers \[4\] out of range: the model has blocks 1..3"):
         build_explainers(tiny_vit(), ["tome-size:4"])
+
+
+# --- the benchmark's machinery (timings themselves are not tested) ------------------------------------
+
+
+
+def test_the_benchmark_records_every_variant_and_writes_its_report(tmp_path, generator):
+    from PIL import Image
+
+    from dge_explain.bench import peers
+    from dge_explain.data import LabelledImageFolder, Preprocessing
+
+    folder = tmp_path / "data" / "imagenet-sample"
+    folder.mkdir(parents=True)
+    for index in range(6):
+        pixels = (torch.rand(40, 48, 3, generator=generator) * 255).to(torch.uint8).numpy()
+        Image.fromarray(pixels).save(folder / f"n{index:08d}_thing.jpg")
+    from dge_explain.models import from_dense
+
+    dense = VisionTransformer(img_size=SIDE, patch_size=8, embed_dim=48, depth=4, num_heads=3, qkv_bias=True,
+                              num_classes=10, dynamic_img_size=True).eval()
+    result = peers.run(["tiny"], ratios=[0.6, 0.75], resolutions=[SIDE], batch_sizes=[2, 4], home=str(tmp_path),
+                       report=lambda line: None, load=lambda name, home: (dense, from_dense(dense, phi=(1, 2)), True),
+                       accuracy_resolution=SIDE, min_time=0, warmup=0, min_repeats=1)
+    cases = result["cases"]
+    labels = ["dense", "DGE (trained)", "DGE (forced) 0.6", "DGE (forced) 0.75", "ToMe 0.6", "EViT 0.6",
+              "ToMe 0.75", "EViT 0.75"]
+    assert [peers.label(c["method"], c["target"]) for c in cases] == labels * 2
+    assert [c["batch"] for c in cases] == [2] * 8 + [4] * 8
+    for case in cases:
+        same = [c for c in cases if c["batch"] == case["batch"] and c["method"] == "dense"][0]
+        assert case["latency_ratio"] == pytest.approx(case["ms"] / same["ms"])
+        if case["method"] in ("tome", "evit"):
+            choose = tome_for_ratio if case["method"] == "tome" else evit_for_ratio
+            assert case["macs_ratio"] == pytest.approx(choose(dense, (SIDE, SIDE), case["target"])[1])
+        if case["method"] == "dge-forced":      # measured over the dense MACs: the routers' cost on top
+            assert case["dge_complexity_ratio"] == pytest.approx(case["target"], abs=0.1)
+            assert case["macs_ratio"] > case["dge_complexity_ratio"]
+    # three odd-half images: batch 2 is timed on photos, batch 4 on random inputs
+    assert result["timing_inputs"] == {f"tiny {SIDE} 2": "imagenet-sample odd half", f"tiny {SIDE} 4": "randn"}
+    accuracy = result["accuracy"]["tiny"]
+    assert accuracy["images"] == 3 and accuracy["resolution"] == SIDE and list(accuracy["variants"]) == labels
+    # the dense top-1 against the model's own predictions on the same held-out images
+    data = LabelledImageFolder(f"{folder}:odd", Preprocessing.of(dense, input_size=SIDE).classification_transform())
+    with torch.no_grad():
+        hits = sum(int(dense(image[None]).argmax()) == label for image, label in data)
+    assert accuracy["variants"]["dense"]["top1"] == hits / 3
+    written = peers.write(result, tmp_path / "out" / "peers.json", "the command")
+    assert [p.name for p in written] == ["peers.json", "peers.md", "peers.png", "peers.pdf"]
+    text = (tmp_path / "out" / "peers.md").read_text()
+    assert "`the command`" in text and "## At matched MACs ratios" in text
+    header, rows = peers.matched(result)
+    assert [r[:4] for r in rows] == [["tiny", str(SIDE), b, t] for b in ("2", "4") for t in ("0.6", "0.75")]
+    assert all(r[7] in ("DGE (forced)", "ToMe", "EViT") for r in rows)
+
+
+def test_bench_peers_refuses_what_it_does_not_time(capsys):
+    from dge_explain.cli import main
+
+    for extra, message in [(["--models", "pvt_small"], "--peers runs deit_tiny, deit_small; not pvt_small"),
+                           (["--gates", "trained"], "--peers times forced and DeiT-Ti's trained gates itself")]:
+        assert main(["bench", "--peers", *extra]) == 2
+        assert f"dge-explain bench: error: {message}" in capsys.readouterr().err

@@ -95,10 +95,15 @@ def macs_ratio(model: nn.Module, image_size: tuple[int, int], reduction: TokenRe
 
 
 def _nearest(model, image_size, candidates, target: float) -> tuple[TokenReduction, float]:
-    """The candidate whose MACs ratio is nearest the target (the first of equals)."""
-    scored = [(abs(macs_ratio(model, image_size, c) - target), i, c) for i, c in enumerate(candidates)]
-    best = min(scored, key=lambda item: item[:2])[2]
-    return best, macs_ratio(model, image_size, best)
+    """The candidate whose MACs ratio is nearest the target (the first of equals);
+    settings that leave the same token counts are counted once."""
+    ratios = {}
+    for candidate in candidates:
+        key = (type(candidate), tuple(token_counts(model, image_size, candidate)))
+        if key not in ratios:
+            ratios[key] = (macs_ratio(model, image_size, candidate), candidate)
+    ratio, best = min(ratios.values(), key=lambda item: abs(item[0] - target))
+    return best, ratio
 
 
 def tome_for_ratio(model: nn.Module, image_size: tuple[int, int], target: float) -> tuple[ToMe, float]:
