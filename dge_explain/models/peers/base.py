@@ -66,9 +66,6 @@ class TokenReduction:
         self.source: torch.Tensor | None = None     # [B, patches] the token now holding each patch
         self.traced: dict[int, torch.Tensor] = {}   # layer -> [B, patches] value of each patch's token
 
-    def describe(self) -> dict:
-        raise NotImplementedError
-
     def tokens_after(self, index: int, tokens: int) -> int:
         """Tokens leaving block `index` (0-based) when `tokens` enter it."""
         raise NotImplementedError

@@ -82,9 +82,6 @@ class EViT(TokenReduction):
         self.keep_rate = float(keep_rate)
         self.fused: torch.Tensor | None = None       # [B, N] 1 where a token holds fused patches (traced)
 
-    def describe(self) -> dict:
-        return {"method": "evit", "keep_rate": self.keep_rate, "layers": list(self.layers)}
-
     def tokens_after(self, index: int, tokens: int) -> int:
         if index + 1 not in self.layers:
             return tokens

@@ -80,10 +80,6 @@ class ToMe(TokenReduction):
             raise ValueError(f"ToMe's r must be a count >= 0 or one per block ({depth} blocks), got {r!r}")
         self.r = schedule
 
-    def describe(self) -> dict:
-        return {"method": "tome", "r": self.r[0] if len(set(self.r)) == 1 else list(self.r),
-                "proportional_attention": True}
-
     def tokens_after(self, index: int, tokens: int) -> int:
         return tokens - min(self.r[index], mergeable(tokens, self.prefix))
 
