@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from dge_explain.complexity import dense_macs
 from dge_explain.explainers import build_explainers
 from dge_explain.models.peers import (EViT, ToMe, apply_evit, apply_tome, bipartite_merge, evit_for_ratio,
-                                      fuse_inattentive, macs_ratio, paper_layers, patch, reduced, reduced_macs,
+                                      fuse_inattentive, macs_ratio, paper_layers, reduced, reduced_macs,
                                       remove_token_reduction, token_counts, tome_for_ratio)
 
 from helpers import small_pvt, small_vit

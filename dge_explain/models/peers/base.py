@@ -57,8 +57,6 @@ class TokenReduction:
     are known before any forward), reduce them (``reduce``) and give each token's
     traced value (``token_values``)."""
 
-    method = ""
-
     def __init__(self, depth: int, prefix: int):
         self.depth, self.prefix = depth, prefix
         self.trace_layers: tuple[int, ...] = ()     # 1-based blocks whose maps a forward records

@@ -25,7 +25,6 @@ from torch import nn
 from .base import TokenReduction, check_plain_vit, patch, split_qkv
 
 PAPER_LAYERS = (4, 7, 10)        # of DeiT's 12 blocks
-PAPER_KEEP_RATE = 0.7
 
 
 def paper_layers(depth: int) -> tuple[int, ...]:
@@ -69,8 +68,6 @@ def class_attention(attn, qkv: torch.Tensor) -> torch.Tensor:
 
 
 class EViT(TokenReduction):
-    method = "evit"
-
     def __init__(self, depth: int, prefix: int, keep_rate: float, layers: Sequence[int] | None = None):
         super().__init__(depth, prefix)
         self.layers = paper_layers(depth) if layers is None else tuple(sorted({int(l) for l in layers}))

@@ -49,9 +49,10 @@ def _mlp_token_macs(adapter, block: nn.Module, terms: str) -> float:
     return block_macs(adapter, block, 0, 1, terms=terms) - matmul - (other if terms == "all" else 0)
 
 
-def _reduction_macs(reduction: TokenReduction | None, block: nn.Module, index: int, tokens: int, after: int,
-                    sized: bool, terms: str) -> float:
-    """What the reduction itself costs in block `index` (see the module's text)."""
+def _reduction_macs(reduction: TokenReduction | None, block: nn.Module, tokens: int, after: int, sized: bool,
+                    terms: str) -> float:
+    """What the reduction itself costs in a block `tokens` enter and `after` leave
+    (see the module's text); `sized`: an earlier block has merged."""
     if reduction is None:
         return 0
     heads, head_dim = block.attn.num_heads, block.attn.head_dim
@@ -80,11 +81,11 @@ def reduced_macs(model: nn.Module, image_size: tuple[int, int], reduction: Token
     total = dense_macs(model, image_size, terms=terms)
     full = adapter.block_inputs(model, image_size)[0][1]
     sized = False
-    for index, (block, (tokens, after)) in enumerate(zip(model.blocks, token_counts(model, image_size, reduction))):
+    for block, (tokens, after) in zip(model.blocks, token_counts(model, image_size, reduction)):
         total -= block_macs(adapter, block, full, full, terms=terms)
         total += block_macs(adapter, block, tokens, tokens, terms=terms) \
             - (tokens - after) * _mlp_token_macs(adapter, block, terms)
-        total += _reduction_macs(reduction, block, index, tokens, after, sized, terms)
+        total += _reduction_macs(reduction, block, tokens, after, sized, terms)
         sized = sized or after < tokens
     return total
 

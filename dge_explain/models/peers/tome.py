@@ -71,8 +71,6 @@ def bipartite_merge(x: torch.Tensor, metric: torch.Tensor, size: torch.Tensor | 
 
 
 class ToMe(TokenReduction):
-    method = "tome"
-
     def __init__(self, depth: int, prefix: int, r: int | Sequence[int]):
         super().__init__(depth, prefix)
         schedule = [int(r)] * depth if isinstance(r, (int, float)) else [int(v) for v in r]
