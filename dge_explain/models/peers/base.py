@@ -77,8 +77,8 @@ class TokenReduction:
 
     def reduce(self, index: int, x: torch.Tensor, qkv: torch.Tensor | None, attn: Attention
                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(the block's tokens after reduction, the new position of each old token or
-        None when nothing moved)."""
+        """(the block's tokens after reduction, the new position of each old token, or
+        None when nothing moved or no map is traced)."""
         raise NotImplementedError
 
     def token_values(self, index: int) -> torch.Tensor:

@@ -37,11 +37,12 @@ def kept_count(keep_rate: float, candidates: int) -> int:
     return min(candidates, max(1, math.ceil(keep_rate * candidates - 1e-9)))
 
 
-def fuse_inattentive(x: torch.Tensor, cls_attention: torch.Tensor, keep: int, prefix: int
+def fuse_inattentive(x: torch.Tensor, cls_attention: torch.Tensor, keep: int, prefix: int, track: bool = True
                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """x [B, N, C] with the `keep` tokens the class token attends to most (cls_attention
-    [B, N]) kept in their order and the rest fused into one token appended last; and the
-    new position of every old token (None when every token is kept)."""
+    [B, N]) kept in their order and the rest fused into one token appended last; and,
+    with `track`, the new position of every old token (None when every token is kept
+    or without `track`)."""
     batch, tokens, channels = x.shape
     candidates = tokens - prefix
     if keep >= candidates:
@@ -54,6 +55,8 @@ def fuse_inattentive(x: torch.Tensor, cls_attention: torch.Tensor, keep: int, pr
         / weights.sum(1, keepdim=True)
     x_new = torch.cat([x[:, :prefix], spatial.gather(1, kept[..., None].expand(-1, -1, channels)),
                        fused[:, None]], dim=1)
+    if not track:
+        return x_new, None
     moved = torch.full((batch, tokens), prefix + keep, dtype=torch.long, device=x.device)
     moved[:, :prefix] = torch.arange(prefix, device=x.device)
     moved.scatter_(1, kept + prefix, torch.arange(prefix, prefix + keep, device=x.device).expand(batch, -1))
@@ -93,7 +96,7 @@ class EViT(TokenReduction):
         if qkv is None:
             return x, None
         keep = kept_count(self.keep_rate, x.shape[1] - self.prefix)
-        x, moved = fuse_inattentive(x, class_attention(attn, qkv), keep, self.prefix)
+        x, moved = fuse_inattentive(x, class_attention(attn, qkv), keep, self.prefix, track=self.fused is not None)
         if self.fused is not None and moved is not None:
             # a token is fused once any patch it holds was: the appended one, or a kept earlier fusion
             self.fused = x.new_zeros(x.shape[:2]).scatter_reduce(1, moved, self.fused, "amax")

@@ -31,15 +31,15 @@ def _sides(tokens: int, prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def mergeable(tokens: int, prefix: int) -> int:
     """The most tokens one block can merge: each merge takes an A token into a B token."""
-    a, b = _sides(tokens, prefix)
-    return min(len(a), len(b))
+    evens, odds = (tokens + 1) // 2 - (prefix + 1) // 2, tokens // 2 - prefix // 2     # in [prefix, tokens)
+    return min(evens, odds)
 
 
-def bipartite_merge(x: torch.Tensor, metric: torch.Tensor, size: torch.Tensor | None, r: int, prefix: int
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def bipartite_merge(x: torch.Tensor, metric: torch.Tensor, size: torch.Tensor | None, r: int, prefix: int,
+                    track: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """x [B, N, C] with r tokens merged by bipartite soft matching on metric [B, N, d],
-    the sizes [B, N] (None: every token one patch) and the new position of every
-    old token ([B, N], None when r is 0)."""
+    the sizes [B, N] (None: every token one patch) and, with `track`, the new
+    position of every old token ([B, N]; None when r is 0 or without `track`)."""
     batch, tokens, channels = x.shape
     size = x.new_ones(batch, tokens) if size is None else size
     r = min(r, mergeable(tokens, prefix))
@@ -59,6 +59,8 @@ def bipartite_merge(x: torch.Tensor, metric: torch.Tensor, size: torch.Tensor | 
     x_new = torch.cat([x[:, :prefix], x_a.gather(1, kept[..., None].expand(-1, -1, channels)),
                        total_b / size_b[..., None]], dim=1)
     size_new = torch.cat([size[:, :prefix], size_a.gather(1, kept), size_b], dim=1)
+    if not track:
+        return x_new, size_new, None
     # where each old token went: prefix in place, kept A tokens next, then B (merged A with their partner)
     moved = torch.empty(batch, tokens, dtype=torch.long, device=x.device)
     rows = torch.arange(batch, device=x.device)[:, None]
@@ -88,7 +90,8 @@ class ToMe(TokenReduction):
         if qkv is None:
             return x, None
         _, keys = split_qkv(attn, qkv)
-        x, self.size, moved = bipartite_merge(x, keys.mean(dim=1), self.size, self.r[index], self.prefix)
+        x, self.size, moved = bipartite_merge(x, keys.mean(dim=1), self.size, self.r[index], self.prefix,
+                                              track=self.source is not None)
         return x, moved
 
     def token_values(self, index):
