@@ -22,7 +22,7 @@ from dge_explain.complexity import block_macs, dense_macs
 from ..families import adapter_for
 from .base import TokenReduction, check_plain_vit, token_reduction_of
 from .evit import EViT
-from .tome import ToMe, _sides
+from .tome import ToMe, _sides, mergeable
 
 RATIO_STEPS = 1000     # EViT's keep rates searched: 1/1000 .. 1
 
@@ -113,8 +113,8 @@ def tome_for_ratio(model: nn.Module, image_size: tuple[int, int], target: float)
     check_plain_vit(model)
     depth, prefix = len(model.blocks), model.num_prefix_tokens
     tokens = adapter_for(model).block_inputs(model, image_size)[0][1]
-    most = min(len(side) for side in _sides(tokens, prefix))
-    return _nearest(model, image_size, [ToMe(depth, prefix, r) for r in range(most + 1)], target)
+    return _nearest(model, image_size, [ToMe(depth, prefix, r) for r in range(mergeable(tokens, prefix) + 1)],
+                    target)
 
 
 def evit_for_ratio(model: nn.Module, image_size: tuple[int, int], target: float, layers=None

@@ -23,16 +23,21 @@ from torch import nn
 from .base import TokenReduction, check_plain_vit, patch, split_qkv
 
 
-def _sides(tokens: int, prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positions of set A (even) and set B (odd), the prefix tokens left out."""
-    positions = torch.arange(prefix, tokens)
-    return positions[positions % 2 == 0], positions[positions % 2 == 1]
+def _starts(prefix: int) -> tuple[int, int]:
+    """First positions of set A (even) and set B (odd) after the prefix tokens: each
+    set is every second position from there on (strided views, no index copies)."""
+    return prefix + prefix % 2, prefix + 1 - prefix % 2
+
+
+def _sides(tokens: int, prefix: int) -> tuple[range, range]:
+    """Positions of set A and set B."""
+    a, b = _starts(prefix)
+    return range(a, tokens, 2), range(b, tokens, 2)
 
 
 def mergeable(tokens: int, prefix: int) -> int:
     """The most tokens one block can merge: each merge takes an A token into a B token."""
-    evens, odds = (tokens + 1) // 2 - (prefix + 1) // 2, tokens // 2 - prefix // 2     # in [prefix, tokens)
-    return min(evens, odds)
+    return min(len(side) for side in _sides(tokens, prefix))
 
 
 def bipartite_merge(x: torch.Tensor, metric: torch.Tensor, size: torch.Tensor | None, r: int, prefix: int,
@@ -45,30 +50,32 @@ def bipartite_merge(x: torch.Tensor, metric: torch.Tensor, size: torch.Tensor | 
     r = min(r, mergeable(tokens, prefix))
     if r <= 0:
         return x, size, None
-    a, b = (side.to(x.device) for side in _sides(tokens, prefix))
+    a, b = _starts(prefix)
     unit = metric / metric.norm(dim=-1, keepdim=True)
-    similarity = unit[:, a] @ unit[:, b].transpose(1, 2)              # [B, |A|, |B|]
+    similarity = unit[:, a::2] @ unit[:, b::2].transpose(1, 2)        # [B, |A|, |B|]
     best, partner = similarity.max(dim=-1)
     order = best.argsort(dim=-1, descending=True, stable=True)
     merged, kept = order[:, :r], order[:, r:].sort(dim=-1).values
     target = partner.gather(1, merged)                                # B index each merged A joins
-    x_a, x_b, size_a, size_b = x[:, a], x[:, b], size[:, a], size[:, b]
-    weighted = (x_a * size_a[..., None]).gather(1, merged[..., None].expand(-1, -1, channels))
-    total_b = (x_b * size_b[..., None]).scatter_add(1, target[..., None].expand(-1, -1, channels), weighted)
-    size_b = size_b.scatter_add(1, target, size_a.gather(1, merged))
-    x_new = torch.cat([x[:, :prefix], x_a.gather(1, kept[..., None].expand(-1, -1, channels)),
-                       total_b / size_b[..., None]], dim=1)
+    x_a, x_b, size_a, size_b = x[:, a::2], x[:, b::2], size[:, a::2], size[:, b::2]
+    rows = lambda index: index[..., None].expand(-1, -1, channels)
+    source_size = size_a.gather(1, merged)
+    weighted = x_a.gather(1, rows(merged)) * source_size[..., None]
+    total_b = (x_b * size_b[..., None]).scatter_add(1, rows(target), weighted)
+    size_b = size_b.scatter_add(1, target, source_size)
+    x_new = torch.cat([x[:, :prefix], x_a.gather(1, rows(kept)), total_b / size_b[..., None]], dim=1)
     size_new = torch.cat([size[:, :prefix], size_a.gather(1, kept), size_b], dim=1)
     if not track:
         return x_new, size_new, None
     # where each old token went: prefix in place, kept A tokens next, then B (merged A with their partner)
     moved = torch.empty(batch, tokens, dtype=torch.long, device=x.device)
-    rows = torch.arange(batch, device=x.device)[:, None]
     start_b = prefix + kept.shape[1]
     moved[:, :prefix] = torch.arange(prefix, device=x.device)
-    moved[rows, a[kept]] = torch.arange(prefix, start_b, device=x.device)
-    moved[rows, a[merged]] = start_b + target
-    moved[:, b] = torch.arange(start_b, start_b + len(b), device=x.device)
+    moved_a = torch.empty_like(order)
+    moved_a.scatter_(1, kept, torch.arange(prefix, start_b, device=x.device).expand(batch, -1))
+    moved_a.scatter_(1, merged, start_b + target)
+    moved[:, a::2] = moved_a
+    moved[:, b::2] = torch.arange(start_b, start_b + size_b.shape[1], device=x.device)
     return x_new, size_new, moved
 
 
