@@ -14,7 +14,7 @@ SCORECAM_IMAGES="${SCORECAM_IMAGES:-100}"
 PERTURB_IMAGES="${PERTURB_IMAGES:-1000}"
 LEAGUE_PARTS="${LEAGUE_PARTS:-ecssd perturb}"
 # every explainer of the registry but the gating maps and ScoreCAM (run on fewer images below)
-BASELINES="$(.venv/bin/dge-explain methods --names --baselines --exclude scorecam)"
+BASELINES="$(.venv/bin/dge-explain methods --names --baselines --exclude scorecam tome-size evit-kept)"
 DGE=(--model deit_dge_s12_tiny_patch16_224.distilled)
 # the teacher, with the shipped model's preprocessing (timm's config for it says crop 0.9)
 DENSE=(--model deit_tiny_patch16_224 --checkpoint "$DGE_EXPLAIN_HOME/weights/deit_tiny_patch16_224.safetensors"

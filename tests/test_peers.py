@@ -403,3 +403,21 @@ def test_bench_peers_refuses_what_it_does_not_time(capsys):
                            (["--gates", "trained"], "--peers times forced and DeiT-Ti's trained gates itself")]:
         assert main(["bench", "--peers", *extra]) == 2
         assert f"dge-explain bench: error: {message}" in capsys.readouterr().err
+
+
+def test_peer_maps_are_titled_scaled_and_rebuilt_from_a_runs_settings():
+    from dge_explain.evaluation.report import method_title, ordered_names
+    from dge_explain.explainers import methods_of_run
+    from dge_explain.viz.ranges import MapScale, map_scale
+
+    assert method_title("tome-size-layer3") == "ToMe token size (layer 3)"
+    assert method_title("layer8-margin") == "Layer 8 (margin)"
+    assert map_scale("evit-kept-layer4") == MapScale("kept", 1.0)
+    assert map_scale("tome-size-layer2") == MapScale("patches", None)
+    settings = {"maps": {"tome-size-layer3": {"method": "tome-size", "layer": 3},
+                         "tome-size-layer1": {"method": "tome-size", "layer": 1},
+                         "layer8": {"method": "gating", "layer": 8, "score": "fine"},
+                         "random": {"method": "random"}}}
+    assert methods_of_run(settings) == ["random", "gating:8", "tome-size:1,3"]
+    assert ordered_names(["layer8", "tome-size-layer3", "tome-size-layer1", "random"]) == \
+        ["random", "tome-size-layer1", "tome-size-layer3", "layer8"]

@@ -48,6 +48,8 @@ def methods_of_run(settings: dict) -> list[str]:
         if config["method"] == "gating":
             kind = "gating" if config["score"] == "fine" else f"gating-{config['score']}"
             layers.setdefault(kind, []).append(config["layer"])
+        elif "layer" in config:   # another method of chosen layers (e.g. tome-size)
+            layers.setdefault(config["method"], []).append(config["layer"])
         else:
             methods.append(config["method"])
     return sorted(set(methods)) + [f"{kind}:{','.join(map(str, sorted(ls)))}" for kind, ls in sorted(layers.items())]

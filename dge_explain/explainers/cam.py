@@ -46,9 +46,11 @@ METHODS = {
     "gradcam-elementwise": {"title": "GradCAM (element-wise)", "units": "CAM", "scale": 1.0, "class": "GradCAMElementWise", "passes": "gradients",
                             "help": "GradCAM with element-wise ReLU (pytorch-grad-cam's GradCAMElementWise)"},
     "eigencam": {"title": "EigenCAM", "units": "CAM", "scale": 1.0, "class": "EigenCAM", "passes": "forward", "class_specific": False,
-                 "help": "EigenCAM (Muhammad and Yeasin): first principal component, no gradient"},
+                 "help": "EigenCAM (Muhammad and Yeasin): first principal component (sign fixed as "
+                         "Seg-Eigen-CAM), no gradient"},
     "eigengradcam": {"title": "EigenGradCAM", "units": "CAM", "scale": 1.0, "class": "EigenGradCAM", "passes": "gradients",
-                     "help": "EigenGradCAM: first principal component of gradient times activation"},
+                     "help": "EigenGradCAM: first principal component of gradient times activation (sign "
+                             "fixed as Seg-Eigen-CAM)"},
     "scorecam": {"title": "ScoreCAM", "units": "CAM", "scale": 1.0, "class": "ScoreCAM", "passes": "per-channel",
                  "help": "ScoreCAM (Wang et al.): one forward per channel of the target layer"},
     "ablationcam": {"title": "AblationCAM", "units": "CAM", "scale": 1.0, "class": "AblationCAM", "passes": "per-channel",
@@ -56,10 +58,27 @@ METHODS = {
 }
 
 
+# The eigen methods project onto the first principal component, whose sign an SVD
+# leaves arbitrary: float rounding (e.g. another batch split) could flip a map.  Their
+# sign is fixed as Seg-Eigen-CAM's Eq. 13 does (pytorch-grad-cam's own
+# get_2d_projection_with_sign_correction: flipped when |min| > |max|).
+EIGEN_INPUT = {"eigencam": lambda activations, grads: activations,
+               "eigengradcam": lambda activations, grads: grads * activations}
+
+
 def _cam_class(method: str):
     import pytorch_grad_cam  # imported on first use: it takes seconds
 
-    return getattr(pytorch_grad_cam, METHODS[method]["class"])
+    base = getattr(pytorch_grad_cam, METHODS[method]["class"])
+    if method not in EIGEN_INPUT:
+        return base
+    from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection_with_sign_correction
+
+    class SignCorrected(base):
+        def get_cam_image(self, input_tensor, target_layer, target_category, activations, grads, eigen_smooth):
+            return get_2d_projection_with_sign_correction(EIGEN_INPUT[method](activations, grads))
+
+    return SignCorrected
 
 
 def cam_target_layer(model: nn.Module) -> tuple[nn.Module, list[nn.Module]]:

@@ -49,11 +49,10 @@ UNKNOWN = MapScale("", None)
 def map_scale(name: str) -> MapScale:
     """The units and nominal scale of a map, from its name ('layer8', 'layer8-margin',
     'gradcam', 'rollout', ...), as its method declares them (``dge_explain.methods``)."""
-    from dge_explain.evaluation.report import gating_layer
+    from dge_explain.evaluation.report import map_method
     from dge_explain.methods import registry
 
-    gating = gating_layer(name)
-    method = registry().get(("gating-" + gating[1]).rstrip("-") if gating else name)
+    method = registry().get(map_method(name)[0])
     return MapScale(method.units, method.scale) if method else UNKNOWN
 
 
