@@ -385,12 +385,12 @@ def test_an_oversized_image_read_by_a_worker_warns_in_one_line(tmp_path, capfd):
 # ---------------------------------------------------------------- dataset specs
 
 @pytest.mark.parametrize("spec, message", [
-    ("masks:{d},", "dataset 'masks:{d},': the masks folder is empty; give masks:IMAGES_DIR,MASKS_DIR"),
-    ("masks:,{d}", "dataset 'masks:,{d}': the images folder is empty; give masks:IMAGES_DIR,MASKS_DIR"),
-    ("masks:{d}", "dataset 'masks:{d}' names 1 folder, not 2; give masks:IMAGES_DIR,MASKS_DIR"),
-    ("masks:{d},{d},{d}", "dataset 'masks:{d},{d},{d}' names 3 folders, not 2; give masks:IMAGES_DIR,MASKS_DIR"),
-    ("ecssd:", "dataset 'ecssd:': the folder is empty; give ecssd:FOLDER"),
-    ("ecssd: ", "dataset 'ecssd: ': the folder is empty; give ecssd:FOLDER"),
+    ("masks:{d},", "dataset 'masks:{d},': the masks folder is empty; give masks:IMAGES_DIR,MASKS_DIR[:even|:odd]"),
+    ("masks:,{d}", "dataset 'masks:,{d}': the images folder is empty; give masks:IMAGES_DIR,MASKS_DIR[:even|:odd]"),
+    ("masks:{d}", "dataset 'masks:{d}' names 1 folder, not 2; give masks:IMAGES_DIR,MASKS_DIR[:even|:odd]"),
+    ("masks:{d},{d},{d}", "dataset 'masks:{d},{d},{d}' names 3 folders, not 2; give masks:IMAGES_DIR,MASKS_DIR[:even|:odd]"),
+    ("ecssd:", "dataset 'ecssd:': the folder is empty; give ecssd:FOLDER[:even|:odd]"),
+    ("ecssd: ", "dataset 'ecssd: ': the folder is empty; give ecssd:FOLDER[:even|:odd]"),
     ("imagenet-seg:", "dataset 'imagenet-seg:': the .mat file is empty; give imagenet-seg:FILE.mat"),
 ])
 def test_an_empty_part_of_a_dataset_spec_is_refused_by_name(tmp_path, capsys, monkeypatch, spec, message):
