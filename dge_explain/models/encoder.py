@@ -3,7 +3,10 @@ encoder.  A block hands it a function ``encode(queries, x, table)`` that runs th
 block's attention and MLP on the queries, with keys and values from the full
 input x; the DGE decides which queries exist.
 
-* eval: argmax gates, sparse packed queries through the compiled ops;
+* eval: argmax gates, sparse packed queries through the compiled ops; a batch
+  whose regions all took one granularity skips the patch table: every region
+  finest runs the plain dense block, every region split k x k (coarsest: k = 1)
+  one dense pass over the grid average-pooled with the sub-patch step;
 * train (default): hard Gumbel-softmax gates with straight-through gradients on
   the dense multi-granularity path, whose forward equals the sparse path's;
 * train with ``sparse_train=True``: the argmax of the Gumbel gates routes a
@@ -77,6 +80,8 @@ class DynamicGrainedEncoder(nn.Module):
         self.routing: Optional[Routing] = None
         # Set by dge_explain.models.gating.force_gates: logits -> chosen indices.
         self.forced_choice: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+        # The uniform-routing fast paths (eval mode); off: always the sparse path.
+        self.fast_paths = True
 
     @property
     def phi(self) -> tuple[int, ...]:
@@ -94,11 +99,16 @@ class DynamicGrainedEncoder(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 
-    def forward(self, x: torch.Tensor, grid: tuple[int, int], encode: Encode) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, grid: tuple[int, int], encode: Encode,
+                pooled_path: bool = True) -> torch.Tensor:
+        """pooled_path=False keeps a uniformly coarse batch on the packed path (whose
+        queries each carry a patch table row), e.g. while explainers read the
+        attention of every query."""
         height, width = grid
         num_extra = x.shape[1] - height * width
         require(num_extra >= 0, lambda: f"x has {x.shape[1]} tokens, fewer than the {height}x{width} grid")
-        logits = self.router(x, grid, num_extra)
+        pooled = self.router.pool(x, grid, num_extra)
+        logits = self.router(x, grid, num_extra, pooled=pooled)
         options = len(self.split_sizes)
         gates = None
         if self.forced_choice is not None:
@@ -113,7 +123,7 @@ class DynamicGrainedEncoder(nn.Module):
             choice = logits.argmax(-1)
 
         if not self.training:
-            out = self._sparse(x, choice, num_extra, encode, gate_rows=None)
+            out = self._eval(x, grid, num_extra, choice, pooled, encode, pooled_path)
         elif self.sparse_train:
             out = self._sparse(x, choice, num_extra, encode, gate_rows=gates)
         else:
@@ -121,8 +131,50 @@ class DynamicGrainedEncoder(nn.Module):
         self.routing = Routing(choice, (height, width), num_extra, self.split_sizes, gates)
         return out
 
-    def _sparse(self, x, choice, num_extra, encode, gate_rows):
-        table = ops.route_to_patches(choice, self.split_sizes, self.region_size, num_extra)
+    def _eval(self, x, grid, num_extra, choice, pooled, encode, pooled_path):
+        """The sparse path, or a fast path where every region of the batch took one option."""
+        table = None
+        if not self.fast_paths:
+            option = None
+        elif choice.device.type == "cpu":  # host memory: reading the gates costs nothing
+            low, high = torch.aminmax(choice)
+            option = int(low) if int(low) == int(high) else None
+        else:
+            # A look at device gates would wait for the device.  The routing table copies
+            # the per-sample row counts to the host anyway (its one synchronisation), and
+            # only all-finest (most rows) or all-coarsest (fewest) batches reach the
+            # extremes, so the decision reads those counts and adds no wait.
+            table = ops.route_to_patches(choice, self.split_sizes, self.region_size, num_extra)
+            option = self._extreme_option(table, grid, num_extra)
+        if option is not None and (option == 0 or pooled_path):
+            return self._uniform(x, grid, num_extra, option, pooled, encode)
+        if table is None:
+            table = ops.route_to_patches(choice, self.split_sizes, self.region_size, num_extra)
+        return self._sparse(x, choice, num_extra, encode, gate_rows=None, table=table)
+
+    def _extreme_option(self, table, grid, num_extra) -> Optional[int]:
+        """0 where every sample of the table has the finest option's row count, the
+        last option where every sample has the coarsest's, else None."""
+        lengths = table.lengths.tolist()
+        for option in (0, len(self.split_sizes) - 1):
+            rows = num_extra + ops.uniform_rows(grid, self.region_size, self.split_sizes[option])
+            if all(length == rows for length in lengths):
+                return option
+        return None
+
+    def _uniform(self, x, grid, num_extra, option, pooled, encode):
+        """Every region split k x k: finest (k = S) is the plain dense block; otherwise
+        one dense pass over the grid pooled with the sub-patch step S / k, its update
+        upsampled back (compress = pooling, restore = nearest upsample)."""
+        step = self.region_size // self.split_sizes[option]
+        if step == 1:
+            return encode(x, x, None)
+        queries = ops.pooled_queries(x, grid, step, num_extra, pooled if step == self.region_size else None)
+        return ops.pooled_restore(x, encode(queries, x, None), queries, grid, step, num_extra)
+
+    def _sparse(self, x, choice, num_extra, encode, gate_rows, table=None):
+        if table is None:
+            table = ops.route_to_patches(choice, self.split_sizes, self.region_size, num_extra)
         comp = ops.compress(x, table)
         updated = encode(comp, x, table)
         if gate_rows is None:
