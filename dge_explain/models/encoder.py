@@ -51,6 +51,7 @@ class Routing:
     num_extra: int
     split_sizes: tuple[int, ...]
     soft_gates: Optional[torch.Tensor] = None
+    region_size: Optional[int] = None       # None: the largest split size (S when the finest is 1 token)
 
     @property
     def gates(self) -> torch.Tensor:
@@ -64,9 +65,9 @@ class Routing:
 
     def queries(self) -> torch.Tensor:
         """Queries per sample [B] (float, differentiable through the gates)."""
-        per_option = torch.tensor([k * k for k in self.split_sizes], dtype=self.gates.dtype,
-                                  device=self.gates.device)
-        return self.num_extra + (self.gates * per_option).sum(dim=(1, 2, 3))
+        # k * k per region, fewer in regions cut by a ragged border
+        rows = ops.region_rows(self.grid, self.region_size or max(self.split_sizes), self.split_sizes)
+        return self.num_extra + (self.gates * rows.to(self.gates)).sum(dim=(1, 2, 3))
 
 
 class DynamicGrainedEncoder(nn.Module):
@@ -82,6 +83,9 @@ class DynamicGrainedEncoder(nn.Module):
         self.forced_choice: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
         # The uniform-routing fast paths (eval mode); off: always the sparse path.
         self.fast_paths = True
+        # Ragged borders: a token grid that is not a multiple of the region size runs,
+        # its last regions cut short by the border (see ragged_borders); off: refused.
+        self.ragged = False
 
     @property
     def phi(self) -> tuple[int, ...]:
@@ -107,7 +111,12 @@ class DynamicGrainedEncoder(nn.Module):
         height, width = grid
         num_extra = x.shape[1] - height * width
         require(num_extra >= 0, lambda: f"x has {x.shape[1]} tokens, fewer than the {height}x{width} grid")
-        pooled = self.router.pool(x, grid, num_extra)
+        pooled = self.router.pool(x, grid, num_extra, ragged=self.ragged)
+        require(not self.training or self.sparse_train or (height % self.region_size == 0
+                                                           and width % self.region_size == 0),
+                lambda: f"token grid {height}x{width} is not divisible by region size {self.region_size}: "
+                        "the multi-granularity training path needs whole regions (train at a multiple, "
+                        "or with sparse_train=True)")
         logits = self.router(x, grid, num_extra, pooled=pooled)
         options = len(self.split_sizes)
         gates = None
@@ -125,10 +134,10 @@ class DynamicGrainedEncoder(nn.Module):
         if not self.training:
             out = self._eval(x, grid, num_extra, choice, pooled, encode, pooled_path)
         elif self.sparse_train:
-            out = self._sparse(x, choice, num_extra, encode, gate_rows=gates)
+            out = self._sparse(x, grid, choice, num_extra, encode, gate_rows=gates)
         else:
             out = self._multigrain(x, grid, num_extra, gates, encode)
-        self.routing = Routing(choice, (height, width), num_extra, self.split_sizes, gates)
+        self.routing = Routing(choice, (height, width), num_extra, self.split_sizes, gates, self.region_size)
         return out
 
     def _eval(self, x, grid, num_extra, choice, pooled, encode, pooled_path):
@@ -144,13 +153,13 @@ class DynamicGrainedEncoder(nn.Module):
             # the per-sample row counts to the host anyway (its one synchronisation), and
             # only all-finest (most rows) or all-coarsest (fewest) batches reach the
             # extremes, so the decision reads those counts and adds no wait.
-            table = ops.route_to_patches(choice, self.split_sizes, self.region_size, num_extra)
+            table = ops.route_to_patches(choice, self.split_sizes, self.region_size, num_extra, grid)
             option = self._extreme_option(table, grid, num_extra)
         if option is not None and (option == 0 or pooled_path):
             return self._uniform(x, grid, num_extra, option, pooled, encode)
         if table is None:
-            table = ops.route_to_patches(choice, self.split_sizes, self.region_size, num_extra)
-        return self._sparse(x, choice, num_extra, encode, gate_rows=None, table=table)
+            table = ops.route_to_patches(choice, self.split_sizes, self.region_size, num_extra, grid)
+        return self._sparse(x, grid, choice, num_extra, encode, gate_rows=None, table=table)
 
     def _extreme_option(self, table, grid, num_extra) -> Optional[int]:
         """0 where every sample of the table has the finest option's row count, the
@@ -172,9 +181,9 @@ class DynamicGrainedEncoder(nn.Module):
         queries = ops.pooled_queries(x, grid, step, num_extra, pooled if step == self.region_size else None)
         return ops.pooled_restore(x, encode(queries, x, None), queries, grid, step, num_extra)
 
-    def _sparse(self, x, choice, num_extra, encode, gate_rows, table=None):
+    def _sparse(self, x, grid, choice, num_extra, encode, gate_rows, table=None):
         if table is None:
-            table = ops.route_to_patches(choice, self.split_sizes, self.region_size, num_extra)
+            table = ops.route_to_patches(choice, self.split_sizes, self.region_size, num_extra, grid)
         comp = ops.compress(x, table)
         updated = encode(comp, x, table)
         if gate_rows is None:
@@ -183,7 +192,7 @@ class DynamicGrainedEncoder(nn.Module):
         # straight-through gradient to the chosen logit); extra tokens by 1.
         chosen = gate_rows.max(-1).values
         token_gate = chosen.repeat_interleave(self.region_size, 1).repeat_interleave(
-            self.region_size, 2).flatten(1)
+            self.region_size, 2)[:, :grid[0], :grid[1]].flatten(1)
         token_gate = torch.cat([token_gate.new_ones(x.shape[0], num_extra), token_gate], 1)
         row_gate = ops.compress(token_gate.unsqueeze(-1), table)
         return ops.decompress((updated - comp) * row_gate, table, x)
@@ -193,3 +202,18 @@ class DynamicGrainedEncoder(nn.Module):
         updated = encode(queries, x, None)
         return ops.multigrain_restore(x, updated - queries, gates, self.split_sizes,
                                       self.region_size, num_extra, grid)
+
+
+def ragged_borders(model: nn.Module, enabled: bool = True) -> None:
+    """Let every DGE of `model` run token grids that are not multiples of its region
+    size (the last row and column of regions cut short by the grid's border; a
+    patch cut by it averages its own tokens), so that the model takes the inputs
+    its dense original takes; a pyramid model (PVT, DPVT) then also pads only to
+    its dense stride.  Grids that are multiples run exactly as before."""
+    from .gating import dge_modules
+
+    modules = dge_modules(model)
+    if not modules:
+        raise ValueError(f"{type(model).__name__} has no DynamicGrainedEncoder")
+    for module in modules:
+        module.ragged = enabled

@@ -38,9 +38,10 @@ class DynamicRouter(nn.Module):
             self.gate.bias.fill_(-bias)
             self.gate.bias[0] = bias
 
-    def pool(self, x: torch.Tensor, grid: tuple[int, int], num_extra: int) -> torch.Tensor:
-        """Mean of each region's tokens: [B, Hr, Wr, C]."""
-        region_grid(grid, self.region_size)
+    def pool(self, x: torch.Tensor, grid: tuple[int, int], num_extra: int, ragged: bool = False) -> torch.Tensor:
+        """Mean of each region's tokens: [B, Hr, Wr, C] (ragged: a region cut by the
+        grid's border averages the tokens it has)."""
+        region_grid(grid, self.region_size, ragged)
         return grid_means(x[:, num_extra:], grid, self.region_size)
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int], num_extra: int,
