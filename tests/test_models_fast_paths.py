@@ -11,7 +11,7 @@ from dge_explain.explainers.attention_capture import attention_pass
 from dge_explain.models import dge_modules, force_gates
 from dge_explain.ops.reference import reference_table
 
-from helpers import small_dpvt, small_pvt, small_vit
+from helpers import small_dpvt, small_pvt, small_vit, used_options
 
 BUILDS = {"deit": (small_vit, 64), "pvt": (small_pvt, 128), "dpvt": (small_dpvt, 128)}
 
@@ -50,7 +50,7 @@ def _both_paths(model, images, policy):
 
 
 @pytest.mark.parametrize("family", list(BUILDS))
-@pytest.mark.parametrize("phi", [(1, 2), (1, 2, 4)])
+@pytest.mark.parametrize("phi", [(1, 2), (1, 2, 4), (2, 4)])
 def test_uniform_batches_skip_the_table_and_equal_the_sparse_path(family, phi, generator, routed):
     build, size = BUILDS[family]
     model = build(phi=phi).eval()
@@ -138,6 +138,16 @@ def test_attention_explainers_see_every_query_row(generator, routed):
                 - packed.cls_rows(packed.grads[block], block)).abs().max() <= 1e-12
 
 
+def test_a_finest_option_of_several_tokens_keeps_the_table_for_explainers(generator, routed):
+    """Phi = {2, 4}: the finest option pools 2 x 2 tokens, so under an attention
+    capture even an all-finest batch keeps its patch table."""
+    model = small_vit(phi=(2, 4), depth=2).eval()
+    images = torch.randn(1, 3, 64, 64, generator=generator, dtype=torch.float64)
+    with force_gates(model, "finest"):
+        record = attention_pass(model, images)
+    assert len(routed) == 2 and all(table is not None for table in record.tables)
+
+
 @pytest.mark.parametrize("step", [2, 4])
 def test_pooled_queries_and_restore_are_compress_and_restore_of_a_uniform_table(step, generator):
     batch, grid, extra, channels = 2, (8, 12), 2, 5
@@ -157,3 +167,25 @@ def test_pooled_queries_and_restore_are_compress_and_restore_of_a_uniform_table(
     restored = ops.pooled_restore(x, updated, pooled, grid, step, extra)
     expected = ops.restore(x, updated[rows[:, 0], position], packed, table)
     assert (restored - expected).abs().max() <= 1e-14
+
+
+def test_a_single_image_attends_through_torch_and_equals_the_varlen_kernel(generator, monkeypatch):
+    """Batch 1: the packed rows are one sample's queries, which PyTorch's fused
+    attention takes as they are; the image's output equals its row of a two-image
+    batch, which goes through the varlen kernel."""
+    calls = []
+    original = ops.varlen_attention
+    monkeypatch.setattr(ops, "varlen_attention", lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs))
+    model = small_vit(phi=(1, 2, 4), depth=3).eval()
+    images = torch.randn(2, 3, 64, 64, generator=generator, dtype=torch.float64)
+
+    def mixed(logits):   # the same mixed routing for every image
+        regions = torch.arange(logits.shape[1] * logits.shape[2]).view(logits.shape[1:3]) % 3
+        return regions.expand(logits.shape[:-1]).contiguous()
+
+    with torch.no_grad(), force_gates(model, mixed):
+        alone = model(images[:1])
+        assert not calls and used_options(model) == {0, 1, 2}
+        both = model(images)
+    assert len(calls) == 3
+    assert (alone[0] - both[0]).abs().max() <= 1e-12

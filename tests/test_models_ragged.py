@@ -108,3 +108,22 @@ def test_ragged_grids_are_refused_unless_asked_for_and_in_multigrain_training(ge
     for dge in dge_modules(model):
         dge.sparse_train = True
     assert model(images).shape == (1, 10)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("build,size", [(small_vit, (72, 40)), (small_pvt, (96, 160))])
+def test_emulated_cuda_kernels_at_ragged_borders_equal_the_reference_ops(build, size, generator):
+    """The CUDA routing, compress and restore kernels (run through the CUDA
+    emulation) on ragged grids, mixed gates, against the reference ops."""
+    from emulation import emulated_cuda
+
+    model = _mixed(build(phi=(1, 2, 4)), generator)
+    images = torch.randn(2, 3, *size, generator=generator, dtype=torch.float64)
+    with torch.no_grad():
+        with ops.use_backend("reference"):
+            reference = model(images)
+        with emulated_cuda():
+            emulated = model(images)
+    assert used_options(model) == {0, 1, 2}
+    assert any(dge.routing.grid[0] % 4 or dge.routing.grid[1] % 4 for dge in dge_modules(model))
+    torch.testing.assert_close(emulated, reference, rtol=1e-9, atol=1e-9)

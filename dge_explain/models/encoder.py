@@ -155,7 +155,8 @@ class DynamicGrainedEncoder(nn.Module):
             # extremes, so the decision reads those counts and adds no wait.
             table = ops.route_to_patches(choice, self.split_sizes, self.region_size, num_extra, grid)
             option = self._extreme_option(table, grid, num_extra)
-        if option is not None and (option == 0 or pooled_path):
+        # a pooled pass hands explainers queries without table rows; a dense one (step 1) does not
+        if option is not None and (pooled_path or self.split_sizes[option] == self.region_size):
             return self._uniform(x, grid, num_extra, option, pooled, encode)
         if table is None:
             table = ops.route_to_patches(choice, self.split_sizes, self.region_size, num_extra, grid)
