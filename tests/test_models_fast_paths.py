@@ -189,3 +189,46 @@ def test_a_single_image_attends_through_torch_and_equals_the_varlen_kernel(gener
         both = model(images)
     assert len(calls) == 3
     assert (alone[0] - both[0]).abs().max() <= 1e-12
+
+
+@pytest.mark.parametrize("family", list(BUILDS))
+def test_gradients_through_the_pooled_path_equal_the_sparse_path(family, generator):
+    """Eval mode with gradients (the CAM explainers' backward): the pooled pass
+    differentiates as the packed one does."""
+    build, size = BUILDS[family]
+    model = build(phi=(1, 2, 4)).eval()
+    images = torch.randn(2, 3, size, size, generator=generator, dtype=torch.float64)
+    grads = []
+    for fast in (True, False):
+        for dge in dge_modules(model):
+            dge.fast_paths = fast
+        inputs = images.clone().requires_grad_(True)
+        with force_gates(model, "coarsest"):
+            model(inputs).square().sum().backward()
+        grads.append(inputs.grad)
+    assert (grads[0] - grads[1]).abs().max() <= 1e-12 * max(1.0, float(grads[1].abs().max()))
+
+
+def test_an_all_finest_deit_is_its_dense_original_and_follows_weight_changes(generator):
+    """The dense fast path projects q, k, v in one matmul as timm's block does: the
+    same numbers as the dense model; the fused weight follows in-place changes and
+    passes gradients to q and kv."""
+    import timm
+
+    from dge_explain.models import from_dense
+
+    dense = timm.create_model("deit_tiny_patch16_224", img_size=64, depth=2).double().eval()
+    model = from_dense(dense, phi=(1, 2)).eval()
+    images = torch.randn(2, 3, 64, 64, generator=generator, dtype=torch.float64)
+    with force_gates(model, "finest"):
+        with torch.no_grad():
+            assert torch.equal(model(images), dense(images))
+            for block, original in zip(model.blocks, dense.blocks):
+                block.attn.kv.weight.mul_(1.5)
+                original.attn.qkv.weight[original.attn.qkv.in_features:].mul_(1.5)
+            assert torch.equal(model(images), dense(images))
+        model(images).sum().backward()
+    dense(images).sum().backward()
+    for block, original in zip(model.blocks, dense.blocks):
+        fused = torch.cat([block.attn.q.weight.grad, block.attn.kv.weight.grad])
+        assert (fused - original.attn.qkv.weight.grad).abs().max() <= 1e-10

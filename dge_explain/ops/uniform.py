@@ -44,19 +44,21 @@ def pooled_restore(x: torch.Tensor, updated: torch.Tensor, queries: torch.Tensor
     their own."""
     batch, _, channels = x.shape
     height, width = grid
-    delta = updated - queries
-    out = torch.empty_like(x)
-    torch.add(x[:, :num_extra], delta[:, :num_extra], out=out[:, :num_extra])
     rows, columns = -(-height // step), -(-width // step)
-    spatial = delta[:, num_extra:].view(batch, rows, 1, columns, 1, channels)
-    if height % step or width % step:   # ragged: the upsampled update cropped to the grid
-        up = spatial.expand(batch, rows, step, columns, step, channels).reshape(
+    delta = updated - queries
+    spatial = delta[:, num_extra:].reshape(batch, rows, 1, columns, 1, channels)
+    ragged = height % step or width % step
+    if ragged:   # the upsampled update cropped to the grid
+        spatial = spatial.expand(batch, rows, step, columns, step, channels).reshape(
             batch, rows * step, columns * step, channels)[:, :height, :width]
-        torch.add(x[:, num_extra:].view(batch, height, width, channels), up,
-                  out=out[:, num_extra:].view(batch, height, width, channels))
-        return out
-    windows = (batch, rows, step, columns, step, channels)
-    torch.add(x[:, num_extra:].view(windows), spatial, out=out[:, num_extra:].view(windows))
+    shape = (batch, height, width, channels) if ragged else (batch, rows, step, columns, step, channels)
+    tokens = x[:, num_extra:].reshape(shape)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, updated, queries)):
+        # autograd records no op writing into an out= tensor: the same sums, out of place
+        return torch.cat([x[:, :num_extra] + delta[:, :num_extra], (tokens + spatial).reshape(batch, -1, channels)], 1)
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    torch.add(x[:, :num_extra], delta[:, :num_extra], out=out[:, :num_extra])
+    torch.add(tokens, spatial, out=out[:, num_extra:].view(shape))
     return out
 
 
