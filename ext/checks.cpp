@@ -6,19 +6,27 @@
 namespace dge {
 namespace {
 
+void check_region_size(int64_t region_size) {
+  TORCH_CHECK_VALUE(region_size >= 1 && region_size <= kMaxRegionSize,
+                    "region_size must be in [1, ", kMaxRegionSize, "], got ", region_size);
+}
+
 void check_table(const at::Tensor& region_start, const at::Tensor& region_k,
-                 const at::Tensor& offsets, int64_t grid_h, int64_t grid_w,
+                 const at::Tensor& offsets, int64_t grid_h, int64_t grid_w, int64_t region_size,
                  const at::Device& device) {
   TORCH_CHECK_VALUE(region_start.dim() == 3 && region_k.sizes() == region_start.sizes() &&
                         region_start.scalar_type() == at::kInt &&
                         region_k.scalar_type() == at::kInt,
                     "region_start/region_k must be int32 [B, Hr, Wr], got ",
                     region_start.sizes(), " and ", region_k.sizes());
-  TORCH_CHECK_VALUE(region_k.size(1) > 0 && region_k.size(2) > 0 &&
-                        grid_h % region_k.size(1) == 0 && grid_w % region_k.size(2) == 0 &&
-                        grid_h / region_k.size(1) == grid_w / region_k.size(2),
+  check_region_size(region_size);
+  // the last region row / column may be cut short by the grid's border
+  TORCH_CHECK_VALUE(grid_h > 0 && grid_w > 0 &&
+                        region_k.size(1) == (grid_h + region_size - 1) / region_size &&
+                        region_k.size(2) == (grid_w + region_size - 1) / region_size,
                     "grid ", grid_h, "x", grid_w, " does not tile into region grid ",
-                    region_k.size(1), "x", region_k.size(2));
+                    region_k.size(1), "x", region_k.size(2), " of ", region_size, "x",
+                    region_size, " regions");
   TORCH_CHECK_VALUE(offsets.dim() == 1 && offsets.size(0) == region_k.size(0) + 1 &&
                         offsets.scalar_type() == at::kLong,
                     "offsets must be int64 [B+1] = [", region_k.size(0) + 1, "], got ",
@@ -31,14 +39,18 @@ void check_table(const at::Tensor& region_start, const at::Tensor& region_k,
 }  // namespace
 
 void check_route_args(const at::Tensor& indices, at::IntArrayRef split_sizes,
-                      int64_t region_size, int64_t num_extra) {
+                      int64_t region_size, int64_t num_extra, int64_t grid_h, int64_t grid_w) {
   TORCH_CHECK_VALUE(indices.dim() == 3, "indices must be [B, Hr, Wr], got shape ",
                     indices.sizes());
   TORCH_CHECK_VALUE(indices.scalar_type() == at::kLong, "indices must be int64, got ",
                     indices.scalar_type());
   TORCH_CHECK_VALUE(!split_sizes.empty(), "split_sizes must not be empty");
-  TORCH_CHECK_VALUE(region_size >= 1 && region_size <= kMaxRegionSize,
-                    "region_size must be in [1, ", kMaxRegionSize, "], got ", region_size);
+  check_region_size(region_size);
+  TORCH_CHECK_VALUE(grid_h > 0 && grid_w > 0 &&
+                        indices.size(1) == (grid_h + region_size - 1) / region_size &&
+                        indices.size(2) == (grid_w + region_size - 1) / region_size,
+                    "indices ", indices.sizes(), " do not tile the token grid ", grid_h, "x",
+                    grid_w, " in ", region_size, "x", region_size, " regions");
   for (int64_t k : split_sizes) {
     TORCH_CHECK_VALUE(k >= 1 && region_size % k == 0, "split_sizes ", split_sizes,
                       " must divide region_size ", region_size);
@@ -49,13 +61,13 @@ void check_route_args(const at::Tensor& indices, at::IntArrayRef split_sizes,
 void check_compress_args(const at::Tensor& x, const at::Tensor& rows,
                          const at::Tensor& region_start, const at::Tensor& region_k,
                          const at::Tensor& offsets, int64_t grid_h, int64_t grid_w,
-                         int64_t num_extra) {
+                         int64_t region_size, int64_t num_extra) {
   TORCH_CHECK_VALUE(x.dim() == 3, "x must be [B, N, C], got shape ", x.sizes());
   TORCH_CHECK_VALUE(rows.dim() == 2 && rows.size(1) == kRowColumns &&
                         rows.scalar_type() == at::kInt,
                     "rows must be an int32 [L, 4] table, got ", rows.scalar_type(), " ",
                     rows.sizes());
-  check_table(region_start, region_k, offsets, grid_h, grid_w, x.device());
+  check_table(region_start, region_k, offsets, grid_h, grid_w, region_size, x.device());
   TORCH_CHECK_VALUE(rows.device() == x.device(), "rows on ", rows.device(), " but x on ",
                     x.device());
   TORCH_CHECK_VALUE(x.size(0) == region_k.size(0) && x.size(1) == num_extra + grid_h * grid_w,
@@ -67,7 +79,7 @@ void check_decompress_args(const at::Tensor& src, const c10::optional<at::Tensor
                            const c10::optional<at::Tensor>& reference,
                            const at::Tensor& region_start, const at::Tensor& region_k,
                            const at::Tensor& offsets, int64_t grid_h, int64_t grid_w,
-                           int64_t num_extra) {
+                           int64_t region_size, int64_t num_extra) {
   TORCH_CHECK_VALUE(src.dim() == 2, "src must be [L, C], got shape ", src.sizes());
   if (subtract.has_value()) {
     TORCH_CHECK_VALUE(subtract->sizes() == src.sizes() &&
@@ -75,7 +87,7 @@ void check_decompress_args(const at::Tensor& src, const c10::optional<at::Tensor
                           subtract->device() == src.device(),
                       "subtract ", subtract->sizes(), " must match src ", src.sizes());
   }
-  check_table(region_start, region_k, offsets, grid_h, grid_w, src.device());
+  check_table(region_start, region_k, offsets, grid_h, grid_w, region_size, src.device());
   const int64_t batch = region_k.size(0);
   if (reference.has_value()) {
     TORCH_CHECK_VALUE(reference->dim() == 3 && reference->size(0) == batch &&

@@ -46,15 +46,21 @@ using Table = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Ten
 // rows [L,4] int32, region_start [B,Hr,Wr] int32 (absolute packed row of the
 // region's first sub-patch), region_k [B,Hr,Wr] int32 (sub-patches per side),
 // offsets [B+1] int64 on the indices' device, lengths [B] int64 on the host.
+// The token grid is grid_h x grid_w, Hr = ceil(grid_h / region_size) (likewise
+// Wr): where the grid is not a multiple of the region size its last regions are
+// cut by the border, a patch covers [y0, min(y0 + step, grid_h)) x [x0,
+// min(x0 + step, grid_w)), and a region holds ceil(h / step) x ceil(w / step)
+// sub-patches for its h x w part of the grid (k x k when whole).
 Table route_to_patches_cpu(const at::Tensor& indices, at::IntArrayRef split_sizes,
-                           int64_t region_size, int64_t num_extra);
+                           int64_t region_size, int64_t num_extra, int64_t grid_h,
+                           int64_t grid_w);
 
 // out[l] = mean (average) or sum of the tokens covered by row l of `rows`.
 // Both table forms are passed; each backend reads the one its loops need.
 at::Tensor compress_cpu(const at::Tensor& x, const at::Tensor& rows,
                         const at::Tensor& region_start, const at::Tensor& region_k,
                         const at::Tensor& offsets, int64_t grid_h, int64_t grid_w,
-                        int64_t num_extra, bool average);
+                        int64_t region_size, int64_t num_extra, bool average);
 
 // out[b,n] = reference[b,n] + a * (src[p] - subtract[p]) with p the row
 // covering token n and a = 1 / area(p) when divide_by_area, else 1.
@@ -63,7 +69,7 @@ at::Tensor decompress_cpu(const at::Tensor& src, const c10::optional<at::Tensor>
                           const c10::optional<at::Tensor>& reference,
                           const at::Tensor& region_start, const at::Tensor& region_k,
                           const at::Tensor& offsets, int64_t grid_h, int64_t grid_w,
-                          int64_t num_extra, bool divide_by_area);
+                          int64_t region_size, int64_t num_extra, bool divide_by_area);
 
 // out [L,h,d] = per-sample softmax(scale q k^T) v; lse [L,h] (float32 for
 // reduced precision, else the input dtype) when return_lse, else empty.
@@ -99,16 +105,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> deformable_attention_backward_cpu
 
 #ifdef DGE_WITH_CUDA
 Table route_to_patches_cuda(const at::Tensor& indices, at::IntArrayRef split_sizes,
-                            int64_t region_size, int64_t num_extra);
+                            int64_t region_size, int64_t num_extra, int64_t grid_h,
+                            int64_t grid_w);
 at::Tensor compress_cuda(const at::Tensor& x, const at::Tensor& rows,
                          const at::Tensor& region_start, const at::Tensor& region_k,
                          const at::Tensor& offsets, int64_t grid_h, int64_t grid_w,
-                         int64_t num_extra, bool average);
+                         int64_t region_size, int64_t num_extra, bool average);
 at::Tensor decompress_cuda(const at::Tensor& src, const c10::optional<at::Tensor>& subtract,
                            const c10::optional<at::Tensor>& reference,
                            const at::Tensor& region_start, const at::Tensor& region_k,
                            const at::Tensor& offsets, int64_t grid_h, int64_t grid_w,
-                           int64_t num_extra, bool divide_by_area);
+                           int64_t region_size, int64_t num_extra, bool divide_by_area);
 std::tuple<at::Tensor, at::Tensor> varlen_attention_forward_cuda(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& offsets,
     double scale, bool return_lse);
@@ -125,16 +132,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> deformable_attention_backward_cud
 // Contract checks shared by both backends (the Python wrappers validate user
 // input first; these guard the kernels against misuse from C++).
 void check_route_args(const at::Tensor& indices, at::IntArrayRef split_sizes,
-                      int64_t region_size, int64_t num_extra);
+                      int64_t region_size, int64_t num_extra, int64_t grid_h, int64_t grid_w);
 void check_compress_args(const at::Tensor& x, const at::Tensor& rows,
                          const at::Tensor& region_start, const at::Tensor& region_k,
                          const at::Tensor& offsets, int64_t grid_h, int64_t grid_w,
-                         int64_t num_extra);
+                         int64_t region_size, int64_t num_extra);
 void check_decompress_args(const at::Tensor& src, const c10::optional<at::Tensor>& subtract,
                            const c10::optional<at::Tensor>& reference,
                            const at::Tensor& region_start, const at::Tensor& region_k,
                            const at::Tensor& offsets, int64_t grid_h, int64_t grid_w,
-                           int64_t num_extra);
+                           int64_t region_size, int64_t num_extra);
 void check_attention_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                           const at::Tensor& offsets);
 // value [B,H,W,h,d], locations [L,h,P,2], weights [L,h,P] contiguous, one dtype

@@ -11,15 +11,16 @@ namespace dge {
 
 inline void define_ops(torch::Library& m) {
   m.def(
-      "route_to_patches(Tensor indices, int[] split_sizes, int region_size, int num_extra)"
+      "route_to_patches(Tensor indices, int[] split_sizes, int region_size, int num_extra,"
+      " int grid_h, int grid_w)"
       " -> (Tensor rows, Tensor region_start, Tensor region_k, Tensor offsets, Tensor lengths)");
   m.def(
       "compress(Tensor x, Tensor rows, Tensor region_start, Tensor region_k, Tensor offsets,"
-      " int grid_h, int grid_w, int num_extra, bool average) -> Tensor");
+      " int grid_h, int grid_w, int region_size, int num_extra, bool average) -> Tensor");
   m.def(
       "decompress(Tensor src, Tensor? subtract, Tensor? reference, Tensor region_start,"
-      " Tensor region_k, Tensor offsets, int grid_h, int grid_w, int num_extra,"
-      " bool divide_by_area) -> Tensor");
+      " Tensor region_k, Tensor offsets, int grid_h, int grid_w, int region_size,"
+      " int num_extra, bool divide_by_area) -> Tensor");
   m.def(
       "varlen_attention_forward(Tensor q, Tensor k, Tensor v, Tensor offsets, float scale,"
       " bool return_lse) -> (Tensor out, Tensor lse)");

@@ -83,8 +83,11 @@ MUTANTS = {
         "const int64_t left = lane >= step ? partial[lane - step] : 0;\n      __syncthreads();",
         "const int64_t left = lane >= step ? partial[lane - step] : 0;")]},
     "compress's packed path averaging by the side instead of the area": {"patches": [(
-        "const acc_t scale = average ? acc_t(1) / static_cast<acc_t>(step * step) : acc_t(1);",
-        "const acc_t scale = average ? acc_t(1) / static_cast<acc_t>(N > 1 ? step : step * step) : acc_t(1);")]},
+        "const acc_t scale = average ? acc_t(1) / static_cast<acc_t>(patch_h * patch_w) : acc_t(1);",
+        "const acc_t scale = average ? acc_t(1) / static_cast<acc_t>(N > 1 ? patch_w : patch_h * patch_w) : acc_t(1);")]},
+    "decompress ignoring a ragged border (whole regions' sub-patches per line)": {"patches": [(
+        "const index_t k_x = static_cast<index_t>(sub_patches(x_base, region_size, grid_w, step));",
+        "const index_t k_x = region_size / step;")]},
     "attention's shared memory one vector short per warp": {"attention": [(
         "launch_shape(kernel, (dim * kTileStride + dim) * sizeof(acc_t))",
         "launch_shape(kernel, (dim * kTileStride) * sizeof(acc_t))")]},

@@ -10,22 +10,28 @@ from dge_explain.ops.selfcheck import random_case
 from conftest import poisoned_outputs
 
 SPLITS = [((2, 1), 2), ((4, 2, 1), 4), ((4, 1), 4), ((2, 1), 4), ((3, 1), 3)]  # 3: generic step
-SHAPES = [  # batch, region grid, num_extra, channels
+SHAPES = [  # batch, region grid, num_extra, channels[, tokens the border cuts off the last region row, column]
     (1, (1, 1), 0, 5), (2, (2, 3), 1, 13), (3, (3, 1), 2, 21), (4, (2, 2), 1, 64),
     # a region's segment of a grid line over a page: compress walks region by region
     (2, (2, 9), 1, 1001),
+    # ragged borders (cuts of S - 1 at most): the last region row and / or column cut short
+    (2, (2, 3), 1, 13, (1, 1)), (1, (1, 1), 0, 5, (3, 2)), (3, (3, 2), 2, 21, (0, 3)), (2, (2, 2), 1, 64, (2, 0)),
+    (2, (2, 9), 1, 1001, (1, 3)),
 ]
 
 
 def _case(splits, size, shape, dtype, generator):
-    batch, grid, num_extra, channels = shape
-    case = random_case(batch, grid, splits, num_extra, channels, dtype, "cpu", generator)
+    batch, regions, num_extra, channels = shape[:4]
+    cut = [min(c, size - 1) for c in (shape[4] if len(shape) > 4 else (0, 0))]
+    grid = (regions[0] * size - cut[0], regions[1] * size - cut[1])
+    case = random_case(batch, regions, splits, num_extra, channels, dtype, "cpu", generator,
+                       grid if size == max(splits) else None)
     assert case.region_size == max(splits)
     if size != case.region_size:  # split sizes {2, 1} on 4x4 regions (Phi = {2, 4})
         indices = case.indices
-        tokens = num_extra + grid[0] * size * grid[1] * size
+        tokens = num_extra + grid[0] * grid[1]
         x = torch.randn(batch, tokens, channels, generator=generator, dtype=torch.float64).to(dtype)
-        table = ops.route_to_patches(indices, splits, size, num_extra)
+        table = ops.route_to_patches(indices, splits, size, num_extra, grid)
         return table, x
     return case.table, case.x
 
@@ -34,7 +40,8 @@ def _ref_table(table):
     indices = torch.empty(table.region_k.shape, dtype=torch.long)
     for i, k in enumerate(table.split_sizes):
         indices[table.region_k == k] = i
-    return reference.reference_table(indices, table.split_sizes, table.region_size, table.num_extra)
+    return reference.reference_table(indices, table.split_sizes, table.region_size, table.num_extra,
+                                     table.grid)
 
 
 def test_poisoning_reaches_uninitialised_outputs():
@@ -103,8 +110,9 @@ def test_backward_does_not_mutate_the_incoming_gradient(generator):
 
 
 @pytest.mark.parametrize("splits,size", SPLITS)
-def test_gradcheck(splits, size, generator):
-    table, x = _case(splits, size, (2, (2, 1), 1, 3), torch.float64, generator)
+@pytest.mark.parametrize("cut", [(0, 0), (1, 2)])
+def test_gradcheck(splits, size, cut, generator):
+    table, x = _case(splits, size, (2, (2, 1), 1, 3, cut), torch.float64, generator)
     x.requires_grad_()
     q2 = torch.randn(table.total, 3, dtype=torch.float64, generator=generator, requires_grad=True)
     comp = torch.randn_like(q2, requires_grad=True)
@@ -122,6 +130,19 @@ def test_compress_of_a_known_case():
     assert comp.flatten().tolist() == [0, 1, 2, 5, 6, 5.5]
     back = ops.decompress(comp, table)
     assert back.flatten().tolist() == [0, 1, 2, 5.5, 5.5, 5, 6, 5.5, 5.5]
+
+
+def test_compress_of_a_known_ragged_case():
+    # cls = 0, grid 3x3 = 1..9 in 2x2 regions: the last region row and column hold one line / token
+    x = torch.arange(10, dtype=torch.float64).view(1, 10, 1)
+    table = ops.route_to_patches(torch.tensor([[[1, 0], [1, 1]]]), (2, 1), 2, 1, grid=(3, 3))
+    assert table.grid == (3, 3) and table.tokens == 10
+    comp = ops.compress(x, table)
+    # (0,0): mean of 1, 2, 4, 5; (0,1) finest: 3 and 6; (1,0): 7, 8; (1,1): 9 alone
+    assert comp.flatten().tolist() == [0, 3, 3, 6, 7.5, 9]
+    back = ops.decompress(comp, table)
+    assert back.flatten().tolist() == [0, 3, 3, 3, 3, 3, 6, 7.5, 7.5, 9]
+    assert reference.compress(x, _ref_table(table)).flatten().tolist() == comp.flatten().tolist()
 
 
 class TestBadInput:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dge_explain import ops
+from dge_explain.ops import _backend
 
 
 def token_map(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -44,6 +45,11 @@ def _keys_values(kv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tens
 
 
 def _attend(q, k, v, table, dropout_p: float) -> torch.Tensor:
+    if table is not None and table.batch == 1 and q.device.type == "cpu" and not _backend.emulated():
+        # One sample: the packed rows are that sample's queries as they are, and
+        # PyTorch's fused CPU kernel attends over them ~25 % faster than the varlen
+        # kernel at a few hundred rows (DeiT-Ti at 224 px, batch 1, one thread).
+        return F.scaled_dot_product_attention(q.transpose(0, 1).unsqueeze(0), k, v)[0].transpose(0, 1)
     if table is not None:
         return ops.varlen_attention(q, k, v, table)
     return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
@@ -127,14 +133,40 @@ class ViTAttention(CrossAttention):
         self.k_norm = k_norm if k_norm is not None else nn.Identity()
         self.norm = norm if norm is not None else nn.Identity()
         self.gate = gate
+        self._fused: tuple = ((), None, None)     # (key, weight, bias) of _qkv_weights
 
     def context(self, xn, grid):
         k, v = super().context(xn, grid)
         return self.k_norm(k), v
 
+    def _qkv_weights(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """[q; kv] weight and bias, for one projection of every token where the
+        queries are the full input (a DGE block whose regions are all finest): one
+        [N, 3C] matmul instead of [N, C] and [N, 2C], which saves ~0.25 ms per
+        DeiT-Ti block at 224 px on one thread.  Kept while the weights stay the same
+        tensors and versions and take no gradient; concatenated afresh otherwise."""
+        params = [p for p in (self.q.weight, self.kv.weight, self.q.bias, self.kv.bias) if p is not None]
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            return self._concatenated()
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+        if self._fused[0] != key:
+            self._fused = (key, *(None if t is None else t.detach() for t in self._concatenated()))
+        return self._fused[1], self._fused[2]
+
+    def _concatenated(self):
+        bias = None if self.q.bias is None else torch.cat([self.q.bias, self.kv.bias])
+        return torch.cat([self.q.weight, self.kv.weight]), bias
+
     def forward(self, qn, xn, grid, table):
-        q = self.q_norm(_split_heads(self.q(qn), self.num_heads, table))
-        k, v = self.context(xn, grid)
+        if qn is xn and table is None:
+            dim = self.q.out_features
+            qkv = F.linear(xn, *self._qkv_weights())
+            q = self.q_norm(_split_heads(qkv[..., :dim], self.num_heads, None))
+            k, v = _keys_values(qkv[..., dim:], self.num_heads)
+            k = self.k_norm(k)
+        else:
+            q = self.q_norm(_split_heads(self.q(qn), self.num_heads, table))
+            k, v = self.context(xn, grid)
         o = self.norm(self.attend(q, k, v, table))
         if self.gate is not None:
             o = o * self.gate(qn).sigmoid()

@@ -46,13 +46,18 @@ class DGEBlock(nn.Module):
     def encode(self, queries: torch.Tensor, x: torch.Tensor, grid: tuple[int, int],
                table: Optional[ops.PatchTable]) -> torch.Tensor:
         xn = self.norm1(x)
-        branch = self.ls1(self.attn(self.norm1(queries), xn, grid, table))
+        qn = xn if queries is x else self.norm1(queries)  # the dense fast path: one LayerNorm
+        branch = self.ls1(self.attn(qn, xn, grid, table))
         q = _residual(queries, branch, self.drop_path1, self.drop_path_per_query)
         branch = self.ls2(self.mlp(self.norm2(q)))
         return _residual(q, branch, self.drop_path2, self.drop_path_per_query)
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        return self.dge(x, grid, lambda queries, tokens, table: self.encode(queries, tokens, grid, table))
+        # An attention capture (the attention explainers) reads each query's row through
+        # its patch table, which a pooled pass has none of.
+        pooled_path = getattr(self.attn, "capture", None) is None
+        return self.dge(x, grid, lambda queries, tokens, table: self.encode(queries, tokens, grid, table),
+                        pooled_path=pooled_path)
 
 
 class DenseBlock(nn.Module):

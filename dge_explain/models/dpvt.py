@@ -64,15 +64,18 @@ class DeformablePointAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def reference_points(self, grid: tuple[int, int], queries: int, table, device, dtype) -> torch.Tensor:
-        """[Lq or L, 2]: the (x, y) reference point of every query."""
+        """[Lq or L, 2]: the (x, y) reference point of every query.  Dense queries are
+        told apart by their count: every token, the DGE's multi-granularity training
+        queries (every step in turn), or the grid pooled at one step (the DGE's
+        uniform fast path); no two of these counts agree."""
         if table is not None:
             return ops.patch_centres(table, dtype)
         height, width = grid
         steps = self.multigrain_steps or (1,)
-        centres = torch.cat([ops.grid_centres(height, width, step, device, dtype) for step in steps])
-        if centres.shape[0] != queries:
-            raise ValueError(f"{queries} dense queries do not match the {height}x{width} grid at steps {steps}")
-        return centres
+        for candidate in (steps, *((step,) for step in steps if len(steps) > 1), (1,)):
+            if sum(-(-height // step) * -(-width // step) for step in candidate) == queries:
+                return torch.cat([ops.grid_centres(height, width, step, device, dtype) for step in candidate])
+        raise ValueError(f"{queries} dense queries do not match the {height}x{width} grid at steps {steps}")
 
     def forward(self, qn: torch.Tensor, xn: torch.Tensor, grid: tuple[int, int],
                 table: Optional[ops.PatchTable]) -> torch.Tensor:

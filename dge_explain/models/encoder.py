@@ -3,7 +3,10 @@ encoder.  A block hands it a function ``encode(queries, x, table)`` that runs th
 block's attention and MLP on the queries, with keys and values from the full
 input x; the DGE decides which queries exist.
 
-* eval: argmax gates, sparse packed queries through the compiled ops;
+* eval: argmax gates, sparse packed queries through the compiled ops; a batch
+  whose regions all took one granularity skips the patch table: every region
+  finest runs the plain dense block, every region split k x k (coarsest: k = 1)
+  one dense pass over the grid average-pooled with the sub-patch step;
 * train (default): hard Gumbel-softmax gates with straight-through gradients on
   the dense multi-granularity path, whose forward equals the sparse path's;
 * train with ``sparse_train=True``: the argmax of the Gumbel gates routes a
@@ -48,6 +51,7 @@ class Routing:
     num_extra: int
     split_sizes: tuple[int, ...]
     soft_gates: Optional[torch.Tensor] = None
+    region_size: Optional[int] = None       # None: the largest split size (S when the finest is 1 token)
 
     @property
     def gates(self) -> torch.Tensor:
@@ -61,9 +65,9 @@ class Routing:
 
     def queries(self) -> torch.Tensor:
         """Queries per sample [B] (float, differentiable through the gates)."""
-        per_option = torch.tensor([k * k for k in self.split_sizes], dtype=self.gates.dtype,
-                                  device=self.gates.device)
-        return self.num_extra + (self.gates * per_option).sum(dim=(1, 2, 3))
+        # k * k per region, fewer in regions cut by a ragged border
+        rows = ops.region_rows(self.grid, self.region_size or max(self.split_sizes), self.split_sizes)
+        return self.num_extra + (self.gates * rows.to(self.gates)).sum(dim=(1, 2, 3))
 
 
 class DynamicGrainedEncoder(nn.Module):
@@ -77,6 +81,11 @@ class DynamicGrainedEncoder(nn.Module):
         self.routing: Optional[Routing] = None
         # Set by dge_explain.models.gating.force_gates: logits -> chosen indices.
         self.forced_choice: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+        # The uniform-routing fast paths (eval mode); off: always the sparse path.
+        self.fast_paths = True
+        # Ragged borders: a token grid that is not a multiple of the region size runs,
+        # its last regions cut short by the border (see ragged_borders); off: refused.
+        self.ragged = False
 
     @property
     def phi(self) -> tuple[int, ...]:
@@ -94,11 +103,21 @@ class DynamicGrainedEncoder(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 
-    def forward(self, x: torch.Tensor, grid: tuple[int, int], encode: Encode) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, grid: tuple[int, int], encode: Encode,
+                pooled_path: bool = True) -> torch.Tensor:
+        """pooled_path=False keeps a uniformly coarse batch on the packed path (whose
+        queries each carry a patch table row), e.g. while explainers read the
+        attention of every query."""
         height, width = grid
         num_extra = x.shape[1] - height * width
         require(num_extra >= 0, lambda: f"x has {x.shape[1]} tokens, fewer than the {height}x{width} grid")
-        logits = self.router(x, grid, num_extra)
+        pooled = self.router.pool(x, grid, num_extra, ragged=self.ragged)
+        require(not self.training or self.sparse_train or (height % self.region_size == 0
+                                                           and width % self.region_size == 0),
+                lambda: f"token grid {height}x{width} is not divisible by region size {self.region_size}: "
+                        "the multi-granularity training path needs whole regions (train at a multiple, "
+                        "or with sparse_train=True)")
+        logits = self.router(x, grid, num_extra, pooled=pooled)
         options = len(self.split_sizes)
         gates = None
         if self.forced_choice is not None:
@@ -113,16 +132,59 @@ class DynamicGrainedEncoder(nn.Module):
             choice = logits.argmax(-1)
 
         if not self.training:
-            out = self._sparse(x, choice, num_extra, encode, gate_rows=None)
+            out = self._eval(x, grid, num_extra, choice, pooled, encode, pooled_path)
         elif self.sparse_train:
-            out = self._sparse(x, choice, num_extra, encode, gate_rows=gates)
+            out = self._sparse(x, grid, choice, num_extra, encode, gate_rows=gates)
         else:
             out = self._multigrain(x, grid, num_extra, gates, encode)
-        self.routing = Routing(choice, (height, width), num_extra, self.split_sizes, gates)
+        self.routing = Routing(choice, (height, width), num_extra, self.split_sizes, gates, self.region_size)
         return out
 
-    def _sparse(self, x, choice, num_extra, encode, gate_rows):
-        table = ops.route_to_patches(choice, self.split_sizes, self.region_size, num_extra)
+    def _eval(self, x, grid, num_extra, choice, pooled, encode, pooled_path):
+        """The sparse path, or a fast path where every region of the batch took one option."""
+        table = None
+        if not self.fast_paths:
+            option = None
+        elif choice.device.type == "cpu":  # host memory: reading the gates costs nothing
+            low, high = torch.aminmax(choice)
+            option = int(low) if int(low) == int(high) else None
+        else:
+            # A look at device gates would wait for the device.  The routing table copies
+            # the per-sample row counts to the host anyway (its one synchronisation), and
+            # only all-finest (most rows) or all-coarsest (fewest) batches reach the
+            # extremes, so the decision reads those counts and adds no wait.
+            table = ops.route_to_patches(choice, self.split_sizes, self.region_size, num_extra, grid)
+            option = self._extreme_option(table, grid, num_extra)
+        # a pooled pass hands explainers queries without table rows; a dense one (step 1) does not
+        if option is not None and (pooled_path or self.split_sizes[option] == self.region_size):
+            return self._uniform(x, grid, num_extra, option, pooled, encode)
+        if table is None:
+            table = ops.route_to_patches(choice, self.split_sizes, self.region_size, num_extra, grid)
+        return self._sparse(x, grid, choice, num_extra, encode, gate_rows=None, table=table)
+
+    def _extreme_option(self, table, grid, num_extra) -> Optional[int]:
+        """0 where every sample of the table has the finest option's row count, the
+        last option where every sample has the coarsest's, else None."""
+        lengths = table.lengths.tolist()
+        for option in (0, len(self.split_sizes) - 1):
+            rows = num_extra + ops.uniform_rows(grid, self.region_size, self.split_sizes[option])
+            if all(length == rows for length in lengths):
+                return option
+        return None
+
+    def _uniform(self, x, grid, num_extra, option, pooled, encode):
+        """Every region split k x k: finest (k = S) is the plain dense block; otherwise
+        one dense pass over the grid pooled with the sub-patch step S / k, its update
+        upsampled back (compress = pooling, restore = nearest upsample)."""
+        step = self.region_size // self.split_sizes[option]
+        if step == 1:
+            return encode(x, x, None)
+        queries = ops.pooled_queries(x, grid, step, num_extra, pooled if step == self.region_size else None)
+        return ops.pooled_restore(x, encode(queries, x, None), queries, grid, step, num_extra)
+
+    def _sparse(self, x, grid, choice, num_extra, encode, gate_rows, table=None):
+        if table is None:
+            table = ops.route_to_patches(choice, self.split_sizes, self.region_size, num_extra, grid)
         comp = ops.compress(x, table)
         updated = encode(comp, x, table)
         if gate_rows is None:
@@ -131,7 +193,7 @@ class DynamicGrainedEncoder(nn.Module):
         # straight-through gradient to the chosen logit); extra tokens by 1.
         chosen = gate_rows.max(-1).values
         token_gate = chosen.repeat_interleave(self.region_size, 1).repeat_interleave(
-            self.region_size, 2).flatten(1)
+            self.region_size, 2)[:, :grid[0], :grid[1]].flatten(1)
         token_gate = torch.cat([token_gate.new_ones(x.shape[0], num_extra), token_gate], 1)
         row_gate = ops.compress(token_gate.unsqueeze(-1), table)
         return ops.decompress((updated - comp) * row_gate, table, x)
@@ -141,3 +203,18 @@ class DynamicGrainedEncoder(nn.Module):
         updated = encode(queries, x, None)
         return ops.multigrain_restore(x, updated - queries, gates, self.split_sizes,
                                       self.region_size, num_extra, grid)
+
+
+def ragged_borders(model: nn.Module, enabled: bool = True) -> None:
+    """Let every DGE of `model` run token grids that are not multiples of its region
+    size (the last row and column of regions cut short by the grid's border; a
+    patch cut by it averages its own tokens), so that the model takes the inputs
+    its dense original takes; a pyramid model (PVT, DPVT) then also pads only to
+    its dense stride.  Grids that are multiples run exactly as before."""
+    from .gating import dge_modules
+
+    modules = dge_modules(model)
+    if not modules:
+        raise ValueError(f"{type(model).__name__} has no DynamicGrainedEncoder")
+    for module in modules:
+        module.ragged = enabled

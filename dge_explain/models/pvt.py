@@ -5,9 +5,11 @@ followed by LayerNorm(eps 1e-5); spatial-reduction attention (r = 8, 4, 2, 1);
 a cls token in stage 4 only.
 
 Any input whose stage grids are multiples of the region size works (multiples of
-32*S pixels); positional embeddings are resized bilinearly.  ``forward_pyramid``
-serves as a detection/segmentation backbone: it pads other sizes to the next
-multiple (bottom/right, zeros) and crops the padding off every output.
+32*S pixels), or, with ragged borders (``dge_explain.models.encoder.ragged_borders``),
+any multiple of 32 as for the dense model; positional embeddings are resized
+bilinearly.  ``forward_pyramid`` serves as a detection/segmentation backbone: it
+pads other sizes to the next multiple (bottom/right, zeros) and crops the padding
+off every output.
 """
 from __future__ import annotations
 
@@ -142,10 +144,16 @@ class PyramidVisionTransformer(nn.Module):
             return pos
         return resize_pos_embed(pos, extra, grid)
 
+    def size_multiple(self) -> int:
+        """What each input side must be a multiple of: the last stride, times the region
+        size unless every DGE takes ragged borders (then the dense model's own)."""
+        ragged = all(dge.ragged for dge in dge_modules(self))
+        return STRIDES[3] * (1 if ragged else self.region_size)
+
     def padded_size(self, height: int, width: int) -> tuple[int, int]:
         """The nearest valid input size at or above height x width (each side a multiple
-        of the last stride times the region size): what forward_pyramid pads to."""
-        multiple = STRIDES[3] * self.region_size
+        of size_multiple()): what forward_pyramid pads to."""
+        multiple = self.size_multiple()
         return -(-height // multiple) * multiple, -(-width // multiple) * multiple
 
     def _check_size(self, images: torch.Tensor) -> None:
@@ -154,7 +162,7 @@ class PyramidVisionTransformer(nn.Module):
         if (height, width) != valid:
             raise ValueError(
                 f"input {height}x{width} gives stage grids that are not multiples of the region "
-                f"size {self.region_size}: use sizes that are multiples of {STRIDES[3] * self.region_size} "
+                f"size {self.region_size}: use sizes that are multiples of {self.size_multiple()} "
                 f"(e.g. {valid[0]}x{valid[1]}), or forward_pyramid(..., pad=True)")
 
     def forward_stages(self, images: torch.Tensor) -> list[torch.Tensor]:

@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn.init import trunc_normal_
 
 from dge_explain.ops import region_grid
-from dge_explain.ops.multigrain import window_means
+from dge_explain.ops.uniform import grid_means
 
 
 def finest_bias(options: int, init_gate: float) -> float:
@@ -38,10 +38,14 @@ class DynamicRouter(nn.Module):
             self.gate.bias.fill_(-bias)
             self.gate.bias[0] = bias
 
-    def pool(self, x: torch.Tensor, grid: tuple[int, int], num_extra: int) -> torch.Tensor:
-        """Mean of each region's tokens: [B, Hr, Wr, C]."""
-        region_grid(grid, self.region_size)
-        return window_means(x[:, num_extra:], grid, self.region_size)
+    def pool(self, x: torch.Tensor, grid: tuple[int, int], num_extra: int, ragged: bool = False) -> torch.Tensor:
+        """Mean of each region's tokens: [B, Hr, Wr, C] (ragged: a region cut by the
+        grid's border averages the tokens it has)."""
+        region_grid(grid, self.region_size, ragged)
+        return grid_means(x[:, num_extra:], grid, self.region_size)
 
-    def forward(self, x: torch.Tensor, grid: tuple[int, int], num_extra: int) -> torch.Tensor:
-        return self.gate(self.pool(x, grid, num_extra))
+    def forward(self, x: torch.Tensor, grid: tuple[int, int], num_extra: int,
+                pooled: torch.Tensor | None = None) -> torch.Tensor:
+        """pooled: the region means pool() gave for this x, when the caller keeps them
+        (the DGE reuses them as the queries of a uniformly coarsest batch)."""
+        return self.gate(self.pool(x, grid, num_extra) if pooled is None else pooled)

@@ -14,11 +14,13 @@ from .pooling import compress, decompress, restore
 from .scoring import segmentation_scores
 from .patch_table import PatchTable
 from .table import route_to_patches
+from .uniform import grid_means, pooled_queries, pooled_restore, region_rows, uniform_rows
 
 __all__ = [
     "PatchTable", "active_backend", "build_info", "compress", "decompress", "deformable_attention",
-    "grid_centres", "multigrain_compress",
-    "multigrain_queries", "multigrain_restore", "patch_centres", "region_grid", "restore", "route_to_patches",
+    "grid_centres", "grid_means", "multigrain_compress",
+    "multigrain_queries", "multigrain_restore", "patch_centres", "pooled_queries", "pooled_restore", "region_grid", "region_rows",
+    "restore", "route_to_patches",
     "segmentation_scores",
-    "use_backend", "varlen_attention",
+    "uniform_rows", "use_backend", "varlen_attention",
 ]

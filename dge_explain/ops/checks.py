@@ -61,15 +61,18 @@ def sample_offsets(offsets, batch: int, rows: int, device, names: str):
     return offsets.to(device=device, dtype=torch.long), [b - a for a, b in zip(bounds, bounds[1:])]
 
 
-def region_grid(grid: tuple[int, int], region_size: int) -> tuple[int, int]:
-    """(Hr, Wr) of a token grid tiled by square regions; refuses a ragged tiling."""
+def region_grid(grid: tuple[int, int], region_size: int, ragged: bool = False) -> tuple[int, int]:
+    """(Hr, Wr) of a token grid tiled by square regions.  A grid that is not a
+    multiple of the region size is refused, unless `ragged`: then the last row and
+    column of regions are cut short by the grid's border (Hr = ceil(H / S))."""
     height, width = (int(v) for v in grid)
     require(region_size >= 1, lambda: f"region_size must be >= 1, got {region_size}")
-    require(height > 0 and width > 0 and height % region_size == 0 and width % region_size == 0,
+    require(height > 0 and width > 0, lambda: f"token grid {height}x{width} is empty")
+    require(ragged or (height % region_size == 0 and width % region_size == 0),
             lambda: f"token grid {height}x{width} is not divisible by region size {region_size}; "
                     f"use an input whose token grid is a multiple of {region_size} "
                     f"(e.g. {_round_up(height, region_size)}x{_round_up(width, region_size)})")
-    return height // region_size, width // region_size
+    return -(-height // region_size), -(-width // region_size)
 
 
 def check_split_sizes(split_sizes, region_size: int | None) -> tuple[tuple[int, ...], int]:

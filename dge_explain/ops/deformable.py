@@ -63,19 +63,26 @@ def deformable_attention(value: torch.Tensor, locations: torch.Tensor, weights: 
 
 def patch_centres(table: PatchTable, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """[L, 2]: the (x, y) token-grid centre of the patch each packed row stands for,
-    x0 + (step - 1) / 2 (a fine row's own token; a coarse row's block middle).
+    x0 + (step - 1) / 2 (a fine row's own token; a coarse row's block middle; a
+    patch cut by a ragged border: the middle of its part of the grid).
     The reference point of a compressed query, which no released code defines."""
     require(table.num_extra == 0, lambda: f"the table has {table.num_extra} extra-token rows, which cover no "
                                           "grid position")
     rows = table.rows.to(dtype)
-    half_step = (rows[:, 3:4] - 1) / 2
-    return torch.stack([rows[:, 2], rows[:, 1]], 1) + half_step
+    corner = torch.stack([rows[:, 2], rows[:, 1]], 1)
+    extent = torch.tensor([table.grid[1], table.grid[0]], dtype=dtype, device=rows.device)
+    side = torch.minimum(rows[:, 3:4], extent - corner)
+    return corner + (side - 1) / 2
 
 
 def grid_centres(height: int, width: int, step: int = 1, device=None,
                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """[(H/step) * (W/step), 2]: the (x, y) centres of a step x step tiling of an
-    H x W grid in raster order (step 1: every token's own position)."""
-    ys = torch.arange(0, height, step, device=device, dtype=dtype) + (step - 1) / 2
-    xs = torch.arange(0, width, step, device=device, dtype=dtype) + (step - 1) / 2
+    """[ceil(H/step) * ceil(W/step), 2]: the (x, y) centres of a step x step tiling
+    of an H x W grid in raster order (step 1: every token's own position; a tile
+    cut by the border: the middle of its part of the grid)."""
+    def centres(extent):
+        starts = torch.arange(0, extent, step, device=device, dtype=dtype)
+        return starts + (torch.clamp(extent - starts, max=step) - 1) / 2
+
+    ys, xs = centres(height), centres(width)
     return torch.stack([xs.expand(len(ys), -1), ys.unsqueeze(1).expand(-1, len(xs))], -1).reshape(-1, 2)

@@ -19,14 +19,15 @@ from .patch_table import PatchTable
 def _block_pool(x: torch.Tensor, table: PatchTable, average: bool) -> torch.Tensor:
     height, width = table.grid
     return _backend.kernels().compress(x, table.rows, table.region_start, table.region_k,
-                                          table.offsets, height, width, table.num_extra, average)
+                                          table.offsets, height, width, table.region_size,
+                                          table.num_extra, average)
 
 
 def _scatter(src, subtract, reference, table: PatchTable, divide_by_area: bool) -> torch.Tensor:
     height, width = table.grid
     return _backend.kernels().decompress(
         src, subtract, reference, table.region_start, table.region_k, table.offsets, height,
-        width, table.num_extra, divide_by_area)
+        width, table.region_size, table.num_extra, divide_by_area)
 
 
 class _Compress(torch.autograd.Function):

@@ -13,10 +13,18 @@ def _exclusive_cumsum(values: torch.Tensor) -> torch.Tensor:
     return torch.cumsum(values, 0) - values
 
 
+def _clipped(starts: torch.Tensor, length: torch.Tensor, end: int) -> torch.Tensor:
+    """How much of [start, start + length) lies before `end`."""
+    return torch.minimum(length, end - starts)
+
+
 def route_fields(indices: torch.Tensor, split_sizes: tuple[int, ...], region_size: int,
-                 num_extra: int):
-    """(rows, region_start, region_k, offsets, lengths) as the compiled op returns them."""
+                 num_extra: int, grid: tuple[int, int] | None = None):
+    """(rows, region_start, region_k, offsets, lengths) as the compiled op returns them,
+    for a token grid (H, W) (default: the region grid times S; else ragged borders:
+    a region cut by the border keeps the sub-patches that meet the grid)."""
     batch, region_h, region_w = indices.shape
+    height, width = grid if grid is not None else (region_h * region_size, region_w * region_size)
     if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= len(split_sizes)):
         bad = ((indices < 0) | (indices >= len(split_sizes))).nonzero()[0].tolist()
         raise ValueError(
@@ -24,8 +32,14 @@ def route_fields(indices: torch.Tensor, split_sizes: tuple[int, ...], region_siz
             f"{bad[0]}, region ({bad[1]}, {bad[2]}); valid indices are 0..{len(split_sizes) - 1}")
     device = indices.device
     k = torch.tensor(split_sizes, device=device)[indices]                 # [B, Hr, Wr]
-    counts = (k * k).flatten()                                            # per region, batch-major
-    lengths = num_extra + (k * k).flatten(1).sum(1)                       # [B]
+    step = region_size // k
+    ry = torch.arange(region_h, device=device).view(1, -1, 1) * region_size
+    rx = torch.arange(region_w, device=device).view(1, 1, -1) * region_size
+    # sub-patches per region side that meet the grid (k, unless the border cuts the region)
+    k_y = -(-_clipped(ry, torch.tensor(region_size, device=device), height) // step)
+    k_x = -(-_clipped(rx, torch.tensor(region_size, device=device), width) // step)
+    counts = (k_y * k_x).flatten()                                        # per region, batch-major
+    lengths = num_extra + (k_y * k_x).flatten(1).sum(1)                   # [B]
     offsets = torch.cat([lengths.new_zeros(1), torch.cumsum(lengths, 0)])
     sample_of_region = torch.arange(batch, device=device).repeat_interleave(region_h * region_w)
     # Regions of one sample follow its extra rows, packed in raster order.
@@ -42,28 +56,32 @@ def route_fields(indices: torch.Tensor, split_sizes: tuple[int, ...], region_siz
              torch.ones_like(extra)], 1).int()
     region = torch.arange(batch * region_h * region_w, device=device).repeat_interleave(counts)
     sub = torch.arange(len(region), device=device) - _exclusive_cumsum(counts).repeat_interleave(counts)
-    k_row = k.flatten()[region]
-    step = region_size // k_row
-    ry = (region // region_w) % region_h
-    rx = region % region_w
+    kx_row = k_x.expand_as(k).flatten()[region]
+    step_row = step.flatten()[region]
+    y_of = (region // region_w) % region_h
+    x_of = region % region_w
     rows[region_start[region] + sub] = torch.stack(
-        [sample_of_region[region], ry * region_size + (sub // k_row) * step,
-         rx * region_size + (sub % k_row) * step, step], 1).int()
+        [sample_of_region[region], y_of * region_size + (sub // kx_row) * step_row,
+         x_of * region_size + (sub % kx_row) * step_row, step_row], 1).int()
     shape = (batch, region_h, region_w)
     return (rows, region_start.view(shape).int(), k.view(shape).int(), offsets,
             lengths.cpu())
 
 
 def token_rows(table: "PatchTable") -> tuple[torch.Tensor, torch.Tensor]:
-    """For every token, the packed row covering it ([B, N] long), and each row's area."""
+    """For every token, the packed row covering it ([B, N] long), and each row's area
+    (its patch clipped to the grid)."""
     rows = table.rows.long()
     sample, y0, x0, step = rows.unbind(1)
-    area = step * step
+    height, width = table.grid
+    extra = y0 < 0
+    patch_h = torch.where(extra, 1, _clipped(y0, step, height))
+    patch_w = torch.where(extra, 1, _clipped(x0, step, width))
+    area = patch_h * patch_w
     row = torch.arange(len(rows), device=rows.device).repeat_interleave(area)
     within = torch.arange(len(row), device=rows.device) - _exclusive_cumsum(area).repeat_interleave(area)
-    step_r = step[row]
-    height, width = table.grid
-    spatial = table.num_extra + (y0[row] + within // step_r) * width + x0[row] + within % step_r
+    width_r = patch_w[row]
+    spatial = table.num_extra + (y0[row] + within // width_r) * width + x0[row] + within % width_r
     token = torch.where(y0[row] < 0, -y0[row] - 1, spatial)
     covering = torch.full((table.batch, table.tokens), -1, dtype=torch.long, device=rows.device)
     covering[sample[row], token] = row
@@ -142,11 +160,13 @@ def multigrain_restore(x: torch.Tensor, delta: torch.Tensor, gates: torch.Tensor
 
 
 def reference_table(indices: torch.Tensor, split_sizes, region_size: int,
-                    num_extra: int) -> "PatchTable":
+                    num_extra: int, grid: tuple[int, int] | None = None) -> "PatchTable":
     """A PatchTable routed by the reference, whatever backend is active."""
     splits = tuple(int(k) for k in split_sizes)
-    fields = route_fields(indices.long(), splits, region_size, num_extra)
-    return PatchTable(*fields, split_sizes=splits, region_size=region_size, num_extra=num_extra)
+    fields = route_fields(indices.long(), splits, region_size, num_extra, grid)
+    full = (indices.shape[1] * region_size, indices.shape[2] * region_size)
+    return PatchTable(*fields, split_sizes=splits, region_size=region_size, num_extra=num_extra,
+                      token_grid=None if grid is None or tuple(grid) == full else tuple(grid))
 
 
 def _region_major_to_raster(table: "PatchTable") -> torch.Tensor:

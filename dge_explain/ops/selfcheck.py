@@ -45,15 +45,18 @@ class CheckResult:
 
 
 def random_case(batch: int, region_grid: tuple[int, int], split_sizes, num_extra: int,
-                channels: int, dtype: torch.dtype, device, generator: torch.Generator) -> Case:
-    """Random gate indices over the region grid and N(0, 1) tokens."""
+                channels: int, dtype: torch.dtype, device, generator: torch.Generator,
+                grid: tuple[int, int] | None = None) -> Case:
+    """Random gate indices over the region grid and N(0, 1) tokens; `grid`: a token
+    grid with ragged borders (default: the region grid times S)."""
     splits = tuple(split_sizes)
     size = max(splits)
+    grid = grid or (region_grid[0] * size, region_grid[1] * size)
     indices = torch.randint(0, len(splits), (batch, *region_grid), generator=generator)
-    tokens = num_extra + region_grid[0] * size * region_grid[1] * size
+    tokens = num_extra + grid[0] * grid[1]
     x = torch.randn(batch, tokens, channels, generator=generator, dtype=torch.float64)
     indices, x = indices.to(device), x.to(device=device, dtype=dtype)
-    table = route_to_patches(indices, splits, size, num_extra)
+    table = route_to_patches(indices, splits, size, num_extra, grid)
     return Case(indices, table, x, splits, size, num_extra)
 
 
@@ -101,7 +104,7 @@ def _compare(name, device, dtype, fn, ref_fn, inputs, tolerance) -> list[CheckRe
 def check_all(device="cpu", dtype=torch.float32, seed: int | None = None) -> list[CheckResult]:
     """Every op once, on a random mixed-gate problem with extra tokens, S = 4,
     split sizes {4, 2, 1}, a non-square grid and C not a multiple of 8 (the
-    pooling ops also with C = 32)."""
+    routing and pooling ops also with C = 32, and on a grid with ragged borders)."""
     generator = torch.Generator().manual_seed(
         int(torch.randint(0, 2**31 - 1, (1,))) if seed is None else seed)
     device, name = torch.device(device), str(dtype).replace("torch.", "")
@@ -124,6 +127,19 @@ def check_all(device="cpu", dtype=torch.float32, seed: int | None = None) -> lis
     packed = random_case(2, (2, 3), (4, 2, 1), 2, 32, dtype, device, generator)
     results += _check_pooling(packed, reference.reference_table(
         packed.indices, packed.split_sizes, packed.region_size, packed.num_extra), " [C=32]", name, tol, generator)
+    # an 11 x 7 grid in regions of 4: the last region row keeps 3 lines, the last column 3 tokens
+    ragged = random_case(2, (3, 2), (4, 2, 1), 1, 32, dtype, device, generator, grid=(11, 7))
+    ragged_ref = reference.reference_table(ragged.indices.cpu(), ragged.split_sizes, ragged.region_size,
+                                           ragged.num_extra, (11, 7))
+    results.append(CheckResult("route_to_patches [ragged]", device.type, "int64", float(not all(
+        torch.equal(a.cpu(), b.cpu()) for a, b in zip(
+            (ragged.table.rows, ragged.table.region_start, ragged.table.region_k, ragged.table.offsets,
+             ragged.table.lengths),
+            (ragged_ref.rows, ragged_ref.region_start, ragged_ref.region_k, ragged_ref.offsets,
+             ragged_ref.lengths)))), 0.0))
+    results += _check_pooling(ragged, reference.reference_table(
+        ragged.indices, ragged.split_sizes, ragged.region_size, ragged.num_extra, (11, 7)), " [ragged]", name, tol,
+        generator)
 
     heads, head_dim, keys = 3, 24, 37
     shape_q, shape_kv = (table.total, heads, head_dim), (table.batch, heads, keys, head_dim)

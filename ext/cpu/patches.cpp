@@ -14,9 +14,12 @@
 namespace dge {
 namespace {
 
-// Rows per parallel task: enough channel work to amortise task start-up.
+// Rows per parallel task: enough channel work to amortise task start-up.  Waking
+// a second thread costs about what 64K elements of this work take, and at small
+// inputs (DeiT at 224 px: 197 x 192 values) every op of a block is a parallel
+// region whose wait on the slower thread adds up; below that the op runs inline.
 int64_t grain_for(int64_t work_per_item) {
-  constexpr int64_t kTargetWork = 1 << 14;
+  constexpr int64_t kTargetWork = 1 << 16;
   return std::max<int64_t>(1, kTargetWork / std::max<int64_t>(1, work_per_item));
 }
 
@@ -40,11 +43,17 @@ int64_t grain_for(int64_t work_per_item) {
 // threads, equal on one).
 constexpr int64_t kLineOrderSegmentBytes = 4096;
 
-// dst = ((first ? 0 : dst) + the sum of `step` consecutive tokens) * scale.
+// Ragged borders: a region in the last region row (column) of a grid that is not
+// a multiple of the region size holds only `lines` grid lines (`width` tokens per
+// line); its sub-patches that meet the grid are ceil(lines / step) x
+// ceil(width / step), and those cut by the border are averaged over their own tokens.
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// dst = ((first ? 0 : dst) + the sum of `n` consecutive tokens) * scale.
 template <int STEP, typename T>
-inline void pool_line(T* __restrict__ dst, const T* __restrict__ token, int64_t step,
+inline void pool_line(T* __restrict__ dst, const T* __restrict__ token, int64_t n_tokens,
                       int64_t channels, bool first, T scale) {
-  const int64_t n = STEP > 0 ? STEP : step;
+  const int64_t n = STEP > 0 ? STEP : n_tokens;
   for (int64_t c = 0; c < channels; ++c) {
     T sum = token[c];
     for (int64_t dx = 1; dx < n; ++dx) sum += token[dx * channels + c];
@@ -58,114 +67,129 @@ template <typename T>
 inline void compress_by_lines_impl(const T* __restrict__ x, T* __restrict__ out,
                                    const int32_t* __restrict__ start,
                                    const int32_t* __restrict__ k_of, int64_t region_w,
-                                   int64_t region_size, int64_t grid_w, int64_t channels,
-                                   bool average) {
-  for (int64_t y_in = 0; y_in < region_size; ++y_in) {
+                                   int64_t region_size, int64_t lines, int64_t grid_w,
+                                   int64_t channels, bool average) {
+  for (int64_t y_in = 0; y_in < lines; ++y_in) {
     const T* token = x + y_in * grid_w * channels;
     for (int64_t rx = 0; rx < region_w; ++rx) {
-      const int64_t k = k_of[rx], step = region_size / k;
-      T* dst = out + (start[rx] + (y_in / step) * k) * channels;
-      if (step == 1) {  // finest: the line's k tokens are the k rows, one contiguous block
-        for (int64_t c = 0; c < k * channels; ++c) dst[c] = token[c];
-        token += k * channels;
+      const int64_t step = region_size / k_of[rx];
+      const int64_t width = std::min(region_size, grid_w - rx * region_size);
+      const int64_t k_x = ceil_div(width, step);
+      T* dst = out + (start[rx] + (y_in / step) * k_x) * channels;
+      if (step == 1) {  // finest: the line's tokens are the rows, one contiguous block
+        for (int64_t c = 0; c < width * channels; ++c) dst[c] = token[c];
+        token += width * channels;
         continue;
       }
       const bool first = y_in % step == 0;
+      const int64_t patch_h = std::min(step, lines - (y_in / step) * step);
       // the patch's last line turns the sum into a mean while it is in cache
-      const T scale = average && y_in % step == step - 1 ? T(1) / static_cast<T>(step * step) : T(1);
-      for (int64_t sx = 0; sx < k; ++sx, dst += channels, token += step * channels) {
-        switch (step) {
-          case 2: pool_line<2>(dst, token, step, channels, first, scale); break;
-          case 4: pool_line<4>(dst, token, step, channels, first, scale); break;
-          default: pool_line<0>(dst, token, step, channels, first, scale);
+      const bool last = y_in % step == patch_h - 1;
+      for (int64_t sx = 0; sx < k_x; ++sx, dst += channels) {
+        const int64_t patch_w = std::min(step, width - sx * step);
+        const T scale = average && last ? T(1) / static_cast<T>(patch_h * patch_w) : T(1);
+        switch (patch_w) {
+          case 2: pool_line<2>(dst, token, patch_w, channels, first, scale); break;
+          case 4: pool_line<4>(dst, token, patch_w, channels, first, scale); break;
+          default: pool_line<0>(dst, token, patch_w, channels, first, scale);
         }
+        token += patch_w * channels;
       }
     }
   }
 }
 
-// dst = the sum of one step x step patch of tokens * scale.
+// dst = the sum of one patch_h x patch_w patch of tokens * scale (STEP > 0: a
+// whole STEP x STEP patch, unrolled).
 template <int STEP, typename T>
-inline void pool_patch(T* __restrict__ dst, const T* __restrict__ patch, int64_t step,
-                       int64_t line_stride, int64_t channels, T scale) {
-  const int64_t n = STEP > 0 ? STEP : step;
+inline void pool_patch(T* __restrict__ dst, const T* __restrict__ patch, int64_t patch_h,
+                       int64_t patch_w, int64_t line_stride, int64_t channels, T scale) {
+  const int64_t n_y = STEP > 0 ? STEP : patch_h, n_x = STEP > 0 ? STEP : patch_w;
   for (int64_t c = 0; c < channels; ++c) {
     T sum = T(0);
-    for (int64_t dy = 0; dy < n; ++dy)
-      for (int64_t dx = 0; dx < n; ++dx) sum += patch[dy * line_stride + dx * channels + c];
+    for (int64_t dy = 0; dy < n_y; ++dy)
+      for (int64_t dx = 0; dx < n_x; ++dx) sum += patch[dy * line_stride + dx * channels + c];
     dst[c] = sum * scale;
   }
 }
 
 // Region order: each region's packed rows are written once and in order, while
-// its region_size grid lines are read as that many streams.
+// its grid lines are read as that many streams.
 template <typename T>
 inline void compress_by_regions_impl(const T* __restrict__ x, T* __restrict__ out,
                                      const int32_t* __restrict__ start,
                                      const int32_t* __restrict__ k_of, int64_t region_w,
-                                     int64_t region_size, int64_t grid_w, int64_t channels,
-                                     bool average) {
+                                     int64_t region_size, int64_t lines, int64_t grid_w,
+                                     int64_t channels, bool average) {
   const int64_t line_stride = grid_w * channels;
   for (int64_t rx = 0; rx < region_w; ++rx) {
-    const int64_t k = k_of[rx], step = region_size / k;
+    const int64_t step = region_size / k_of[rx];
+    const int64_t width = std::min(region_size, grid_w - rx * region_size);
+    const int64_t k_x = ceil_div(width, step), k_y = ceil_div(lines, step);
     const T* region = x + rx * region_size * channels;
     T* dst = out + start[rx] * channels;
-    if (step == 1) {  // finest: each grid line of the region is k consecutive rows
-      for (int64_t y = 0; y < region_size; ++y, dst += k * channels)
-        for (int64_t c = 0; c < k * channels; ++c) dst[c] = region[y * line_stride + c];
+    if (step == 1) {  // finest: each grid line of the region is `width` consecutive rows
+      for (int64_t y = 0; y < lines; ++y, dst += width * channels)
+        for (int64_t c = 0; c < width * channels; ++c) dst[c] = region[y * line_stride + c];
       continue;
     }
-    const T scale = average ? T(1) / static_cast<T>(step * step) : T(1);
-    for (int64_t sy = 0; sy < k; ++sy) {
-      for (int64_t sx = 0; sx < k; ++sx, dst += channels) {
+    for (int64_t sy = 0; sy < k_y; ++sy) {
+      const int64_t patch_h = std::min(step, lines - sy * step);
+      for (int64_t sx = 0; sx < k_x; ++sx, dst += channels) {
+        const int64_t patch_w = std::min(step, width - sx * step);
+        const T scale = average ? T(1) / static_cast<T>(patch_h * patch_w) : T(1);
         const T* patch = region + (sy * step * grid_w + sx * step) * channels;
-        switch (step) {
-          case 2: pool_patch<2>(dst, patch, step, line_stride, channels, scale); break;
-          case 4: pool_patch<4>(dst, patch, step, line_stride, channels, scale); break;
-          default: pool_patch<0>(dst, patch, step, line_stride, channels, scale);
+        const bool whole = patch_h == step && patch_w == step;
+        switch (whole ? step : 0) {
+          case 2: pool_patch<2>(dst, patch, patch_h, patch_w, line_stride, channels, scale); break;
+          case 4: pool_patch<4>(dst, patch, patch_h, patch_w, line_stride, channels, scale); break;
+          default: pool_patch<0>(dst, patch, patch_h, patch_w, line_stride, channels, scale);
         }
       }
     }
   }
 }
 
-// Every region writes its tokens the same way whatever its granularity; the
-// packed row advances branch-free every `step` tokens.
+// Every region writes its tokens the same way whatever its granularity: patch by
+// patch along each grid line, the packed row advancing once per patch.
 template <typename T>
 inline void decompress_region_row_impl(T* __restrict__ out, const T* __restrict__ src,
                                        const T* __restrict__ subtract,
                                        const T* __restrict__ reference,
                                        const int32_t* __restrict__ start,
                                        const int32_t* __restrict__ k_of, int64_t region_w,
-                                       int64_t region_size, int64_t grid_w, int64_t channels,
-                                       bool divide_by_area) {
+                                       int64_t region_size, int64_t lines, int64_t grid_w,
+                                       int64_t channels, bool divide_by_area) {
   const int64_t line_stride = grid_w * channels;
   for (int64_t rx = 0; rx < region_w; ++rx) {
-    const int64_t k = k_of[rx], step = region_size / k;
-    const T a = divide_by_area ? T(1) / static_cast<T>(step * step) : T(1);
-    for (int64_t y = 0; y < region_size; ++y) {
+    const int64_t step = region_size / k_of[rx];
+    const int64_t width = std::min(region_size, grid_w - rx * region_size);
+    const int64_t k_x = ceil_div(width, step);
+    for (int64_t y = 0; y < lines; ++y) {
       const int64_t at = y * line_stride + rx * region_size * channels;
       T* o = out + at;
       const T* r = reference != nullptr ? reference + at : nullptr;
-      int64_t row = start[rx] + (y / step) * k, in_patch = 0;
-      for (int64_t t = 0; t < region_size; ++t, o += channels) {
-        const T* s = src + row * channels;
-        const T* m = subtract != nullptr ? subtract + row * channels : nullptr;
-        if (r != nullptr) {
-          if (m != nullptr) {
-            for (int64_t c = 0; c < channels; ++c) o[c] = a * (s[c] - m[c]) + r[c];
+      const int64_t first_row = start[rx] + (y / step) * k_x;
+      const int64_t patch_h = std::min(step, lines - (y / step) * step);
+      for (int64_t sx = 0; sx < k_x; ++sx) {
+        const int64_t patch_w = std::min(step, width - sx * step);
+        const T a = divide_by_area ? T(1) / static_cast<T>(patch_h * patch_w) : T(1);
+        const T* s = src + (first_row + sx) * channels;
+        const T* m = subtract != nullptr ? subtract + (first_row + sx) * channels : nullptr;
+        for (int64_t t = 0; t < patch_w; ++t, o += channels) {
+          if (r != nullptr) {
+            if (m != nullptr) {
+              for (int64_t c = 0; c < channels; ++c) o[c] = a * (s[c] - m[c]) + r[c];
+            } else {
+              for (int64_t c = 0; c < channels; ++c) o[c] = a * s[c] + r[c];
+            }
+            r += channels;
+          } else if (m != nullptr) {
+            for (int64_t c = 0; c < channels; ++c) o[c] = a * (s[c] - m[c]);
           } else {
-            for (int64_t c = 0; c < channels; ++c) o[c] = a * s[c] + r[c];
+            for (int64_t c = 0; c < channels; ++c) o[c] = a * s[c];
           }
-          r += channels;
-        } else if (m != nullptr) {
-          for (int64_t c = 0; c < channels; ++c) o[c] = a * (s[c] - m[c]);
-        } else {
-          for (int64_t c = 0; c < channels; ++c) o[c] = a * s[c];
         }
-        const bool patch_done = ++in_patch == step;
-        row += patch_done;
-        in_patch = patch_done ? 0 : in_patch;
       }
     }
   }
@@ -174,23 +198,23 @@ inline void decompress_region_row_impl(T* __restrict__ out, const T* __restrict_
 #define DGE_REGION_ROW_KERNELS(T, ATTRIBUTES)                                                  \
   ATTRIBUTES void compress_region_row(const T* x, T* out, const int32_t* start,               \
                                       const int32_t* k_of, int64_t region_w,                  \
-                                      int64_t region_size, int64_t grid_w, int64_t channels,  \
-                                      bool average, bool by_lines) {                          \
+                                      int64_t region_size, int64_t lines, int64_t grid_w,     \
+                                      int64_t channels, bool average, bool by_lines) {        \
     if (by_lines) {                                                                           \
-      compress_by_lines_impl(x, out, start, k_of, region_w, region_size, grid_w, channels,    \
-                             average);                                                        \
+      compress_by_lines_impl(x, out, start, k_of, region_w, region_size, lines, grid_w,       \
+                             channels, average);                                              \
     } else {                                                                                  \
-      compress_by_regions_impl(x, out, start, k_of, region_w, region_size, grid_w, channels,  \
-                               average);                                                      \
+      compress_by_regions_impl(x, out, start, k_of, region_w, region_size, lines, grid_w,     \
+                               channels, average);                                            \
     }                                                                                         \
   }                                                                                           \
   ATTRIBUTES void decompress_region_row(T* out, const T* src, const T* subtract,              \
                                         const T* reference, const int32_t* start,             \
                                         const int32_t* k_of, int64_t region_w,                \
-                                        int64_t region_size, int64_t grid_w, int64_t channels, \
-                                        bool divide_by_area) {                                \
+                                        int64_t region_size, int64_t lines, int64_t grid_w,   \
+                                        int64_t channels, bool divide_by_area) {              \
     decompress_region_row_impl(out, src, subtract, reference, start, k_of, region_w,          \
-                               region_size, grid_w, channels, divide_by_area);                \
+                               region_size, lines, grid_w, channels, divide_by_area);         \
   }
 
 DGE_REGION_ROW_KERNELS(float, DGE_SIMD_CLONES)
@@ -200,8 +224,9 @@ DGE_REGION_ROW_KERNELS(double, )
 }  // namespace
 
 Table route_to_patches_cpu(const at::Tensor& indices, at::IntArrayRef split_sizes,
-                           int64_t region_size, int64_t num_extra) {
-  check_route_args(indices, split_sizes, region_size, num_extra);
+                           int64_t region_size, int64_t num_extra, int64_t grid_h,
+                           int64_t grid_w) {
+  check_route_args(indices, split_sizes, region_size, num_extra, grid_h, grid_w);
   const auto idx = indices.contiguous();
   const int64_t batch = idx.size(0), rh = idx.size(1), rw = idx.size(2);
   const int64_t regions = rh * rw;
@@ -228,10 +253,11 @@ Table route_to_patches_cpu(const at::Tensor& indices, at::IntArrayRef split_size
         TORCH_CHECK_VALUE(choice >= 0 && choice < options, "indices", idx.sizes(),
                           " holds gate index ", choice, " at sample ", b, ", region (",
                           r / rw, ", ", r % rw, "); valid indices are 0..", options - 1);
-        const int64_t k = splits[choice];
+        const int64_t k = splits[choice], step = region_size / k;
         k_p[b * regions + r] = static_cast<int32_t>(k);
         start_p[b * regions + r] = static_cast<int32_t>(rows_so_far);
-        rows_so_far += k * k;
+        rows_so_far += ceil_div(std::min(region_size, grid_h - (r / rw) * region_size), step) *
+                       ceil_div(std::min(region_size, grid_w - (r % rw) * region_size), step);
       }
       len_p[b] = rows_so_far;
     }
@@ -258,14 +284,15 @@ Table route_to_patches_cpu(const at::Tensor& indices, at::IntArrayRef split_size
       for (int64_t r = 0; r < regions; ++r) {
         const int64_t start = base + start_p[b * regions + r];
         start_p[b * regions + r] = static_cast<int32_t>(start);
-        const int64_t k = k_p[b * regions + r];
-        const int64_t step = region_size / k;
+        const int64_t step = region_size / k_p[b * regions + r];
         const int64_t y_base = (r / rw) * region_size, x_base = (r % rw) * region_size;
-        for (int64_t j = 0; j < k * k; ++j) {
+        const int64_t k_y = ceil_div(std::min(region_size, grid_h - y_base), step);
+        const int64_t k_x = ceil_div(std::min(region_size, grid_w - x_base), step);
+        for (int64_t j = 0; j < k_y * k_x; ++j) {
           int32_t* row = rows_p + (start + j) * kRowColumns;
           row[0] = static_cast<int32_t>(b);
-          row[1] = static_cast<int32_t>(y_base + (j / k) * step);
-          row[2] = static_cast<int32_t>(x_base + (j % k) * step);
+          row[1] = static_cast<int32_t>(y_base + (j / k_x) * step);
+          row[2] = static_cast<int32_t>(x_base + (j % k_x) * step);
           row[3] = static_cast<int32_t>(step);
         }
       }
@@ -277,15 +304,14 @@ Table route_to_patches_cpu(const at::Tensor& indices, at::IntArrayRef split_size
 at::Tensor compress_cpu(const at::Tensor& x_in, const at::Tensor& rows,
                         const at::Tensor& region_start_in, const at::Tensor& region_k_in,
                         const at::Tensor& offsets_in, int64_t grid_h, int64_t grid_w,
-                        int64_t num_extra, bool average) {
+                        int64_t region_size, int64_t num_extra, bool average) {
   check_compress_args(x_in, rows, region_start_in, region_k_in, offsets_in, grid_h, grid_w,
-                      num_extra);
+                      region_size, num_extra);
   const auto x = x_in.contiguous();
   const auto region_start = region_start_in.contiguous();
   const auto region_k = region_k_in.contiguous();
   const auto offsets = offsets_in.contiguous();
   const int64_t batch = region_k.size(0), rh = region_k.size(1), rw = region_k.size(2);
-  const int64_t region_size = grid_h / rh;
   const int64_t tokens = x.size(1), channels = x.size(2);
   auto out = at::empty({rows.size(0), channels}, x.options());
   const int32_t* start_p = region_start.data_ptr<int32_t>();
@@ -311,7 +337,8 @@ at::Tensor compress_cpu(const at::Tensor& x_in, const at::Tensor& rows,
         }
         const int64_t region = (b * rh + ry) * rw;
         compress_region_row(sample + (num_extra + ry * region_size * grid_w) * channels, out_p,
-                            start_p + region, k_p + region, rw, region_size, grid_w, channels,
+                            start_p + region, k_p + region, rw, region_size,
+                            std::min(region_size, grid_h - ry * region_size), grid_w, channels,
                             average, by_lines);
       }
     });
@@ -323,9 +350,9 @@ at::Tensor decompress_cpu(const at::Tensor& src_in, const c10::optional<at::Tens
                           const c10::optional<at::Tensor>& reference_in,
                           const at::Tensor& region_start_in, const at::Tensor& region_k_in,
                           const at::Tensor& offsets_in, int64_t grid_h, int64_t grid_w,
-                          int64_t num_extra, bool divide_by_area) {
+                          int64_t region_size, int64_t num_extra, bool divide_by_area) {
   check_decompress_args(src_in, subtract_in, reference_in, region_start_in, region_k_in,
-                        offsets_in, grid_h, grid_w, num_extra);
+                        offsets_in, grid_h, grid_w, region_size, num_extra);
   const auto src = src_in.contiguous();
   const auto region_start = region_start_in.contiguous();
   const auto region_k = region_k_in.contiguous();
@@ -335,7 +362,6 @@ at::Tensor decompress_cpu(const at::Tensor& src_in, const c10::optional<at::Tens
   if (reference_in.has_value()) reference = reference_in->contiguous();
 
   const int64_t batch = region_k.size(0), rh = region_k.size(1), rw = region_k.size(2);
-  const int64_t region_size = grid_h / rh;
   const int64_t tokens = num_extra + grid_h * grid_w, channels = src.size(1);
   auto out = at::empty({batch, tokens, channels}, src.options());
   const int32_t* start_p = region_start.data_ptr<int32_t>();
@@ -363,13 +389,14 @@ at::Tensor decompress_cpu(const at::Tensor& src_in, const c10::optional<at::Tens
             const int32_t row = static_cast<int32_t>(off_p[b] + e);
             decompress_region_row(out_p + at + e * channels, src_p, sub_p,
                                   ref_row != nullptr ? ref_row + e * channels : nullptr, &row,
-                                  &one, 1, 1, 1, channels, divide_by_area);
+                                  &one, 1, 1, 1, 1, channels, divide_by_area);
           }
           continue;
         }
         const int64_t region = (b * rh + ry) * rw;
         decompress_region_row(out_p + at, src_p, sub_p, ref_row, start_p + region, k_p + region,
-                              rw, region_size, grid_w, channels, divide_by_area);
+                              rw, region_size, std::min(region_size, grid_h - ry * region_size),
+                              grid_w, channels, divide_by_area);
       }
     });
   });

@@ -24,6 +24,15 @@ struct SplitSizes {
   int32_t count;
 };
 
+// Sub-patches along one side of a region at `offset` (a multiple of the region
+// size) of a grid side `extent` long: the region is cut short where the grid ends
+// (ragged borders), and only the sub-patches that meet the grid exist.
+__device__ __forceinline__ int64_t sub_patches(int64_t offset, int64_t region_size,
+                                               int64_t extent, int64_t step) {
+  const int64_t length = region_size < extent - offset ? region_size : extent - offset;
+  return (length + step - 1) / step;
+}
+
 // N scalars of one token moved by a single (up to 16-byte) load or store.
 template <typename T, int N>
 struct alignas(sizeof(T) * N) Pack {
@@ -34,7 +43,8 @@ struct alignas(sizeof(T) * N) Pack {
 // scan of the k*k rows per region gives the region's first row in the sample.
 // status[b] = rows of sample b; status[B + b] = its invalid gates.
 __global__ void scan_regions_kernel(const int64_t* __restrict__ indices, int64_t regions,
-                                    SplitSizes splits, int64_t num_extra,
+                                    SplitSizes splits, int64_t num_extra, int64_t region_w,
+                                    int64_t region_size, int64_t grid_h, int64_t grid_w,
                                     int32_t* __restrict__ region_k,
                                     int32_t* __restrict__ region_start,
                                     int64_t* __restrict__ status) {
@@ -57,7 +67,9 @@ __global__ void scan_regions_kernel(const int64_t* __restrict__ indices, int64_t
         k = splits.k[choice];
       }
       region_k[b * regions + r] = k;
-      count = static_cast<int64_t>(k) * k;
+      const int64_t step = region_size / k;
+      count = sub_patches((r / region_w) * region_size, region_size, grid_h, step) *
+              sub_patches((r % region_w) * region_size, region_size, grid_w, step);
     }
     partial[lane] = count;
     __syncthreads();
@@ -83,7 +95,8 @@ __global__ void write_rows_kernel(int32_t* __restrict__ region_start,
                                   const int32_t* __restrict__ region_k,
                                   const int64_t* __restrict__ offsets, int64_t batch,
                                   int64_t region_w, int64_t regions, int64_t region_size,
-                                  int64_t num_extra, int32_t* __restrict__ rows) {
+                                  int64_t grid_h, int64_t grid_w, int64_t num_extra,
+                                  int32_t* __restrict__ rows) {
   const int64_t items = num_extra + regions;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < batch * items;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -99,14 +112,16 @@ __global__ void write_rows_kernel(int32_t* __restrict__ region_start,
     const int64_t region = b * regions + item - num_extra, r = item - num_extra;
     const int64_t start = region_start[region] + offsets[b];
     region_start[region] = static_cast<int32_t>(start);
-    const int32_t k = region_k[region], step = static_cast<int32_t>(region_size) / k;
+    const int32_t step = static_cast<int32_t>(region_size) / region_k[region];
     const int32_t y_base = static_cast<int32_t>((r / region_w) * region_size);
     const int32_t x_base = static_cast<int32_t>((r % region_w) * region_size);
+    const int32_t k_y = static_cast<int32_t>(sub_patches(y_base, region_size, grid_h, step));
+    const int32_t k_x = static_cast<int32_t>(sub_patches(x_base, region_size, grid_w, step));
     int32_t* row = rows + start * kRowColumns;
-    for (int32_t j = 0; j < k * k; ++j, row += kRowColumns) {
+    for (int32_t j = 0; j < k_y * k_x; ++j, row += kRowColumns) {
       row[0] = static_cast<int32_t>(b);
-      row[1] = y_base + (j / k) * step;
-      row[2] = x_base + (j % k) * step;
+      row[1] = y_base + (j / k_x) * step;
+      row[2] = x_base + (j % k_x) * step;
       row[3] = step;
     }
   }
@@ -116,8 +131,9 @@ __global__ void write_rows_kernel(int32_t* __restrict__ region_start,
 // threads: the token's table entry is read once, every access is a full pack.
 template <typename scalar_t, int N, typename index_t>
 __global__ void compress_kernel(const scalar_t* __restrict__ x, const int32_t* __restrict__ rows,
-                                index_t total, index_t tokens, index_t packs, index_t grid_w,
-                                index_t num_extra, bool average, scalar_t* __restrict__ out) {
+                                index_t total, index_t tokens, index_t packs, index_t grid_h,
+                                index_t grid_w, index_t num_extra, bool average,
+                                scalar_t* __restrict__ out) {
   using acc_t = at::opmath_type<scalar_t>;
   using pack_t = Pack<scalar_t, N>;
   const pack_t* in = reinterpret_cast<const pack_t*>(x);
@@ -131,12 +147,15 @@ __global__ void compress_kernel(const scalar_t* __restrict__ x, const int32_t* _
       for (index_t c = threadIdx.x; c < packs; c += blockDim.x) target[c] = sample[(-y0 - 1) * packs + c];
       continue;
     }
-    const acc_t scale = average ? acc_t(1) / static_cast<acc_t>(step * step) : acc_t(1);
+    // a patch at a ragged border keeps the part of it inside the grid
+    const index_t patch_h = step < grid_h - y0 ? step : grid_h - y0;
+    const index_t patch_w = step < grid_w - x0 ? step : grid_w - x0;
+    const acc_t scale = average ? acc_t(1) / static_cast<acc_t>(patch_h * patch_w) : acc_t(1);
     const pack_t* corner = sample + (num_extra + y0 * grid_w + x0) * packs;
     for (index_t c = threadIdx.x; c < packs; c += blockDim.x) {
       acc_t sum[N] = {};
-      for (index_t dy = 0; dy < step; ++dy) {
-        for (index_t dx = 0; dx < step; ++dx) {
+      for (index_t dy = 0; dy < patch_h; ++dy) {
+        for (index_t dx = 0; dx < patch_w; ++dx) {
           const pack_t token = corner[(dy * grid_w + dx) * packs + c];
 #pragma unroll
           for (int j = 0; j < N; ++j) sum[j] += static_cast<acc_t>(token.v[j]);
@@ -159,9 +178,9 @@ __global__ void decompress_kernel(const scalar_t* __restrict__ src,
                                   const int32_t* __restrict__ region_start,
                                   const int32_t* __restrict__ region_k,
                                   const int64_t* __restrict__ offsets, index_t batch,
-                                  index_t tokens, index_t packs, index_t grid_w,
-                                  index_t region_h, index_t region_w, index_t region_size,
-                                  index_t num_extra, bool divide_by_area,
+                                  index_t tokens, index_t packs, index_t grid_h,
+                                  index_t grid_w, index_t region_h, index_t region_w,
+                                  index_t region_size, index_t num_extra, bool divide_by_area,
                                   scalar_t* __restrict__ out) {
   using acc_t = at::opmath_type<scalar_t>;
   using pack_t = Pack<scalar_t, N>;
@@ -178,10 +197,17 @@ __global__ void decompress_kernel(const scalar_t* __restrict__ src,
     } else {
       const index_t y = (n - num_extra) / grid_w, x = (n - num_extra) % grid_w;
       const index_t region = (b * region_h + y / region_size) * region_w + x / region_size;
-      const index_t k = region_k[region];
-      const index_t step = region_size / k;
-      row = region_start[region] + ((y % region_size) / step) * k + (x % region_size) / step;
-      if (divide_by_area) scale = acc_t(1) / static_cast<acc_t>(step * step);
+      const index_t step = region_size / region_k[region];
+      // sub-patches per line of this region: fewer where the grid's right border cuts it
+      const index_t x_base = x - x % region_size;
+      const index_t k_x = static_cast<index_t>(sub_patches(x_base, region_size, grid_w, step));
+      row = region_start[region] + ((y % region_size) / step) * k_x + (x % region_size) / step;
+      if (divide_by_area) {
+        const index_t y0 = y - y % step, x0 = x - x % step;
+        const index_t patch_h = step < grid_h - y0 ? step : grid_h - y0;
+        const index_t patch_w = step < grid_w - x0 ? step : grid_w - x0;
+        scale = acc_t(1) / static_cast<acc_t>(patch_h * patch_w);
+      }
     }
     for (index_t c = threadIdx.x; c < packs; c += blockDim.x) {
       const pack_t value = values[row * packs + c];
@@ -233,8 +259,9 @@ std::pair<dim3, dim3> token_rows_launch(int64_t tokens, int64_t packs) {
 }  // namespace
 
 Table route_to_patches_cuda(const at::Tensor& indices, at::IntArrayRef split_sizes,
-                            int64_t region_size, int64_t num_extra) {
-  check_route_args(indices, split_sizes, region_size, num_extra);
+                            int64_t region_size, int64_t num_extra, int64_t grid_h,
+                            int64_t grid_w) {
+  check_route_args(indices, split_sizes, region_size, num_extra, grid_h, grid_w);
   TORCH_CHECK_VALUE(static_cast<int64_t>(split_sizes.size()) <= kMaxSplitOptions,
                     "at most ", kMaxSplitOptions, " split sizes are supported, got ", split_sizes);
   const c10::cuda::CUDAGuard guard(indices.device());
@@ -255,7 +282,8 @@ Table route_to_patches_cuda(const at::Tensor& indices, at::IntArrayRef split_siz
     const int threads = static_cast<int>(std::min<int64_t>(kThreads, std::max<int64_t>(
         kWarp, (regions + kWarp - 1) / kWarp * kWarp)));
     scan_regions_kernel<<<static_cast<unsigned>(batch), threads, (threads + 1) * sizeof(int64_t), stream>>>(
-        idx.data_ptr<int64_t>(), regions, splits, num_extra, region_k.data_ptr<int32_t>(),
+        idx.data_ptr<int64_t>(), regions, splits, num_extra, rw, region_size, grid_h, grid_w,
+        region_k.data_ptr<int32_t>(),
         region_start.data_ptr<int32_t>(), status.data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
@@ -287,7 +315,7 @@ Table route_to_patches_cuda(const at::Tensor& indices, at::IntArrayRef split_siz
   if (items > 0) {
     write_rows_kernel<<<blocks_for(items, kThreads), kThreads, 0, stream>>>(
         region_start.data_ptr<int32_t>(), region_k.data_ptr<int32_t>(),
-        offsets.data_ptr<int64_t>(), batch, rw, regions, region_size, num_extra,
+        offsets.data_ptr<int64_t>(), batch, rw, regions, region_size, grid_h, grid_w, num_extra,
         rows.data_ptr<int32_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
@@ -297,8 +325,9 @@ Table route_to_patches_cuda(const at::Tensor& indices, at::IntArrayRef split_siz
 at::Tensor compress_cuda(const at::Tensor& x_in, const at::Tensor& rows_in,
                          const at::Tensor& region_start, const at::Tensor& region_k,
                          const at::Tensor& offsets, int64_t grid_h, int64_t grid_w,
-                         int64_t num_extra, bool average) {
-  check_compress_args(x_in, rows_in, region_start, region_k, offsets, grid_h, grid_w, num_extra);
+                         int64_t region_size, int64_t num_extra, bool average) {
+  check_compress_args(x_in, rows_in, region_start, region_k, offsets, grid_h, grid_w, region_size,
+                      num_extra);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const auto x = x_in.contiguous();
@@ -314,8 +343,8 @@ at::Tensor compress_cuda(const at::Tensor& x_in, const at::Tensor& rows_in,
       const int64_t packs = channels / N;
       const auto [grid, block] = token_rows_launch(total, packs);
       compress_kernel<scalar_t, N, index_t><<<grid, block, 0, stream>>>(
-          x.data_ptr<scalar_t>(), rows.data_ptr<int32_t>(), total, tokens, packs, grid_w, num_extra,
-          average, out.data_ptr<scalar_t>());
+          x.data_ptr<scalar_t>(), rows.data_ptr<int32_t>(), total, tokens, packs, grid_h, grid_w,
+          num_extra, average, out.data_ptr<scalar_t>());
     });
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -326,9 +355,9 @@ at::Tensor decompress_cuda(const at::Tensor& src_in, const c10::optional<at::Ten
                            const c10::optional<at::Tensor>& reference_in,
                            const at::Tensor& region_start_in, const at::Tensor& region_k_in,
                            const at::Tensor& offsets_in, int64_t grid_h, int64_t grid_w,
-                           int64_t num_extra, bool divide_by_area) {
+                           int64_t region_size, int64_t num_extra, bool divide_by_area) {
   check_decompress_args(src_in, subtract_in, reference_in, region_start_in, region_k_in,
-                        offsets_in, grid_h, grid_w, num_extra);
+                        offsets_in, grid_h, grid_w, region_size, num_extra);
   const c10::cuda::CUDAGuard guard(src_in.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const auto src = src_in.contiguous();
@@ -354,8 +383,8 @@ at::Tensor decompress_cuda(const at::Tensor& src_in, const c10::optional<at::Ten
       const auto [grid, block] = token_rows_launch(batch * tokens, packs);
       decompress_kernel<scalar_t, N, index_t><<<grid, block, 0, stream>>>(
           src.data_ptr<scalar_t>(), subtract_p, reference_p, region_start.data_ptr<int32_t>(),
-          region_k.data_ptr<int32_t>(), offsets.data_ptr<int64_t>(), batch, tokens, packs, grid_w,
-          rh, rw, grid_h / rh, num_extra, divide_by_area, out.data_ptr<scalar_t>());
+          region_k.data_ptr<int32_t>(), offsets.data_ptr<int64_t>(), batch, tokens, packs, grid_h,
+          grid_w, rh, rw, region_size, num_extra, divide_by_area, out.data_ptr<scalar_t>());
     });
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
