@@ -52,6 +52,13 @@ def randomise_routers(model: nn.Module, generator: torch.Generator, std: float =
             dge.router.gate.bias.zero_()
 
 
+def mixed_routing(logits: torch.Tensor) -> torch.Tensor:
+    """A force_gates policy: region i takes option i mod K, the same for every image
+    (so no block's routing is uniform and no fast path is taken)."""
+    regions = torch.arange(logits.shape[1] * logits.shape[2]).view(logits.shape[1:3]) % logits.shape[-1]
+    return regions.expand(logits.shape[:-1]).contiguous()
+
+
 def used_options(model: nn.Module) -> set[int]:
     """Gate indices chosen anywhere in the last forward."""
     return {int(i) for dge in dge_modules(model) for i in dge.routing.gates.argmax(-1).unique()}

@@ -50,7 +50,9 @@ def test_maps_come_back_at_each_photos_own_size_or_at_input_size(model, tmp_path
         assert 0 <= low <= image_maps["layer2"].min() + 1e-12 and image_maps["layer2"].max() <= high + 1e-12
     at_input = dge_explain.explain(model, paths[:1], methods=("gating:2",), at_input_size=True)[0]
     assert at_input["layer2"].shape == (224, 224)
-    assert np.array_equal(at_input["layer2"], maps[0].input_maps["layer2"].numpy())
+    # alone or in a batch: a block whose routing is uniform for the batch takes a fast path
+    # (the same sums in another order), so equal to float32 rounding, not to the bit
+    np.testing.assert_allclose(at_input["layer2"], maps[0].input_maps["layer2"].numpy(), rtol=0, atol=1e-6)
 
 
 def test_paths_pil_images_arrays_and_tensors_give_the_same_maps(model, tmp_path):

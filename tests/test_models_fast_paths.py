@@ -11,7 +11,7 @@ from dge_explain.explainers.attention_capture import attention_pass
 from dge_explain.models import dge_modules, force_gates
 from dge_explain.ops.reference import reference_table
 
-from helpers import small_dpvt, small_pvt, small_vit, used_options
+from helpers import mixed_routing, small_dpvt, small_pvt, small_vit, used_options
 
 BUILDS = {"deit": (small_vit, 64), "pvt": (small_pvt, 128), "dpvt": (small_dpvt, 128)}
 
@@ -179,11 +179,7 @@ def test_a_single_image_attends_through_torch_and_equals_the_varlen_kernel(gener
     model = small_vit(phi=(1, 2, 4), depth=3).eval()
     images = torch.randn(2, 3, 64, 64, generator=generator, dtype=torch.float64)
 
-    def mixed(logits):   # the same mixed routing for every image
-        regions = torch.arange(logits.shape[1] * logits.shape[2]).view(logits.shape[1:3]) % 3
-        return regions.expand(logits.shape[:-1]).contiguous()
-
-    with torch.no_grad(), force_gates(model, mixed):
+    with torch.no_grad(), force_gates(model, mixed_routing):
         alone = model(images[:1])
         assert not calls and used_options(model) == {0, 1, 2}
         both = model(images)
