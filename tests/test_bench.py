@@ -152,14 +152,12 @@ def test_a_preset_case_reports_macs_ratios_and_the_paper(monkeypatch):
     assert case["dge_gmacs"] < case["dense_gmacs"] and abs(case["complexity_ratio"] - 0.5) < 0.05
     # the budget's static cost is the DGE model's own finest pass (its routers included)
     assert case["complexity_ratio"] == pytest.approx(case["budget_ratio"], abs=0.002)
-    # 96 px is a multiple of 32 but not of 64: the DGE pads further than the dense
-    # model, and the complexity ratio compares the MACs of the forwards timed
-    dense_at_dge_size = presets.dense_macs(presets.build_backbones("pvt_small")[0], (128, 192)) / 1e9
-    assert uneven["dense_padded"] == [96, 160] and uneven["padded"] == [128, 192]
+    # 96 px is a multiple of 32 but not of 64 (the region, 2 tokens of stride 32): with
+    # ragged borders the DGE model pads as the dense one does, and its last row of
+    # regions is cut short; the complexity ratio is the budget's again
+    assert uneven["dense_padded"] == uneven["padded"] == [96, 160]
     assert uneven["complexity_ratio"] == pytest.approx(uneven["dge_gmacs"] / uneven["dense_gmacs"])
-    assert uneven["complexity_ratio"] == pytest.approx(uneven["budget_ratio"] * dense_at_dge_size / uneven["dense_gmacs"],
-                                                     rel=0.005)
-    assert uneven["complexity_ratio"] > uneven["budget_ratio"] + 0.1
+    assert uneven["complexity_ratio"] == pytest.approx(uneven["budget_ratio"], abs=0.01)
     assert case["paper_cpu_speedup"] == pytest.approx(1.35 / 0.72) and case["paper_flops_ratio"] == pytest.approx(155 / 226)
     assert case["speedup"] == pytest.approx(1 / case["latency_ratio"])
     assert presets.row(case)[:2] == ["pvt_small", "128x192"]

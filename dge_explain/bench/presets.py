@@ -1,7 +1,8 @@
 """Backbone latency at the input sizes of the appendix's Tables 7 and 8
 (``dge-explain bench --preset maskrcnn|semfpn``): each multi-scale backbone
 (``forward_pyramid``, random weights) dense and with DGE at budget 0.5 (forced
-gates, as the runtime benchmark), timed interleaved, with its GMACs, the latency
+gates, as the runtime benchmark; ragged borders, so that it pads to the dense
+model's multiple of 32 as a detector feeds it), timed interleaved, with its GMACs, the latency
 ratio against the complexity ratio, and the paper's figures beside them.
 
 The paper's latencies and FLOPs are of the whole detector / segmenter; its
@@ -15,6 +16,7 @@ import torch
 from dge_explain.bench.timing import measure_interleaved
 from dge_explain.complexity import dense_macs, dge_complexity, fine_fraction_for_ratio
 from dge_explain.models import force_gates, load_checkpoint, random_fraction
+from dge_explain.models.encoder import ragged_borders
 
 # preset -> input sizes (height, width), batch 1
 PRESETS = {"maskrcnn": [(800, 1333)], "semfpn": [(512, 512), (512, 683)]}
@@ -36,7 +38,8 @@ HEADER = ["backbone", "input", "dense GMACs", "DGE GMACs", "complexity ratio", "
 
 
 def build_backbones(name: str) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """Dense backbone and its DGE twin (same weights, fresh routers), no classifier."""
+    """Dense backbone and its DGE twin (same weights, fresh routers, ragged borders),
+    no classifier."""
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name}; presets cover {', '.join(BACKBONES)}")
     torch.manual_seed(0)
@@ -44,14 +47,15 @@ def build_backbones(name: str) -> tuple[torch.nn.Module, torch.nn.Module]:
     dense = timm.create_model(dense_name, num_classes=0)
     dge = timm.create_model(dge_name, num_classes=0)
     load_checkpoint(dge, dense.state_dict(), fresh_routers=True)
+    ragged_borders(dge)
     return dense.eval(), dge.eval()
 
 
 def timed_macs(dense, dge, size: tuple[int, int]) -> dict:
     """MACs of the two forwards a case times, after the DGE model's last forward at
-    `size`: each model pads to its own multiple, as a detector would (the dense one
-    to 32, the DGE one to 32 x region size), so the complexity ratio compares what
-    ran; the gates' budget ratio (against the DGE model's own finest pass) beside it."""
+    `size`: each model pads to its own multiple, as a detector would (32 for both
+    with ragged borders, else 32 x region size for the DGE one), so the complexity
+    ratio compares what ran; the gates' budget ratio (against the DGE model's own finest pass) beside it."""
     complexity = dge_complexity(dge)
     dense_padded = dense.padded_size(*size)
     dense_gmacs = dense_macs(dense, dense_padded) / 1e9
