@@ -190,3 +190,17 @@ def test_the_mask_rcnn_detector_counts_and_times_both_backbones(name, monkeypatc
     assert 0 < saved and abs(saved - backbone_saved) < 0.01 * case["dense_detector_gmacs"]  # same heads, 100 detections
     assert case["paper_gflops"] == list(presets.PAPER["maskrcnn"][name][:2]) and case["speedup"] > 0
     assert [r[0] for r in detector.rows(case)] == [name, f"{name} + DGE"]
+
+
+def test_the_profile_splits_a_dge_forward_into_the_blocks_own_work_and_the_shared_work():
+    from dge_explain.bench.profile import group_of, markdown, profile_pair
+
+    result = profile_pair("deit_tiny", "forced", 64, 1, 0.5, forwards=1, min_time=0)
+    dense, dge = result["dense_groups_ms"], result["dge_groups_ms"]
+    assert dge["routing table"] > 0 and dge["compress / restore"] > 0
+    assert "routing table" not in dense and "compress / restore" not in dense
+    assert dense["matmuls"] > 0 and dge["matmuls"] > 0
+    assert group_of("dge_explain::route_to_patches") == "routing table" and group_of("aten::addmm") == "matmuls"
+    assert 0 < result["complexity_ratio"] < 1 and len(result["fine_per_layer"]) == 12
+    text = markdown(result)
+    assert "deit_tiny, forced ratio 0.5 (randn), 64 px, batch 1" in text and "total self time" in text

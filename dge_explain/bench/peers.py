@@ -28,14 +28,15 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from dge_explain import paths
-from dge_explain.bench.runtime import build_pair, environment, trained_pair, write_report
+from dge_explain.bench.runtime import (HELD_OUT, build_pair, environment, held_out, timing_images, trained_pair,
+                                      write_report)
 from dge_explain.bench.timing import measure_interleaved
 from dge_explain.complexity import dense_macs, dge_complexity, fine_fraction_for_ratio
 from dge_explain.console import format_table
-from dge_explain.data import LabelledImageFolder, Preprocessing
+from dge_explain.data import Preprocessing
 from dge_explain.models import force_gates, random_fraction
 from dge_explain.models.peers import evit_for_ratio, patch, reduced_macs, tome_for_ratio
 
@@ -43,7 +44,6 @@ RATIOS = (0.5, 0.6, 0.75)
 MODELS = ("deit_tiny", "deit_small")
 RESOLUTIONS = (224, 448)
 BATCH_SIZES = (1, 16)
-HELD_OUT = "data/imagenet-sample"           # its odd half: the images no router was trained on
 TITLES = {"dense": "dense", "dge-forced": "DGE (forced)", "dge-trained": "DGE (trained)", "tome": "ToMe",
           "evit": "EViT"}
 
@@ -102,15 +102,6 @@ def variants(dense, dge, trained: bool, resolution: int, ratios) -> list[Variant
     return found
 
 
-def held_out(preprocessing: Preprocessing, home, limit: int | None):
-    """imagenet-sample's odd half (the first `limit` images), or None when it is missing."""
-    folder = paths.home(home) / HELD_OUT
-    if not folder.is_dir():
-        return None
-    data = LabelledImageFolder(f"{folder}:odd", preprocessing.classification_transform())
-    return Subset(data, range(min(limit, len(data)))) if limit is not None else data
-
-
 @torch.inference_mode()
 def top1(found: list[Variant], data, batch_size: int = 50, workers: int = 2) -> dict[str, dict]:
     """Top-1 of every variant on the same images, batch by batch (each image decoded
@@ -125,14 +116,6 @@ def top1(found: list[Variant], data, batch_size: int = 50, workers: int = 2) -> 
     return {v.label: {"top1": correct[v.label] / len(data),
                       "dge_complexity_ratio": complexity[v.label] / len(data) if v.dge is not None else None}
             for v in found}
-
-
-def timing_images(data_home, preprocessing_of, resolution: int, batch: int):
-    """The first `batch` held-out images at `resolution` (random ones without the data)."""
-    data = held_out(preprocessing_of(resolution), data_home, batch)
-    if data is None or len(data) < batch:
-        return torch.randn(batch, 3, resolution, resolution), "randn"
-    return torch.stack([data[i][0] for i in range(batch)]), "imagenet-sample odd half"
 
 
 def load_pair(name: str, home=None) -> tuple[torch.nn.Module, torch.nn.Module, bool]:

@@ -5,7 +5,8 @@ For every case the dense model and its DGE twin (same weights) run interleaved
 in one process after a warm-up; medians and interquartile ranges are reported.
 DGE gates are forced so that the expected complexity ratio hits --ratio (a
 seeded random set of finest regions, the rest coarse), or come from a trained
-model (--gates trained, shipped DeiT-Tiny only).  Reported per case: the
+model (--gates trained, shipped DeiT-Tiny only, on held-out photos so that the
+routers see what they were trained for).  Reported per case: the
 complexity ratio of the gates actually used (dynamic / static MACs), the
 latency ratio (DGE / dense), and the share of the MAC saving that became speed,
 (1 - latency ratio) / (1 - complexity ratio).
@@ -19,9 +20,12 @@ from pathlib import Path
 
 import timm
 import torch
+from torch.utils.data import Subset
 
+from dge_explain import paths
 from dge_explain.bench.timing import measure_interleaved
 from dge_explain.complexity import dge_complexity, fine_fraction_for_ratio
+from dge_explain.data import LabelledImageFolder, Preprocessing
 from dge_explain.models import force_gates, from_dense, load_checkpoint, random_fraction
 
 # benchmark name -> dense timm model (its DGE twin: from_dense, or the pyramid's DGE model below)
@@ -32,6 +36,7 @@ MODELS = {
     "dpvt_small": "dpvt_small_256",
 }
 PYRAMID_DGE = {"pvt_small": "pvt_dge_s12_small_256", "dpvt_small": "dpvt_dge_s12_small_256"}
+HELD_OUT = "data/imagenet-sample"           # its odd half: the images no router was trained on
 
 
 @dataclass
@@ -51,6 +56,7 @@ class Case:
     saving_realised: float     # (1 - latency ratio) / (1 - complexity ratio)
     fine_fraction: float
     dtype: str = "float32"
+    inputs: str = "randn"      # or the held-out photos trained gates are timed on
 
     def row(self) -> list[str]:
         return [self.model, str(self.resolution), str(self.batch), f"{self.dense_ms:.1f}",
@@ -88,12 +94,33 @@ def trained_pair(name: str, home=None) -> tuple[torch.nn.Module, torch.nn.Module
     return dense, build_shipped(DEFAULT_MODEL, home=home)
 
 
+def held_out(preprocessing: Preprocessing, home, limit: int | None):
+    """imagenet-sample's odd half (the first `limit` images), or None when it is missing."""
+    folder = paths.home(home) / HELD_OUT
+    if not folder.is_dir():
+        return None
+    data = LabelledImageFolder(f"{folder}:odd", preprocessing.classification_transform())
+    return Subset(data, range(min(limit, len(data)))) if limit is not None else data
+
+
+def timing_images(data_home, preprocessing_of, resolution: int, batch: int):
+    """The first `batch` held-out images at `resolution` (random ones without the data)."""
+    data = held_out(preprocessing_of(resolution), data_home, batch)
+    if data is None or len(data) < batch:
+        return torch.randn(batch, 3, resolution, resolution), "randn"
+    return torch.stack([data[i][0] for i in range(batch)]), "imagenet-sample odd half"
+
+
 def run_case(name: str, dense, dge, resolution: int, batch: int, device: torch.device,
              ratio: float | None, min_time: float, trained: bool = False,
-             dtype: torch.dtype = torch.float32, **timing) -> Case:
+             dtype: torch.dtype = torch.float32, home=None, **timing) -> Case:
     """One timed case; the models must already be on `device` in `dtype`.  `timing`:
     measure_interleaved's warmup / min_repeats."""
-    images = torch.randn(batch, 3, resolution, resolution, device=device, dtype=dtype)
+    if trained:   # the routers decide: show them photos, not noise
+        images, inputs = timing_images(home, lambda side: Preprocessing.of(dense, input_size=side), resolution, batch)
+    else:
+        images, inputs = torch.randn(batch, 3, resolution, resolution), "randn"
+    images = images.to(device, dtype)
     if trained:
         policy, fine = None, float("nan")
     else:
@@ -114,7 +141,7 @@ def run_case(name: str, dense, dge, resolution: int, batch: int, device: torch.d
     return Case(name, resolution, batch, device.type, torch.get_num_threads(),
                 "trained" if trained else f"forced ratio {ratio}", timed["dense"].median * 1e3,
                 timed["dense"].iqr * 1e3, timed["dge"].median * 1e3, timed["dge"].iqr * 1e3, complexity,
-                latency, (1 - latency) / (1 - complexity), fine, str(dtype).replace("torch.", ""))
+                latency, (1 - latency) / (1 - complexity), fine, str(dtype).replace("torch.", ""), inputs)
 
 
 def run_sweep(names, resolutions, batches, device: torch.device, ratio: float | None, min_time: float,
@@ -133,7 +160,7 @@ def run_sweep(names, resolutions, batches, device: torch.device, ratio: float | 
                 out_of_memory = False
                 try:
                     case = run_case(name, dense, dge, resolution, batch, device, ratio, min_time, trained,
-                                    dtype, **timing)
+                                    dtype, home, **timing)
                 except ValueError as error:
                     report(f"skipped {name} at {resolution}: {error}")
                     continue
