@@ -5,7 +5,8 @@ Every module of ``dge_explain/explainers/`` that defines a module-level dict lit
 "scale": ...}, ...}`` provides
 those methods through its ``build(model, requests, seed)`` function (requests:
 {name: layers or None}); a name written ``"name:LAYERS"`` takes an optional
-comma-separated list of layers (``gating:1,4,8``).  ``passes`` says what a method
+comma-separated list of layers (``gating:1,4,8``) or ``all``; without one, the
+method's own default layers.  ``passes`` says what a method
 costs: "none", "attention" (the shared attention pass), "gradients" (the shared
 pytorch-grad-cam forward and backward), "forward", "per-channel" (a pass per
 channel of the target layer) or "rides" (read during another method's pass).
@@ -63,37 +64,62 @@ def registry() -> dict[str, Method]:
 
 
 def method_help() -> str:
-    return ", ".join(f"{name}[:L1,L2,...]" if layers else name for name, method in registry().items()
+    return ", ".join(f"{name}[:L1,L2,...|:all]" if layers else name for name, method in registry().items()
                      for layers in [method.takes_layers])
 
 
-def parse_method(method: str) -> tuple[str, list[int] | None]:
-    """'gating:1,4,8' -> ('gating', [1, 4, 8]); layers are None when not given.
-    Case and surrounding spaces do not matter."""
+ALL_LAYERS = "all"          # gating:all = every layer
+DEFAULT_LAYERS = "default"  # what a method's name without layers gives (merged with other requests)
+
+
+def parse_method(method: str) -> tuple[str, list | None]:
+    """'gating:1,4,8' -> ('gating', [1, 4, 8]); 'gating:all' -> ('gating', ['all']);
+    layers are None when not given (the method's default layers).  Case and
+    surrounding spaces do not matter."""
     kind, _, arg = method.strip().lower().partition(":")
     known = registry()
     if kind not in known:
         raise ValueError(f"unknown method '{method}'; methods: {method_help()}")
     if arg and not known[kind].takes_layers:
         raise ValueError(f"method '{method}' takes no layers; methods: {method_help()}")
+    if arg.strip() == ALL_LAYERS:
+        return kind, [ALL_LAYERS]
     try:
         layers = [int(v) for v in arg.split(",")] if arg else None
     except ValueError:
-        raise ValueError(f"method '{method}': layers must be comma-separated integers, "
+        raise ValueError(f"method '{method}': layers must be comma-separated integers or 'all', "
                          f"e.g. gating:1,4,8 ({method_help()})") from None
     return kind, layers
 
 
-def merge_methods(methods) -> dict[str, list[int] | None]:
-    """The requested methods with repeats merged (no layers = all layers), in first-seen
-    order: ['gating:8', 'random', 'gating:4'] -> {'gating': [4, 8], 'random': None}."""
-    merged: dict[str, list[int] | None] = {}
+def merge_methods(methods) -> dict[str, list | None]:
+    """The requested methods with repeats merged, in first-seen order: ['gating:8',
+    'random', 'gating:4'] -> {'gating': [4, 8], 'random': None}; a name without layers
+    (None: the method's default layers) asked beside chosen ones stays as 'default':
+    ['gating', 'gating:4'] -> {'gating': [4, 'default']}."""
+    merged: dict[str, set | None] = {}
     for method in methods:
         kind, layers = parse_method(method)
-        if kind in merged and (merged[kind] is None or layers is None):
-            merged[kind] = None
-        elif kind in merged:
-            merged[kind] = sorted(set(merged[kind]) | set(layers))
+        if kind not in merged:
+            merged[kind] = None if layers is None else set(layers)
+        elif merged[kind] is None and layers is None:
+            continue
         else:
-            merged[kind] = None if layers is None else sorted(set(layers))
-    return merged
+            merged[kind] = (merged[kind] or {DEFAULT_LAYERS}) | set(layers or [DEFAULT_LAYERS])
+    return {kind: None if layers is None else sorted(layers, key=lambda l: (isinstance(l, str), l))
+            for kind, layers in merged.items()}
+
+
+def resolve_layers(requested, depth: int, default) -> tuple[int, ...]:
+    """Layer numbers (sorted, 1-based, not checked against `depth`) of a request:
+    None (the method's `default` layers), 'all', or a list of ints, 'all' and 'default'."""
+    chosen: set[int] = set()
+    requested = [DEFAULT_LAYERS] if requested is None else [requested] if isinstance(requested, str) else requested
+    for layer in requested:
+        if layer == ALL_LAYERS:
+            chosen.update(range(1, depth + 1))
+        elif layer == DEFAULT_LAYERS:
+            chosen.update(default)
+        else:
+            chosen.add(int(layer))
+    return tuple(sorted(chosen))

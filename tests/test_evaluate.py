@@ -21,6 +21,7 @@ from dge_explain.data import ImagenetSegMat, MaskFolder, Preprocessing, segmenta
 from dge_explain.evaluation.segmentation import evaluate
 from dge_explain.explainers import methods_of_run
 from dge_explain.explainers import CAMMaps, GatingMaps, RandomMaps, batch_maps, build_explainers, token_grid
+from dge_explain.explainers.gating import recommended_layer
 from dge_explain.evaluation.metrics import aggregate, score_image
 from dge_explain.models import dge_modules
 from dge_explain.evaluation.runs import RunError, RunFolder
@@ -229,7 +230,7 @@ def test_a_gating_map_is_the_upsampled_finest_probability_of_its_own_layer(gener
         model(images)
     for handle in handles:
         handle.remove()
-    maps = GatingMaps(model)(images)
+    maps = GatingMaps(model, "all")(images)
     fine = maps["layer2"]
     for l in range(3):
         p_fine = torch.sigmoid((pooled[l].double() @ dges[l].router.gate.weight[0].double()))   # [B, 7, 7]
@@ -313,7 +314,7 @@ def test_gating_maps_of_pvt_and_density(generator):
     model = small_pvt(phi=(1, 2, 4), dtype=torch.float32).eval()
     randomise_routers(model, generator)
     images = torch.randn(2, 3, 128, 128, generator=generator)
-    maps = GatingMaps(model, score="density")(images)
+    maps = GatingMaps(model, "all", score="density")(images)
     assert list(maps) == ["layer1-density", "layer2-density", "layer3-density", "layer4-density"]
     assert all(m.shape == (2, 128, 128) for m in maps.values())
     assert all(((m >= 1 / 16 - 1e-6) & (m <= 1 + 1e-6)).all() for m in maps.values())
@@ -325,7 +326,9 @@ def test_method_lists_name_one_set_of_maps(dge_model):
     names = lambda methods: sorted(n for e in build_explainers(dge_model, methods) for n in e.names())  # noqa: E731
     assert names(["gating:3,1", "random"]) == names(["Random", "gating:1", "gating:3"]) == \
         ["layer1", "layer3", "random"]
-    assert names(["gating", "gating:2"]) == ["layer1", "layer2", "layer3", "layer4"]
+    assert names(["gating:all", "gating:2"]) == names(["gating:ALL"]) == ["layer1", "layer2", "layer3", "layer4"]
+    default = f"layer{recommended_layer(4)}"
+    assert names(["gating"]) == [default] and names(["gating:2", "gating"]) == sorted({"layer2", default})
     settings = {"maps": {n: c for e in build_explainers(dge_model, ["gating:2", "gating-margin:1", "gradcam"])
                          for n, c in e.describe().items()}}
     assert methods_of_run(settings) == ["gradcam", "gating:2", "gating-margin:1"]

@@ -12,14 +12,15 @@ from dge_explain import ops
 from dge_explain.explainers import CAMMaps, batch_maps, build_explainers, token_grid
 from dge_explain.explainers.attention_capture import AttentionRecord, attention_pass, recording
 from dge_explain.explainers.attention_gradcam import AttentionGradCAM
+from dge_explain.explainers.gating import RECOMMENDED_LAYER, recommended_layer
 from dge_explain.explainers.raw_attention import RawAttention
 from dge_explain.explainers.relevance import Relevance
 from dge_explain.explainers.rollout import Rollout
-from dge_explain.methods import method_help, parse_method, registry
-from dge_explain.models import from_dense
+from dge_explain.methods import merge_methods, method_help, parse_method, registry, resolve_layers
+from dge_explain.models import force_gates, from_dense
 from dge_explain.models.attention import attention_probabilities, packed_products
 
-from helpers import counting_calls, randomise_routers, small_dpvt, small_pvt
+from helpers import counting_calls, mixed_routing, randomise_routers, small_dpvt, small_pvt
 
 
 def tiny_vit(**kwargs):
@@ -254,19 +255,19 @@ def test_dge_attention_gradients_are_autograds_on_explicit_probabilities(generat
 
 def test_a_dge_model_computes_the_same_with_the_attention_recorded(generator):
     model = from_dense(tiny_vit(img_size=64), phi=(1, 2)).eval()
-    randomise_routers(model, generator, std=0.5)
     images = torch.randn(2, 3, 64, 64, generator=generator)
-    with torch.no_grad():
-        plain = model(images)
-        with recording(model) as recorder:
-            recorded = model(images)
-    torch.testing.assert_close(recorded, plain, rtol=1e-5, atol=1e-5)
-    assert len(recorder.blocks) == 2 and recorder.blocks[0].table is not None, "packed queries with their table"
-    record = attention_pass(model, images, gradients="all")
-    assert all(torch.isfinite(g).all() for g in record.grads)
-    assert all(a.capture is None for a in (b.attn for b in model.blocks))
-    maps = batch_maps(build_explainers(model, ["attention", "rollout", "attention-gradcam", "relevance"]),
-                      images, ["a", "b"])
+    with force_gates(model, mixed_routing):     # no block uniform: every one packs its queries
+        with torch.no_grad():
+            plain = model(images)
+            with recording(model) as recorder:
+                recorded = model(images)
+        torch.testing.assert_close(recorded, plain, rtol=1e-5, atol=1e-5)
+        assert len(recorder.blocks) == 2 and recorder.blocks[0].table is not None, "packed queries with their table"
+        record = attention_pass(model, images, gradients="all")
+        assert all(torch.isfinite(g).all() for g in record.grads)
+        assert all(a.capture is None for a in (b.attn for b in model.blocks))
+        maps = batch_maps(build_explainers(model, ["attention", "rollout", "attention-gradcam", "relevance"]),
+                          images, ["a", "b"])
     assert all(m.shape == (2, 64, 64) and torch.isfinite(m).all() for m in maps.values())
 
 
@@ -294,7 +295,7 @@ def test_dpvt_refuses_every_attention_explainer_and_gives_gating_maps(generator)
             build_explainers(model, [method])
     randomise_routers(model, generator)
     images = torch.randn(2, 3, 128, 128, generator=generator)
-    maps = batch_maps(build_explainers(model, ["gating", "gating-margin", "random"]), images, ["a", "b"])
+    maps = batch_maps(build_explainers(model, ["gating:all", "gating-margin:all", "random"]), images, ["a", "b"])
     gating = [name for name in maps if name.startswith("layer")]
     assert gating == [f"layer{i}" for i in range(1, 6)] + [f"layer{i}-margin" for i in range(1, 6)], \
         "one map per block (depths 1, 1, 1, 2), for both scores"
@@ -355,7 +356,7 @@ def test_the_standard_recipe_on_a_dge_model_gets_a_clear_message(generator):
     cam = GradCAM(model=model, target_layers=[model.blocks[-1].norm1],
                   reshape_transform=token_grid(model))
     with pytest.raises(ValueError, match=r"packed queries \[L, C\]; target a block output such as "
-                                         r"model.blocks\[-2\]"):
+                                         r"model.blocks\[-2\]"), force_gates(model, mixed_routing):
         cam(input_tensor=torch.randn(1, 3, 64, 64, generator=generator), targets=None)
     cam.activations_and_grads.release()
 
@@ -365,8 +366,18 @@ def test_the_registry_knows_every_explainer_without_importing_it():
     assert {"random", "gating", "gating-margin", "gating-density", "attention", "rollout", "attention-gradcam",
             "relevance", *CAMS} <= names
     assert registry()["gating"].takes_layers and not registry()["rollout"].takes_layers
-    assert "gating[:L1,L2,...]" in method_help() and "scorecam" in method_help()
+    assert "gating[:L1,L2,...|:all]" in method_help() and "scorecam" in method_help()
     assert parse_method(" RollOut ") == ("rollout", None)
+    assert f"layer {RECOMMENDED_LAYER} of 12" in registry()["gating"].help
+    assert recommended_layer(12) == RECOMMENDED_LAYER and recommended_layer(4) == round(RECOMMENDED_LAYER / 3)
+    assert parse_method("gating:all") == ("gating", ["all"]) and parse_method("gating:8,4") == ("gating", [8, 4])
+    assert merge_methods(["gating:8", "random", "gating", "gating:4", "gating-margin:all"]) == \
+        {"gating": [4, 8, "default"], "random": None, "gating-margin": ["all"]}
+    assert merge_methods(["gating", "gating"]) == {"gating": None}
+    assert resolve_layers(None, 12, [9]) == (9,) and resolve_layers("all", 3, [2]) == (1, 2, 3)
+    assert resolve_layers([4, "default", "all"], 5, [2]) == (1, 2, 3, 4, 5) == resolve_layers(["all"], 5, [])
+    with pytest.raises(ValueError, match=r"layers must be comma-separated integers or 'all'"):
+        parse_method("gating:eight")
     with pytest.raises(ValueError, match=r"method 'rollout:3' takes no layers"):
         parse_method("rollout:3")
 

@@ -15,6 +15,8 @@ from dge_explain.data.segmentation import segmentation_dataset
 from dge_explain.training import splits
 from dge_explain.training.config import TrainConfig
 from dge_explain.training.distill import map_loss, train
+from dge_explain.zoo import MODELS
+from dge_explain.zoo.build import recipe
 
 from conftest import shared_file, shared_home
 
@@ -97,3 +99,15 @@ def test_training_with_the_teachers_relevance_as_target_logs_its_loss(tmp_path):
     assert [entry["step"] for entry in logged] == [1, 2] and all(entry["map"] > 0 for entry in logged)
     with pytest.raises(ValueError, match=r"--map-target and a positive --map-weight go together"):
         train(TrainConfig(out=str(tmp_path / "b"), images=(str(folder),), home=shared_home(), map_weight=1.0))
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_each_shipped_model_was_trained_on_no_image_of_an_evaluation_set(name):
+    shared_file("data/ecssd")
+    shared_file("data/in9-fg")
+    trained_on = recipe(name).get("images_in_home")
+    assert trained_on, f"{name}'s stored recipe does not say which images trained it"
+    assert sorted(trained_on) == sorted(splits.TRAINING)
+    files = [f for spec in trained_on for f in _files(spec)]
+    assert len(files) == 1000
+    assert splits.overlaps(files, shared_home()) == {}

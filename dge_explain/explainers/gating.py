@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dge_explain.methods import resolve_layers
 from dge_explain.models import dge_modules
 from dge_explain.models.families import check_image_size
 
@@ -34,12 +35,25 @@ SCORES = ("fine", "margin", "density")
 
 METHODS = {
     "gating:LAYERS": {"title": "Gating (p_fine)", "units": "p_fine", "scale": 1.0, "passes": "rides",
-                      "help": "the finer-grained gating score p_fine of each DGE layer (default: every layer)"},
+                      "help": "the finer-grained gating score p_fine of each DGE layer (default: the recommended map, "
+                              "layer 9 of 12, or the same relative depth; all: every layer)"},
     "gating-margin:LAYERS": {"title": "Gating (margin)", "units": "logits", "scale": 1.0, "passes": "rides",
-                             "help": "the log-odds of the finest option (never saturates)"},
+                             "help": "the log-odds of the finest option (never saturates; default layer as gating)"},
     "gating-density:LAYERS": {"title": "Gating (density)", "units": "density", "scale": 1.0, "passes": "rides",
-                              "help": "the expected query density sum_i p_i k_i^2 / S^2 (for |Phi| > 2)"},
+                              "help": "the expected query density sum_i p_i k_i^2 / S^2 (for |Phi| > 2; default layer as "
+                                       "gating)"},
 }
+
+
+# The default gating map (a gating method named without layers), chosen on the development
+# set alone (ECSSD's even half; docs/heldout.md): the shipped DGE-DeiT-Tiny's layer
+# RECOMMENDED_LAYER of 12.  Other models take the DGE layer at the same relative depth.
+RECOMMENDED_LAYER = 9
+
+
+def recommended_layer(depth: int) -> int:
+    """The default gating layer (1-based) of a model with `depth` DGE layers."""
+    return min(depth, max(1, round(RECOMMENDED_LAYER * depth / 12)))
 
 
 class _LastRouterSeen(Exception):
@@ -66,7 +80,7 @@ class GatingMaps(Explainer):
         self.dges = dge_modules(model)
         if not self.dges:
             raise ValueError(f"{type(model).__name__} has no DGE routers to read gating maps from")
-        self.layers = tuple(range(1, len(self.dges) + 1)) if layers is None else tuple(int(l) for l in layers)
+        self.layers = resolve_layers(layers, len(self.dges), [recommended_layer(len(self.dges))])
         bad = [l for l in self.layers if not 1 <= l <= len(self.dges)]
         if bad:
             raise ValueError(f"layers {bad} out of range: the model has DGE layers 1..{len(self.dges)}")

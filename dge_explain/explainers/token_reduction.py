@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dge_explain.models.families import adapter_for, check_image_size
+from dge_explain.methods import resolve_layers
 from dge_explain.models.peers import check_plain_vit, evit_for_ratio, paper_layers, reduced, tome_for_ratio
 
 from .base import Explainer
@@ -43,9 +44,8 @@ class TokenReductionMaps(Explainer):
         check_plain_vit(model)
         self.model, self.method = model, method
         depth = len(model.blocks)
-        if layers is None:
-            layers = range(1, depth + 1) if method == "tome-size" else paper_layers(depth)
-        self.layers = tuple(int(l) for l in layers)
+        default = range(1, depth + 1) if method == "tome-size" else paper_layers(depth)
+        self.layers = resolve_layers(layers, depth, default)
         bad = [l for l in self.layers if not 1 <= l <= depth]
         if bad:
             raise ValueError(f"{method}: layers {bad} out of range: the model has blocks 1..{depth}")
