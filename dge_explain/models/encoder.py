@@ -211,9 +211,7 @@ def ragged_borders(model: nn.Module, enabled: bool = True) -> None:
     patch cut by it averages its own tokens), so that the model takes the inputs
     its dense original takes; a pyramid model (PVT, DPVT) then also pads only to
     its dense stride.  Grids that are multiples run exactly as before."""
-    from .gating import dge_modules
-
-    modules = dge_modules(model)
+    modules = [module for module in model.modules() if isinstance(module, DynamicGrainedEncoder)]
     if not modules:
         raise ValueError(f"{type(model).__name__} has no DynamicGrainedEncoder")
     for module in modules:
