@@ -143,7 +143,7 @@ def test_gating_maps_and_cams_refuse_300x400_naming_the_nearest_valid_sizes(gene
         run_recipe(model, images)
     assert str(error.value) == REFUSAL_300x400
     for size in ((288, 384), (320, 416)):
-        maps = batch_maps(build_explainers(model, ["gating", "gradcam"]), torch.randn(1, 3, *size), ["a"])
+        maps = batch_maps(build_explainers(model, ["gating:all", "gradcam"]), torch.randn(1, 3, *size), ["a"])
         assert {name: tuple(m.shape) for name, m in maps.items()} == {
             "layer1": (1, *size), "layer2": (1, *size), "gradcam": (1, *size)}
 
