@@ -14,18 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity
 
-from dge_explain.bench.runtime import build_pair, timing_images, trained_pair
+from dge_explain.bench.runtime import build_pair, case_inputs, trained_pair
 from dge_explain.bench.timing import measure_interleaved
-from dge_explain.complexity import dge_complexity, fine_fraction_for_ratio
+from dge_explain.complexity import dge_complexity
 from dge_explain.console import format_table
-from dge_explain.data import Preprocessing
-from dge_explain.models import dge_modules, force_gates, random_fraction
+from dge_explain.models import dge_modules
 
 # operator name -> group, first match wins (substrings of profiler keys)
 GROUPS = (
@@ -70,14 +68,7 @@ def grouped(times: dict[str, float]) -> dict[str, float]:
 def profile_pair(name: str, gates: str, resolution: int, batch: int, ratio: float, forwards: int,
                  min_time: float, home=None) -> dict:
     dense, dge = trained_pair(name, home) if gates == "trained" else build_pair(name)
-    if gates == "trained":
-        images, inputs = timing_images(home, lambda side: Preprocessing.of(dense, input_size=side), resolution,
-                                       batch)
-        forcing = nullcontext()
-    else:
-        images, inputs = torch.randn(batch, 3, resolution, resolution), "randn"
-        forcing = force_gates(dge, random_fraction(fine_fraction_for_ratio(dge, (resolution, resolution), ratio),
-                                                   seed=resolution))
+    images, inputs, forcing, _ = case_inputs(dense, dge, resolution, batch, ratio, gates == "trained", home)
     with forcing:
         dense_ops = self_times(lambda: dense(images), forwards)
         dge_ops = self_times(lambda: dge(images), forwards)

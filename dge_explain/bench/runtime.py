@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import platform
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -111,31 +112,29 @@ def timing_images(data_home, preprocessing_of, resolution: int, batch: int):
     return torch.stack([data[i][0] for i in range(batch)]), "imagenet-sample odd half"
 
 
+def case_inputs(dense, dge, resolution: int, batch: int, ratio: float | None, trained: bool, home=None):
+    """(images, where they come from, the gates' context, the forced fine fraction) of a
+    case: trained gates decide on held-out photos (the routers were trained for photos,
+    not noise); forced ones are drawn for `ratio` on random inputs."""
+    if trained:
+        images, inputs = timing_images(home, lambda side: Preprocessing.of(dense, input_size=side), resolution, batch)
+        return images, inputs, nullcontext(), float("nan")
+    fine = fine_fraction_for_ratio(dge, (resolution, resolution), ratio)
+    return (torch.randn(batch, 3, resolution, resolution), "randn",
+            force_gates(dge, random_fraction(fine, seed=resolution)), fine)
+
+
 def run_case(name: str, dense, dge, resolution: int, batch: int, device: torch.device,
              ratio: float | None, min_time: float, trained: bool = False,
              dtype: torch.dtype = torch.float32, home=None, **timing) -> Case:
     """One timed case; the models must already be on `device` in `dtype`.  `timing`:
     measure_interleaved's warmup / min_repeats."""
-    if trained:   # the routers decide: show them photos, not noise
-        images, inputs = timing_images(home, lambda side: Preprocessing.of(dense, input_size=side), resolution, batch)
-    else:
-        images, inputs = torch.randn(batch, 3, resolution, resolution), "randn"
+    images, inputs, gates, fine = case_inputs(dense, dge, resolution, batch, ratio, trained, home)
     images = images.to(device, dtype)
-    if trained:
-        policy, fine = None, float("nan")
-    else:
-        fine = fine_fraction_for_ratio(dge, (resolution, resolution), ratio)
-        policy = random_fraction(fine, seed=resolution)
-    with torch.inference_mode():
-        if policy is None:
-            timed = measure_interleaved({"dense": lambda: dense(images), "dge": lambda: dge(images)},
-                                        device, min_time=min_time, **timing)
-            dge(images)
-        else:
-            with force_gates(dge, policy):
-                timed = measure_interleaved({"dense": lambda: dense(images), "dge": lambda: dge(images)},
-                                            device, min_time=min_time, **timing)
-                dge(images)
+    with torch.inference_mode(), gates:
+        timed = measure_interleaved({"dense": lambda: dense(images), "dge": lambda: dge(images)},
+                                    device, min_time=min_time, **timing)
+        dge(images)
     complexity = float(dge_complexity(dge).ratio)
     latency = timed["dge"].median / timed["dense"].median
     return Case(name, resolution, batch, device.type, torch.get_num_threads(),
