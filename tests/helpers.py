@@ -7,7 +7,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from dge_explain.models import DeformablePVT, PyramidVisionTransformer, dge_modules, from_dense
+from dge_explain.models import DeformablePVT, PyramidVisionTransformer, dge_modules, force_gates, from_dense
 
 
 def small_vit(phi=(1, 2), depth: int = 2, dim: int = 48, heads: int = 3, img_size: int = 64,
@@ -57,6 +57,17 @@ def mixed_routing(logits: torch.Tensor) -> torch.Tensor:
     (so no block's routing is uniform and no fast path is taken)."""
     regions = torch.arange(logits.shape[1] * logits.shape[2]).view(logits.shape[1:3]) % logits.shape[-1]
     return regions.expand(logits.shape[:-1]).contiguous()
+
+
+def fast_and_sparse(model: nn.Module, images: torch.Tensor, policy) -> list[torch.Tensor]:
+    """(fast paths on, off) outputs of the eval forward under the gate policy."""
+    outputs = []
+    for fast in (True, False):
+        for dge in dge_modules(model):
+            dge.fast_paths = fast
+        with torch.no_grad(), force_gates(model, policy):
+            outputs.append(model(images))
+    return outputs
 
 
 def used_options(model: nn.Module) -> set[int]:

@@ -11,7 +11,7 @@ from dge_explain.explainers.attention_capture import attention_pass
 from dge_explain.models import dge_modules, force_gates
 from dge_explain.ops.reference import reference_table
 
-from helpers import mixed_routing, small_dpvt, small_pvt, small_vit, used_options
+from helpers import fast_and_sparse, mixed_routing, small_dpvt, small_pvt, small_vit, used_options
 
 BUILDS = {"deit": (small_vit, 64), "pvt": (small_pvt, 128), "dpvt": (small_dpvt, 128)}
 
@@ -38,17 +38,6 @@ def routed(monkeypatch):
     return calls
 
 
-def _both_paths(model, images, policy):
-    """(fast paths on, off) outputs of the eval forward under the policy."""
-    outputs = []
-    for fast in (True, False):
-        for dge in dge_modules(model):
-            dge.fast_paths = fast
-        with torch.no_grad(), force_gates(model, policy):
-            outputs.append(model(images))
-    return outputs
-
-
 @pytest.mark.parametrize("family", list(BUILDS))
 @pytest.mark.parametrize("phi", [(1, 2), (1, 2, 4), (2, 4)])
 def test_uniform_batches_skip_the_table_and_equal_the_sparse_path(family, phi, generator, routed):
@@ -58,7 +47,7 @@ def test_uniform_batches_skip_the_table_and_equal_the_sparse_path(family, phi, g
     images = torch.randn(2, 3, size, size, generator=generator, dtype=torch.float64)
     for option in range(len(phi)):
         routed.clear()
-        fast, sparse = _both_paths(model, images, _per_sample([option, option]))
+        fast, sparse = fast_and_sparse(model, images, _per_sample([option, option]))
         assert len(routed) == blocks, f"option {option}: the fast path built a table"   # the sparse run's only
         assert (fast - sparse).abs().max() <= 1e-12, f"option {option}"
 
@@ -69,12 +58,12 @@ def test_a_batch_mixed_across_samples_takes_the_sparse_path(family, generator, r
     model = build(phi=(1, 2, 4)).eval()
     blocks = len(dge_modules(model))
     images = torch.randn(3, 3, size, size, generator=generator, dtype=torch.float64)
-    fast, sparse = _both_paths(model, images, _per_sample([0, 2, 1]))
+    fast, sparse = fast_and_sparse(model, images, _per_sample([0, 2, 1]))
     assert len(routed) == 2 * blocks
     assert (fast - sparse).abs().max() == 0
     # each sample alone is uniform: its fast path gives its row of the mixed batch
     for b, option in enumerate([0, 2, 1]):
-        alone, _ = _both_paths(model, images[b:b + 1], _per_sample([option]))
+        alone, _ = fast_and_sparse(model, images[b:b + 1], _per_sample([option]))
         assert (alone[0] - sparse[b]).abs().max() <= 1e-12
 
 

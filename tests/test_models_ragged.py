@@ -9,10 +9,10 @@ import torch
 
 from dge_explain import ops
 from dge_explain.complexity import dge_complexity
-from dge_explain.models import dge_modules, force_gates
+from dge_explain.models import dge_modules
 from dge_explain.models.encoder import ragged_borders
 
-from helpers import randomise_routers, small_dpvt, small_pvt, small_vit, used_options
+from helpers import fast_and_sparse, randomise_routers, small_dpvt, small_pvt, small_vit, used_options
 
 
 def _mixed(model, generator):
@@ -74,12 +74,7 @@ def test_fast_paths_at_ragged_borders_equal_the_sparse_path(family, generator):
         def every_region(logits, option=option):
             return torch.full(logits.shape[:-1], option, dtype=torch.long)
 
-        outputs = []
-        for fast in (True, False):
-            for dge in dge_modules(model):
-                dge.fast_paths = fast
-            with torch.no_grad(), force_gates(model, every_region):
-                outputs.append(model(images))
+        outputs = fast_and_sparse(model, images, every_region)
         assert (outputs[0] - outputs[1]).abs().max() <= 1e-12, option
 
 
