@@ -217,3 +217,20 @@ def test_an_all_finest_deit_is_its_dense_original_and_follows_weight_changes(gen
     for block, original in zip(model.blocks, dense.blocks):
         fused = torch.cat([block.attn.q.weight.grad, block.attn.kv.weight.grad])
         assert (fused - original.attn.qkv.weight.grad).abs().max() <= 1e-10
+
+
+def test_a_model_built_under_inference_mode_runs_the_dense_fast_path(generator):
+    """Parameters made under torch.inference_mode are inference tensors, which keep
+    no version counter: the fused q/kv weight is concatenated afresh for them (the
+    profiler built its models so and failed) and gives the dense model's numbers."""
+    import timm
+
+    from dge_explain.models import from_dense
+
+    images = torch.randn(2, 3, 64, 64, generator=generator, dtype=torch.float64)
+    with torch.inference_mode():
+        dense = timm.create_model("deit_tiny_patch16_224", img_size=64, depth=2).double().eval()
+        model = from_dense(dense, phi=(1, 2)).eval()
+        assert model.blocks[0].attn.q.weight.is_inference()
+        with force_gates(model, "finest"):
+            assert torch.equal(model(images), dense(images))

@@ -64,12 +64,11 @@ def grouped(times: dict[str, float]) -> dict[str, float]:
     return groups
 
 
-@torch.inference_mode()
 def profile_pair(name: str, gates: str, resolution: int, batch: int, ratio: float, forwards: int,
                  min_time: float, home=None) -> dict:
     dense, dge = trained_pair(name, home) if gates == "trained" else build_pair(name)
     images, inputs, forcing, _ = case_inputs(dense, dge, resolution, batch, ratio, gates == "trained", home)
-    with forcing:
+    with torch.inference_mode(), forcing:
         dense_ops = self_times(lambda: dense(images), forwards)
         dge_ops = self_times(lambda: dge(images), forwards)
         wall = measure_interleaved({"dense": lambda: dense(images), "dge": lambda: dge(images)}, min_time=min_time)

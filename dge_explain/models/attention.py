@@ -146,7 +146,9 @@ class ViTAttention(CrossAttention):
         DeiT-Ti block at 224 px on one thread.  Kept while the weights stay the same
         tensors and versions and take no gradient; concatenated afresh otherwise."""
         params = [p for p in (self.q.weight, self.kv.weight, self.q.bias, self.kv.bias) if p is not None]
-        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+        # inference tensors (a model built under torch.inference_mode) keep no version to key on
+        if (torch.is_grad_enabled() and any(p.requires_grad for p in params)) or any(p.is_inference()
+                                                                                     for p in params):
             return self._concatenated()
         key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
         if self._fused[0] != key:
