@@ -9,7 +9,7 @@ is made on, except the development set that the choices are made on:
   (`dge-explain evaluate`).
 
 Every step is a dge-explain command, printed before it runs, and resumable: a
-rerun skips finished steps.  Writes runs/heldout-sweep/<config>/ and the summary
+rerun skips finished steps (a finished evaluation too, whichever version made it).  Writes runs/heldout-sweep/<config>/ and the summary
 docs/results/heldout-sweep/summary.{json,md}.
 
     python eval/heldout_sweep.py [--configs plain relevance-1 ...]
@@ -35,6 +35,9 @@ CONFIGS = {
     "relevance-1": ["--map-target", "relevance", "--map-weight", "1"],
     "relevance-4": ["--map-target", "relevance", "--map-weight", "4"],
     "rollout-1": ["--map-target", "rollout", "--map-weight", "1"],
+    # only the layers whose maps are read (the recommended layer 9 and its neighbours), at a
+    # weight that leaves the budget term in charge of the other layers
+    "relevance-0.25-late": ["--map-target", "relevance", "--map-weight", "0.25", "--map-layers", "8", "9", "10"],
 }
 LAYERS = ",".join(str(layer) for layer in range(1, 13))
 BASELINES = ["relevance", "gradcam", "attention-gradcam"]
@@ -55,8 +58,9 @@ def sweep_one(name: str, extra: list[str], out: Path, home: str) -> dict:
     classified = folder / "classify.json"
     if not classified.exists():
         run(CLI + ["classify", *model, "--images", f"{home}/data/imagenet-sample:odd", "--out", str(classified)])
-    run(CLI + ["evaluate", *model, "--dataset", f"ecssd:{home}/data/ecssd:even", "--methods",
-               f"gating:{LAYERS}", f"gating-margin:{LAYERS}", *BASELINES, "--out", str(folder / "ecssd-dev")])
+    if not (folder / "ecssd-dev" / "results.json").exists():
+        run(CLI + ["evaluate", *model, "--dataset", f"ecssd:{home}/data/ecssd:even", "--methods",
+                   f"gating:{LAYERS}", f"gating-margin:{LAYERS}", *BASELINES, "--out", str(folder / "ecssd-dev")])
     classification = json.loads(classified.read_text())
     segmentation = json.loads((folder / "ecssd-dev" / "results.json").read_text())["methods"]
     return {"train": extra, "top1": classification["top1"], "dense_top1": classification["dense_top1"],

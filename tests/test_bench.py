@@ -202,5 +202,11 @@ def test_the_profile_splits_a_dge_forward_into_the_blocks_own_work_and_the_share
     assert dense["matmuls"] > 0 and dge["matmuls"] > 0
     assert group_of("dge_explain::route_to_patches") == "routing table" and group_of("aten::addmm") == "matmuls"
     assert 0 < result["complexity_ratio"] < 1 and len(result["fine_per_layer"]) == 12
+    assert result["dense_fixed_ms"] > 0 and result["dge_fixed_ms"] > 0 and result["fixed_cost_resolution"] == 64
+    # best case: the DGE's fixed cost, plus the dense forward's variable part scaled by the MACs saved
+    variable = max(result["dense_wall_ms"] - result["dense_fixed_ms"], 0.0)
+    floor = (result["dge_fixed_ms"] + result["complexity_ratio"] * variable) / result["dense_wall_ms"]
+    assert result["latency_ratio_floor"] == pytest.approx(floor)
     text = markdown(result)
     assert "deit_tiny, forced ratio 0.5 (randn), 64 px, batch 1" in text and "total self time" in text
+    assert "the latency ratio this leaves reachable is at best" in text

@@ -5,7 +5,11 @@ complexity ratio; the operators' self CPU time per forward, grouped by what they
 do (the DGE block's own work: router, routing table, compress / restore; and the
 work both models share: matmuls, attention, norms, ...), the top operators of the
 DGE forward, and the wall-clock times of the two forwards timed interleaved
-without the profiler.
+without the profiler.  Also the two forwards at a tiny input (64 px, the same
+kind of gates): their cost that does not shrink with the tokens (dispatch,
+thread hand-offs, the DGE block's extra small ops), which bounds the latency
+ratio from below at small inputs: (DGE fixed + complexity ratio x (dense -
+dense fixed)) / dense.
 
     python -m dge_explain.bench.profile --models deit_tiny --gates trained --threads 2 --out runs/profile
 """
@@ -24,6 +28,9 @@ from dge_explain.bench.timing import measure_interleaved
 from dge_explain.complexity import dge_complexity
 from dge_explain.console import format_table
 from dge_explain.models import dge_modules
+
+# the tiny input whose forwards are (nearly) all fixed cost: a 4 x 4 token grid for 16 px patches
+FIXED_COST_RESOLUTION = 64
 
 # operator name -> group, first match wins (substrings of profiler keys)
 GROUPS = (
@@ -75,10 +82,17 @@ def profile_pair(name: str, gates: str, resolution: int, batch: int, ratio: floa
         dge(images)
         complexity = float(dge_complexity(dge).ratio)
         fine = [float((block.routing.choice == 0).double().mean()) for block in dge_modules(dge)]
+    tiny, _, tiny_forcing, _ = case_inputs(dense, dge, FIXED_COST_RESOLUTION, batch, ratio, gates == "trained", home)
+    with torch.inference_mode(), tiny_forcing:
+        fixed = measure_interleaved({"dense": lambda: dense(tiny), "dge": lambda: dge(tiny)}, min_time=min_time)
+    dense_ms, dge_ms = wall["dense"].median * 1e3, wall["dge"].median * 1e3
+    dense_fixed, dge_fixed = fixed["dense"].median * 1e3, fixed["dge"].median * 1e3
     return {"model": name, "gates": gates if gates == "trained" else f"forced ratio {ratio}", "inputs": inputs,
             "resolution": resolution, "batch": batch, "threads": torch.get_num_threads(), "forwards": forwards,
             "complexity_ratio": complexity, "fine_per_layer": fine,
-            "dense_wall_ms": wall["dense"].median * 1e3, "dge_wall_ms": wall["dge"].median * 1e3,
+            "dense_wall_ms": dense_ms, "dge_wall_ms": dge_ms,
+            "fixed_cost_resolution": FIXED_COST_RESOLUTION, "dense_fixed_ms": dense_fixed, "dge_fixed_ms": dge_fixed,
+            "latency_ratio_floor": (dge_fixed + complexity * max(dense_ms - dense_fixed, 0.0)) / dense_ms,
             "dense_groups_ms": grouped(dense_ops), "dge_groups_ms": grouped(dge_ops),
             "dense_ops_ms": dense_ops, "dge_ops_ms": dge_ops}
 
@@ -88,7 +102,9 @@ def markdown(result: dict) -> str:
              f"{result['batch']}, {result['threads']} threads: complexity ratio {result['complexity_ratio']:.3f}, "
              f"wall {result['dense_wall_ms']:.1f} ms dense, {result['dge_wall_ms']:.1f} ms DGE (latency ratio "
              f"{result['dge_wall_ms'] / result['dense_wall_ms']:.3f}); share of finest regions per layer "
-             f"{', '.join(f'{f:.2f}' for f in result['fine_per_layer'])}")
+             f"{', '.join(f'{f:.2f}' for f in result['fine_per_layer'])}. At {result['fixed_cost_resolution']} px "
+             f"the forwards take {result['dense_fixed_ms']:.1f} ms dense, {result['dge_fixed_ms']:.1f} ms DGE: "
+             f"the latency ratio this leaves reachable is at best {result['latency_ratio_floor']:.3f}")
     dense, dge = result["dense_groups_ms"], result["dge_groups_ms"]
     names = sorted(set(dense) | set(dge), key=lambda g: -max(dense.get(g, 0), dge.get(g, 0)))
     rows = [[g, f"{dense.get(g, 0):.2f}", f"{dge.get(g, 0):.2f}"] for g in names]
