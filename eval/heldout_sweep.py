@@ -9,7 +9,8 @@ is made on, except the development set that the choices are made on:
   (`dge-explain evaluate`).
 
 Every step is a dge-explain command, printed before it runs, and resumable: a
-rerun skips finished steps (a finished evaluation too, whichever version made it).  Writes runs/heldout-sweep/<config>/ and the summary
+rerun skips finished steps (a finished evaluation too, whichever version made
+it).  Writes runs/heldout-sweep/<config>/ and the summary
 docs/results/heldout-sweep/summary.{json,md}.
 
     python eval/heldout_sweep.py [--configs plain relevance-1 ...]
