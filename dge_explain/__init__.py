@@ -15,7 +15,7 @@ import importlib.abc
 import importlib.util
 import sys
 
-__version__ = "0.3.0"
+__version__ = "0.3.1"
 __all__ = ["explain", "load_model", "score", "__version__"]
 
 _API = {"load_model", "explain", "score"}
