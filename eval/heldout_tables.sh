@@ -7,15 +7,11 @@
 # Resumable: rerun to continue. Extra arguments go to every dge-explain call.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export DGE_EXPLAIN_HOME="${DGE_EXPLAIN_HOME:-$(cd .. && pwd)/shared}"
-H="$DGE_EXPLAIN_HOME"
+source eval/heldout_common.sh
 BASELINES="$(.venv/bin/dge-explain methods --names --baselines --exclude scorecam tome-size evit-kept)"
 LAYERS=1,2,3,4,5,6,7,8,9,10,11,12
-DGE=(--model deit_dge_s12_tiny_patch16_224.distilled)
-DENSE=(--model deit_tiny_patch16_224 --checkpoint "$H/weights/deit_tiny_patch16_224.safetensors")
-run() { echo "+ dge-explain $*" >&2; /usr/bin/time -f "%e s" .venv/bin/dge-explain "$@"; }
 
-for pair in "ecssd-heldout=ecssd:$H/data/ecssd:odd" "in9-fg=masks:$H/data/in9-fg/images,$H/data/in9-fg/masks"; do
+for pair in "${HELDOUT_SETS[@]}"; do
   name="${pair%%=*}"
   spec="${pair#*=}"
   run evaluate "${DGE[@]}" --dataset "$spec" --methods $BASELINES gating "gating:$LAYERS" "gating-margin:$LAYERS" \
