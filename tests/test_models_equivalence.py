@@ -7,7 +7,8 @@ import timm
 import torch
 
 from dge_explain.complexity import budget_loss, dge_complexity
-from dge_explain.models import dge_modules, force_gates, from_dense, load_checkpoint, random_fraction
+from dge_explain.models import dge_modules, force_gates, from_dense, load_checkpoint, random_fraction, to_dense
+from dge_explain.models.peers import check_plain_vit
 
 from helpers import small_dpvt, small_pvt, small_vit
 
@@ -83,6 +84,30 @@ def test_finest_gates_reproduce_the_dense_vit(generator):
     assert converted is dense and len(dge_modules(converted)) == 2, "inplace converts the model given"
     with torch.no_grad(), force_gates(converted, "finest"):
         torch.testing.assert_close(converted(images), expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["deit_tiny_patch16_224", "deit_tiny_distilled_patch16_224"])
+def test_to_dense_is_the_dge_vit_with_every_region_finest(name, generator):
+    dense = timm.create_model(name, img_size=64, patch_size=8, depth=2, dynamic_img_size=True).double().eval()
+    dge = from_dense(dense, phi=(1, 2, 4)).eval()
+    for router in (d.router for d in dge_modules(dge)):   # routers that would not pick finest
+        torch.nn.init.normal_(router.gate.weight, generator=generator)
+    twin = to_dense(dge)
+    assert type(twin) is type(dense) and not dge_modules(twin) and dge_modules(dge), "a copy; the DGE model kept"
+    check_plain_vit(twin)
+    assert twin.state_dict().keys() == dense.state_dict().keys()
+    for key, value in dense.state_dict().items():
+        assert torch.equal(twin.state_dict()[key], value), key
+    images = torch.randn(2, 3, 64, 32, generator=generator, dtype=torch.float64)
+    with torch.no_grad():
+        expected = dense(images)
+        torch.testing.assert_close(twin(images), expected, rtol=1e-10, atol=1e-10)
+        with force_gates(dge, "finest"):
+            torch.testing.assert_close(dge(images), expected, rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="is not a DGE ViT"):
+        to_dense(dense)
+    with pytest.raises(ValueError, match="is not a DGE ViT"):
+        to_dense(small_pvt())
 
 
 @pytest.mark.parametrize("build", [small_pvt, small_dpvt])

@@ -13,7 +13,10 @@ model's, about the shipped DGE-DeiT-Ti's trained complexity ratio (0.59), so the
 three methods spend the same compute.  Layers default to every block (ToMe) and
 to EViT's fusing blocks.  Maps are on the token grid, carried to the input
 resolution by nearest neighbours: each pixel takes its own token's value.
-The model is patched only during the pass and is dense again after it.
+The model is patched only during the pass and is dense again after it.  A DGE
+ViT's maps come from its dense twin (``to_dense``: the same weights, every region
+finest), made when the explainer is, so that the router test can force the DGE
+model's fine regions where ToMe or EViT would have spent their compute.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dge_explain.models.families import adapter_for, check_image_size
+from dge_explain.models.vit import is_dge_vit, to_dense
 from dge_explain.methods import resolve_layers
 from dge_explain.models.peers import check_plain_vit, evit_for_ratio, paper_layers, reduced, tome_for_ratio
 
@@ -30,17 +34,19 @@ from .base import Explainer
 METHODS = {
     "tome-size:LAYERS": {"title": "ToMe token size", "units": "patches", "scale": None, "passes": "forward",
                          "help": "ToMe's compute allocation: patches merged into each pixel's token after block L "
-                                 "(r matched to 0.6 of the dense MACs; default: every block; plain ViTs only)"},
+                                 "(r matched to 0.6 of the dense MACs; default: every block; plain and DGE ViTs only)"},
     "evit-kept:LAYERS": {"title": "EViT kept", "units": "kept", "scale": 1.0, "passes": "forward",
                          "help": "EViT's compute allocation: 1 where each pixel's token is kept after block L, 0 "
                                  "where fused (keep rate matched to 0.6 of the dense MACs; default: its fusing "
-                                 "blocks; plain ViTs only)"},
+                                 "blocks; plain and DGE ViTs only)"},
 }
 MAP_RATIO = 0.6
 
 
 class TokenReductionMaps(Explainer):
     def __init__(self, model: nn.Module, method: str, layers=None):
+        if is_dge_vit(model):
+            model = to_dense(model)
         check_plain_vit(model)
         self.model, self.method = model, method
         depth = len(model.blocks)

@@ -8,11 +8,11 @@ from .gating import dge_modules, force_gates, random_fraction
 from .dpvt import DeformablePVT
 from .pvt import PyramidVisionTransformer
 from .router import DynamicRouter
-from .vit import DGEVisionTransformer, DGEVisionTransformerDistilled, from_dense
+from .vit import DGEVisionTransformer, DGEVisionTransformerDistilled, from_dense, to_dense
 
 __all__ = [
     "CheckpointError", "DGEBlock", "DeformablePVT", "DGEVisionTransformer", "DGEVisionTransformerDistilled",
     "DenseBlock", "DynamicGrainedEncoder", "DynamicRouter", "LoadReport",
     "PyramidVisionTransformer", "Routing", "dge_modules", "force_gates", "from_dense",
-    "load_checkpoint", "random_fraction", "read_state_dict", "split_sizes_for",
+    "load_checkpoint", "random_fraction", "read_state_dict", "split_sizes_for", "to_dense",
 ]

@@ -131,6 +131,52 @@ def from_dense(model_or_name, phi=(1, 2), weights=None, init_gate: float = 0.95,
     return dense
 
 
+def _dense_attention(attn: ViTAttention) -> Attention:
+    """timm's Attention with the q and kv projections fused back into qkv."""
+    dim = attn.q.in_features
+    dense = Attention(dim, attn.num_heads, qkv_bias=attn.q.bias is not None,
+                      proj_bias=attn.proj.bias is not None, attn_drop=attn.attn_drop.p,
+                      proj_drop=attn.proj_drop.p)
+    dense.q_norm, dense.k_norm, dense.norm, dense.gate, dense.proj = (attn.q_norm, attn.k_norm, attn.norm,
+                                                                      attn.gate, attn.proj)
+    weight, bias = attn._concatenated()
+    dense.qkv.to(device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        dense.qkv.weight.copy_(weight)
+        if bias is not None:
+            dense.qkv.bias.copy_(bias)
+    return dense
+
+
+def _dense_block(block: DGEBlock) -> Block:
+    """timm's Block around the DGE block's own modules (its router dropped)."""
+    dense = Block.__new__(Block)
+    nn.Module.__init__(dense)
+    dense.norm1, dense.attn, dense.ls1, dense.drop_path1 = (block.norm1, _dense_attention(block.attn),
+                                                            block.ls1, block.drop_path1)
+    dense.norm2, dense.mlp, dense.ls2, dense.drop_path2 = block.norm2, block.mlp, block.ls2, block.drop_path2
+    return dense
+
+
+def is_dge_vit(model: nn.Module) -> bool:
+    """A ViT/DeiT made by from_dense (or a registered deit_dge_* model)."""
+    return type(model) in _DGE_CLASSES.values()
+
+
+def to_dense(model: nn.Module) -> VisionTransformer:
+    """The dense timm ViT a DGE ViT computes when every region is finest: a copy with
+    timm's blocks (qkv fused again) and no routers, for what runs on plain ViTs
+    only (ToMe and EViT).  The inverse of from_dense, routers aside."""
+    if not is_dge_vit(model):
+        raise ValueError(f"{type(model).__name__} is not a DGE ViT made by from_dense; supported: "
+                         f"{', '.join(c.__name__ for c in _DGE_CLASSES.values())}")
+    dense = copy.deepcopy(model)
+    for index, block in enumerate(dense.blocks):
+        dense.blocks[index] = _dense_block(block)
+    dense.__class__ = {dge: plain for plain, dge in _DGE_CLASSES.items()}[type(model)]
+    return dense
+
+
 _DEIT_SIZES = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}
 _PHIS = {"s12": (1, 2), "s124": (1, 2, 4)}
 
