@@ -1,6 +1,7 @@
-# Shared by eval/heldout_tables.sh and eval/heldout_scorecam.sh (sourced from the repository
-# root): the data home, the shipped DGE model and its dense teacher, the held-out segmentation
-# sets (name=dataset spec), and `run`, which logs each dge-explain call and its wall time.
+# Shared by eval/heldout_tables.sh, eval/heldout_scorecam.sh and eval/heldout_perturb.sh (sourced
+# from the repository root): the data home, the shipped DGE model and its dense teacher, the
+# held-out segmentation sets (name=dataset spec), and `run`, which logs each dge-explain call and
+# its wall time.
 export DGE_EXPLAIN_HOME="${DGE_EXPLAIN_HOME:-$(cd .. && pwd)/shared}"
 H="$DGE_EXPLAIN_HOME"
 DGE=(--model deit_dge_s12_tiny_patch16_224.distilled)
