@@ -3,7 +3,7 @@
 # 2 threads, one process per command, nothing else running. The shipped DGE-DeiT-Tiny with
 # its trained gates (timed on held-out photos) and forced gates at budget 0.5 for DeiT-Ti
 # and DeiT-S, at 224 and 448 px, batch 1 and 16; the Mask R-CNN input size with ragged
-# borders; the profile of the 224-px forwards. Into runs/small-inputs.
+# borders; the profiles of the 224-px and 448-px forwards. Into runs/small-inputs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DGE_EXPLAIN_HOME="${DGE_EXPLAIN_HOME:-$(cd .. && pwd)/shared}"
@@ -16,3 +16,5 @@ mkdir -p "$OUT"
 .venv/bin/dge-explain bench --preset maskrcnn --models pvt_small pvt_medium --threads 2 --min-time 20 \
     --json "$OUT/maskrcnn.json"
 .venv/bin/python -m dge_explain.bench.profile --models deit_tiny deit_small --threads 2 --out "$OUT/profile"
+.venv/bin/python -m dge_explain.bench.profile --models deit_tiny deit_small --gates trained forced --resolution 448 \
+    --threads 2 --min-time 10 --out "$OUT/profile-448"
