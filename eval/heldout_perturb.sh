@@ -16,7 +16,4 @@ run perturb "${DENSE[@]}" --crop-pct 0.875 --images "$IMAGES" --methods "${MAPS[
     --out runs/heldout-perturb/dense "$@"
 run perturb "${DGE[@]}" --images "$IMAGES" --methods tome-size:4,7,10 evit-kept \
     --out runs/heldout-perturb/dge-peers "$@"
-for folder in runs/heldout-perturb/*/; do
-  mkdir -p "docs/results/heldout-perturb/$(basename "$folder")"
-  cp "$folder"/results.{json,md} "$folder"/run.json "docs/results/heldout-perturb/$(basename "$folder")/"
-done
+publish runs/heldout-perturb docs/results/heldout-perturb

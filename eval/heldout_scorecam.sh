@@ -17,7 +17,4 @@ for pair in "${HELDOUT_SETS[@]}"; do
   run evaluate "${DENSE[@]}" --dataset "$spec" --methods scorecam relevance --limit "$IMAGES" \
       --out "runs/heldout-scorecam/$name-dense" "$@"
 done
-for folder in runs/heldout-scorecam/*/; do
-  mkdir -p "docs/results/heldout-scorecam/$(basename "$folder")"
-  cp "$folder"/results.{json,md} "$folder"/run.json "docs/results/heldout-scorecam/$(basename "$folder")/"
-done
+publish runs/heldout-scorecam docs/results/heldout-scorecam
